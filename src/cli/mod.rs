@@ -1,0 +1,122 @@
+//! The `dyno` command line: argument definitions and what each subcommand prints.
+//! The binary (`src/main.rs`) only parses and calls [`run`].
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::home::Home;
+
+mod models;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dyno",
+    version,
+    about = "Dynamic onloading of CNN inference for a device fleet (DynO)"
+)]
+pub struct Cli {
+    /// Project folder holding models/ and data/ (default: the source folder dyno was built from).
+    #[arg(long, global = true, env = "DYNO_HOME")]
+    pub home: Option<PathBuf>,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long, global = true, env = "DYNO_THREADS")]
+    pub threads: Option<i32>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The model zoo: list, check, export and train models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Lists the built-in models: blocks, split points, sizes, weight source.
+    List(ListArgs),
+    /// Runs a model on real data, checks head+tail == forward at every split, times blocks.
+    Check(CheckArgs),
+    /// Writes a model as a TorchScript package (manifest.toml + one module per block).
+    Export(ExportArgs),
+    /// Trains fashion_cnn on Fashion-MNIST with a fixed seed.
+    Train(TrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// A built-in model name or the folder of a TorchScript package.
+    pub model: String,
+    /// Image folder to classify (labels from names ending in _<class>); default: the model's data set.
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Timed runs per block.
+    #[arg(long, default_value_t = 5)]
+    pub timing_runs: usize,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A built-in model name or the folder of a TorchScript package.
+    pub model: String,
+    /// Folder to write the package into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The model to train (only fashion_cnn is trainable).
+    pub model: String,
+    #[arg(long, default_value_t = 6)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch: i64,
+    #[arg(long, default_value_t = 1e-3)]
+    pub learning_rate: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: i64,
+    /// Where to write the weights, a .sha256 file beside them [default: models/fashion_cnn.safetensors in the project folder].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        anyhow::ensure!(n >= 1, "--threads must be at least 1, got {n}");
+        tch::set_num_threads(n);
+    }
+    let home = cli.home.map(Home::at).unwrap_or_else(Home::discover);
+    match cli.command {
+        Command::Models(cmd) => match cmd {
+            ModelsCommand::List(a) => models::list(&home, a),
+            ModelsCommand::Check(a) => models::check(&home, a),
+            ModelsCommand::Export(a) => models::export(&home, a),
+            ModelsCommand::Train(a) => models::train(&home, a),
+        },
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}

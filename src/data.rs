@@ -1,0 +1,145 @@
+//! Inputs: images from files, preprocessed as a model's [`InputSpec`] says, and the
+//! official Fashion-MNIST test set.
+use std::path::{Path, PathBuf};
+
+use tch::{Kind, Tensor};
+
+use crate::error::{ModelError, Result};
+use crate::model::InputSpec;
+
+/// An image file and, when its name ends in `_<number>`, its class label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabeledImage {
+    pub path: PathBuf,
+    pub label: Option<i64>,
+}
+
+/// The JPEG and PNG files of a folder, sorted by name, with labels from their names
+/// (`imagenet_07_438.jpg` has label 438).
+pub fn list_images(dir: &Path) -> Result<Vec<LabeledImage>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| ModelError::io(dir, e))?.path();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        if !matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png")) {
+            continue;
+        }
+        let label = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.rsplit('_').next())
+            .and_then(|s| s.parse::<i64>().ok());
+        out.push(LabeledImage { path, label });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    if out.is_empty() {
+        return Err(ModelError::Dataset {
+            path: dir.to_path_buf(),
+            reason: "the folder holds no .jpg, .jpeg or .png file".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// Decodes an image file and preprocesses it into a `[C, H, W]` fp32 tensor:
+/// resize (short side to `spec.resize`, bilinear with antialiasing, as PIL does),
+/// centre crop to `H x W`, scale to [0, 1], subtract `mean`, divide by `std`.
+pub fn load_image(path: &Path, spec: &InputSpec) -> Result<Tensor> {
+    let bad = |reason: String| ModelError::BadImage {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let img = image::load_from_memory(&bytes).map_err(|e| bad(e.to_string()))?;
+    let [c, h, w] = spec.shape;
+    let (raw, iw, ih) = match c {
+        1 => {
+            let g = img.to_luma8();
+            (g.as_raw().clone(), g.width(), g.height())
+        }
+        3 => {
+            let rgb = img.to_rgb8();
+            (rgb.as_raw().clone(), rgb.width(), rgb.height())
+        }
+        _ => {
+            return Err(bad(format!(
+                "the model takes {c} channels; images give 1 or 3"
+            )))
+        }
+    };
+    let (iw, ih) = (i64::from(iw), i64::from(ih));
+    let x = Tensor::from_slice(&raw)
+        .view([ih, iw, c])
+        .permute([2, 0, 1])
+        .to_kind(Kind::Float)
+        .unsqueeze(0);
+    let (nh, nw) = match spec.resize {
+        Some(r) if ih <= iw => (r, r * iw / ih),
+        Some(r) => (r * ih / iw, r),
+        None => (h, w),
+    };
+    let x = if (nh, nw) != (ih, iw) {
+        // PIL resizes 8-bit images: round and clamp the same way.
+        x.f_internal_upsample_bilinear2d_aa([nh, nw], false, None, None)?
+            .round()
+            .clamp(0.0, 255.0)
+    } else {
+        x
+    };
+    let top = ((nh - h) as f64 / 2.0).round_ties_even() as i64;
+    let left = ((nw - w) as f64 / 2.0).round_ties_even() as i64;
+    let x = x.narrow(2, top, h).narrow(3, left, w).squeeze_dim(0) / 255.0;
+    Ok(normalize(x, spec))
+}
+
+fn normalize(x: Tensor, spec: &InputSpec) -> Tensor {
+    let c = spec.shape[0];
+    let mut x = x;
+    if !spec.mean.is_empty() {
+        x -= Tensor::from_slice(&spec.mean)
+            .to_kind(Kind::Float)
+            .view([c, 1, 1]);
+    }
+    if !spec.std.is_empty() {
+        x /= Tensor::from_slice(&spec.std)
+            .to_kind(Kind::Float)
+            .view([c, 1, 1]);
+    }
+    x
+}
+
+/// Loads and stacks images into one `[N, C, H, W]` batch.
+pub fn load_batch(images: &[LabeledImage], spec: &InputSpec) -> Result<Tensor> {
+    let xs = images
+        .iter()
+        .map(|i| load_image(&i.path, spec))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&xs, 0))
+}
+
+/// Fashion-MNIST as `[N, 1, 28, 28]` fp32 in [0, 1] and int64 labels.
+pub struct FashionMnist {
+    pub train_images: Tensor,
+    pub train_labels: Tensor,
+    pub test_images: Tensor,
+    pub test_labels: Tensor,
+}
+
+/// Reads the official Fashion-MNIST IDX files (gunzipped by set-up) from `dir`.
+pub fn fashion_mnist(dir: &Path) -> Result<FashionMnist> {
+    let d = tch::vision::mnist::load_dir(dir).map_err(|e| ModelError::Dataset {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let shape = |t: Tensor| t.view([-1, 1, 28, 28]);
+    Ok(FashionMnist {
+        train_images: shape(d.train_images),
+        train_labels: d.train_labels,
+        test_images: shape(d.test_images),
+        test_labels: d.test_labels,
+    })
+}

@@ -1,0 +1,77 @@
+//! The library's error type. Every message names the offending value and the fix.
+use std::path::PathBuf;
+
+/// What can go wrong when loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "unknown model `{name}`: the built-in models are {known}; a user model is a folder \
+         holding a manifest.toml (see models/README.md)"
+    )]
+    UnknownModel { name: String, known: String },
+
+    #[error(
+        "weights for `{model}` are missing: {path} does not exist; run `scripts/setup.sh` \
+         (the README's first command runs it) to fetch and convert them"
+    )]
+    WeightsMissing { model: String, path: PathBuf },
+
+    #[error("weights for `{model}` at {path} are not usable: {reason}")]
+    WeightsInvalid {
+        model: String,
+        path: PathBuf,
+        reason: String,
+    },
+
+    #[error(
+        "split {split} is out of range for `{model}`: it has {blocks} blocks, so split points \
+         are 0..={blocks} (0 = cloud-only, {blocks} = device-only)"
+    )]
+    SplitOutOfRange {
+        model: String,
+        split: usize,
+        blocks: usize,
+    },
+
+    #[error(
+        "wrong input shape for `{model}` at split {split}: expected [batch, {expected}], got \
+         {got:?}; {hint}"
+    )]
+    WrongShape {
+        model: String,
+        split: usize,
+        expected: String,
+        got: Vec<i64>,
+        hint: &'static str,
+    },
+
+    #[error("model package {path}: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+
+    #[error("{path} is not a readable image ({reason}); give a JPEG or PNG file")]
+    BadImage { path: PathBuf, reason: String },
+
+    #[error("dataset at {path} is not usable ({reason}); run `scripts/setup.sh` to fetch it")]
+    Dataset { path: PathBuf, reason: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl ModelError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

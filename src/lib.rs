@@ -1,0 +1,31 @@
+//! # dyno
+//!
+//! dyno runs CNN inference for a fleet of devices that share cloud capacity, by
+//! *dynamic onloading* (DynO, Almeida et al., ACM TECS 2022): each device runs the
+//! head of the network up to a split point, sends the activation there, and a cloud
+//! worker runs the tail.
+//!
+//! The crate, one idea per module (see `docs/ARCHITECTURE.md` for the full map):
+//!
+//! - [`model`]: CNNs as ordered lists of blocks; `head(x, s)`, `tail(a, s)` and the full
+//!   forward for every split point `s`. The built-in architectures (`mobilenet_v2`,
+//!   `resnet50`, `vgg16`, `inception_v3`, `fashion_cnn`) and user TorchScript packages.
+//! - [`data`]: real inputs: image files preprocessed as torchvision does, Fashion-MNIST.
+//! - [`check`]: `dyno models check`: accuracy on real data, split exactness, block times.
+//! - [`train`]: trains `fashion_cnn` with a fixed seed.
+//! - [`home`]: where set-up put weights and data.
+//! - [`error`]: the typed errors, each naming the problem and the fix.
+//! - [`cli`]: the `dyno` command line.
+//!
+//! Every tensor computation goes through libtorch (the `tch` crate).
+
+pub mod check;
+pub mod cli;
+pub mod data;
+pub mod error;
+pub mod home;
+pub mod model;
+pub mod train;
+
+pub use error::{ModelError, Result};
+pub use model::Model;

@@ -1,0 +1,224 @@
+//! User models as TorchScript packages.
+//!
+//! A package is a folder with a `manifest.toml` and one TorchScript module per block:
+//!
+//! ```toml
+//! name = "my_model"
+//! labels = "labels.txt"          # optional: one class name per line
+//!
+//! [input]
+//! shape = [3, 224, 224]          # channels, height, width of one input
+//! resize = 256                   # optional: short side before the centre crop
+//! mean = [0.485, 0.456, 0.406]   # optional, one per channel
+//! std = [0.229, 0.224, 0.225]    # optional, one per channel
+//!
+//! [[blocks]]
+//! name = "stem"
+//! file = "000_stem.pt"
+//! ```
+//!
+//! Each block takes exactly one tensor and returns exactly one tensor; the blocks run in
+//! the listed order. `dyno models export` writes a built-in model in this format, and
+//! `models/export_torchscript.py` does it for a PyTorch model.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{CModule, Kind, Tensor};
+
+use super::{Block, InputSpec, Model, NamedBlock, WeightSource};
+use crate::error::{ModelError, Result};
+
+/// The parsed `manifest.toml` of a package.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
+    pub input: InputSpec,
+    pub blocks: Vec<BlockEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockEntry {
+    pub name: String,
+    pub file: String,
+}
+
+/// A block run by libtorch's TorchScript interpreter.
+struct ScriptBlock(CModule);
+
+impl Block for ScriptBlock {
+    fn forward_t(&self, xs: &Tensor, _train: bool) -> Result<Tensor, tch::TchError> {
+        self.0.forward_ts(&[xs])
+    }
+}
+
+impl Manifest {
+    /// Parses and validates a manifest; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
+        let bad = |reason: String| ModelError::Manifest {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let m: Manifest =
+            toml::from_str(text).map_err(|e| bad(format!("invalid manifest: {e}")))?;
+        if m.name.trim().is_empty() {
+            return Err(bad("`name` is empty; give the model a name".into()));
+        }
+        if m.blocks.is_empty() {
+            return Err(bad(
+                "`blocks` is empty; list at least one [[blocks]] entry with name and file".into(),
+            ));
+        }
+        let [c, h, w] = m.input.shape;
+        if c < 1 || h < 1 || w < 1 {
+            return Err(bad(format!(
+                "input.shape must be three positive numbers [channels, height, width], got {:?}",
+                m.input.shape
+            )));
+        }
+        for (key, v) in [("mean", &m.input.mean), ("std", &m.input.std)] {
+            if !v.is_empty() && v.len() as i64 != c {
+                return Err(bad(format!(
+                    "input.{key} has {} values but the input has {c} channels; give one per channel or none",
+                    v.len()
+                )));
+            }
+        }
+        if m.input.std.iter().any(|s| !(*s > 0.0 && s.is_finite())) {
+            return Err(bad(format!(
+                "input.std must be positive, got {:?}",
+                m.input.std
+            )));
+        }
+        if let Some(r) = m.input.resize {
+            if r < h.min(w) {
+                return Err(bad(format!(
+                    "input.resize ({r}) is smaller than the crop ({h}x{w}); it must be at least {}",
+                    h.min(w)
+                )));
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// Loads a package folder as a [`Model`].
+pub fn load_package(dir: &Path) -> Result<Model> {
+    let manifest_path = dir.join("manifest.toml");
+    let text =
+        std::fs::read_to_string(&manifest_path).map_err(|e| ModelError::io(&manifest_path, e))?;
+    let m = Manifest::parse(&text, &manifest_path)?;
+    let bad = |reason: String| ModelError::Manifest {
+        path: manifest_path.clone(),
+        reason,
+    };
+    let mut blocks = Vec::with_capacity(m.blocks.len());
+    let mut params = 0u64;
+    for entry in &m.blocks {
+        let file = dir.join(&entry.file);
+        if !file.is_file() {
+            return Err(bad(format!(
+                "block `{}` names file {}, which does not exist",
+                entry.name,
+                file.display()
+            )));
+        }
+        let mut module = CModule::load(&file).map_err(|e| {
+            bad(format!(
+                "block `{}`: {} is not a TorchScript module ({}); save it with torch.jit.save",
+                entry.name,
+                file.display(),
+                first_line(&e.to_string())
+            ))
+        })?;
+        module.set_eval();
+        params += module
+            .named_parameters()
+            .map_err(ModelError::Torch)?
+            .iter()
+            .map(|(_, t)| t.numel() as u64)
+            .sum::<u64>();
+        blocks.push(NamedBlock {
+            name: entry.name.clone(),
+            block: Box::new(ScriptBlock(module)),
+        });
+    }
+    let weights = WeightSource::TorchScript {
+        path: dir.display().to_string(),
+    };
+    let mut model = Model::new(m.name.clone(), m.input.clone(), weights, blocks, params);
+    if let Some(labels) = &m.labels {
+        let p = dir.join(labels);
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| bad(format!("labels file {}: {e}", p.display())))?;
+        model = model.with_labels(text.lines().map(str::to_string).collect());
+    }
+    // A package whose blocks do not chain fails here, with the block that broke.
+    model.split_points().map_err(|e| {
+        bad(format!(
+            "the blocks do not run in order on a {:?} input: {}",
+            m.input.shape,
+            first_line(&e.to_string())
+        ))
+    })?;
+    Ok(model)
+}
+
+/// Writes `model` as a package in `dir` (created if needed), tracing each block on the
+/// activation that reaches it. Returns the manifest path.
+pub fn export_package(model: &Model, dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let _guard = tch::no_grad_guard();
+    let mut dims = vec![1i64];
+    dims.extend_from_slice(&model.input.shape);
+    let mut x = Tensor::zeros(dims.as_slice(), (Kind::Float, tch::Device::Cpu));
+    let mut entries = Vec::new();
+    for (i, nb) in model.blocks.iter().enumerate() {
+        let mut failure = None;
+        let traced =
+            CModule::create_by_tracing(&nb.name, "forward", &[x.shallow_clone()], &mut |inputs| {
+                match nb.block.forward_t(&inputs[0], false) {
+                    Ok(y) => vec![y],
+                    Err(e) => {
+                        failure = Some(e);
+                        vec![inputs[0].shallow_clone()]
+                    }
+                }
+            })?;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        let file = format!("{i:03}_{}.pt", nb.name.replace(['/', '\\', ' '], "_"));
+        traced.save(dir.join(&file))?;
+        x = nb.block.forward_t(&x, false)?;
+        entries.push(BlockEntry {
+            name: nb.name.clone(),
+            file,
+        });
+    }
+    let labels = match &model.labels {
+        Some(l) => {
+            let p = dir.join("labels.txt");
+            std::fs::write(&p, l.join("\n")).map_err(|e| ModelError::io(&p, e))?;
+            Some("labels.txt".to_string())
+        }
+        None => None,
+    };
+    let manifest = Manifest {
+        name: model.name.clone(),
+        labels,
+        input: model.input.clone(),
+        blocks: entries,
+    };
+    let path = dir.join("manifest.toml");
+    let text = toml::to_string_pretty(&manifest).expect("a manifest always serialises");
+    std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))?;
+    Ok(path)
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: set-up (idempotent), then formatting,
+# every unit, integration and doc test, and a build of the benchmarks.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo test --release --workspace
+cargo bench --workspace --no-run
