@@ -143,3 +143,57 @@ pub fn fashion_mnist(dir: &Path) -> Result<FashionMnist> {
         test_labels: d.test_labels,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_come_from_the_last_number_in_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["imagenet_07_438.jpg", "b.PNG", "notes.txt", "a_12.jpeg"] {
+            std::fs::write(dir.path().join(f), b"x").unwrap();
+        }
+        let got: Vec<(String, Option<i64>)> = list_images(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|i| {
+                (
+                    i.path.file_name().unwrap().to_string_lossy().into_owned(),
+                    i.label,
+                )
+            })
+            .collect();
+        let want = [
+            ("a_12.jpeg", Some(12)),
+            ("b.PNG", None),
+            ("imagenet_07_438.jpg", Some(438)),
+        ];
+        let want: Vec<(String, Option<i64>)> =
+            want.iter().map(|(f, l)| (f.to_string(), *l)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn preprocessing_resizes_crops_and_normalises() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("grey.png");
+        // A uniform mid-grey 40x80 image: every output pixel is (128/255 - mean) / std.
+        image::GrayImage::from_pixel(80, 40, image::Luma([128u8]))
+            .save(&path)
+            .unwrap();
+        let spec = InputSpec {
+            shape: [3, 16, 16],
+            resize: Some(20),
+            mean: vec![0.5, 0.4, 0.3],
+            std: vec![0.5, 0.5, 0.25],
+        };
+        let x = load_image(&path, &spec).unwrap();
+        assert_eq!(x.size(), [3, 16, 16]);
+        for (c, (m, s)) in spec.mean.iter().zip(&spec.std).enumerate() {
+            let want = (128.0 / 255.0 - m) / s;
+            let got = x.get(c as i64).mean(Kind::Double).double_value(&[]);
+            assert!((got - want).abs() < 1e-5, "channel {c}: {got} vs {want}");
+        }
+    }
+}

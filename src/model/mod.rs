@@ -341,3 +341,67 @@ pub(crate) fn count_params(vs: &nn::VarStore) -> u64 {
         .map(|t| t.numel() as u64)
         .sum::<u64>()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A two-block toy model: double, then sum over the last axis.
+    fn toy() -> Model {
+        let blocks = vec![
+            NamedBlock::new("double", NnBlock(nn::func(|x| x * 2))),
+            NamedBlock::new(
+                "sum",
+                NnBlock(nn::func(|x| x.sum_dim_intlist(-1, false, Kind::Float))),
+            ),
+        ];
+        let input = InputSpec {
+            shape: [1, 2, 3],
+            resize: None,
+            mean: vec![],
+            std: vec![],
+        };
+        Model::new("toy", input, WeightSource::Seeded { seed: 0 }, blocks, 0)
+    }
+
+    #[test]
+    fn split_points_record_what_crosses() {
+        let m = toy();
+        let sp = m.split_points().unwrap();
+        let shapes: Vec<_> = sp.iter().map(|s| s.shape.clone()).collect();
+        assert_eq!(shapes, vec![vec![1, 2, 3], vec![1, 2, 3], vec![1, 2]]);
+        assert_eq!(
+            sp.iter().map(|s| s.fp32_bytes).collect::<Vec<_>>(),
+            [24, 24, 8]
+        );
+        assert_eq!(sp[1].after_block.as_deref(), Some("double"));
+        assert_eq!(sp[0].after_block, None);
+    }
+
+    #[test]
+    fn head_and_tail_compose_to_forward() {
+        let m = toy();
+        let x = Tensor::arange(12, (Kind::Float, tch::Device::Cpu)).view([2, 1, 2, 3]);
+        let full = m.forward(&x).unwrap();
+        assert_eq!(
+            Vec::<f32>::try_from(full.flatten(0, -1)).unwrap(),
+            [6., 24., 42., 60.]
+        );
+        for s in 0..=2 {
+            let y = m.tail(&m.head(&x, s).unwrap(), s).unwrap();
+            assert!(y.equal(&full), "split {s}");
+        }
+        assert!(matches!(
+            m.head(&x, 3),
+            Err(ModelError::SplitOutOfRange {
+                split: 3,
+                blocks: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            m.tail(&x, 2),
+            Err(ModelError::WrongShape { split: 2, .. })
+        ));
+    }
+}

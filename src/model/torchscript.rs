@@ -5,6 +5,8 @@
 //! ```toml
 //! name = "my_model"
 //! labels = "labels.txt"          # optional: one class name per line
+//! params = 3504872               # optional: parameter count, when the blocks hold
+//!                                # their weights as constants (traced from frozen ones)
 //!
 //! [input]
 //! shape = [3, 224, 224]          # channels, height, width of one input
@@ -35,6 +37,10 @@ pub struct Manifest {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<String>,
+    /// Parameter count, for modules that hold their weights as constants (blocks traced
+    /// from frozen weights, as `dyno models export` writes them); absent: counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<u64>,
     pub input: InputSpec,
     pub blocks: Vec<BlockEntry>,
 }
@@ -149,6 +155,7 @@ pub fn load_package(dir: &Path) -> Result<Model> {
     let weights = WeightSource::TorchScript {
         path: dir.display().to_string(),
     };
+    let params = m.params.unwrap_or(params);
     let mut model = Model::new(m.name.clone(), m.input.clone(), weights, blocks, params);
     if let Some(labels) = &m.labels {
         let p = dir.join(labels);
@@ -178,16 +185,18 @@ pub fn export_package(model: &Model, dir: &Path) -> Result<PathBuf> {
     let mut entries = Vec::new();
     for (i, nb) in model.blocks.iter().enumerate() {
         let mut failure = None;
-        let traced =
-            CModule::create_by_tracing(&nb.name, "forward", &[x.shallow_clone()], &mut |inputs| {
-                match nb.block.forward_t(&inputs[0], false) {
-                    Ok(y) => vec![y],
-                    Err(e) => {
-                        failure = Some(e);
-                        vec![inputs[0].shallow_clone()]
-                    }
+        let traced = CModule::create_by_tracing(
+            &script_name(&nb.name),
+            "forward",
+            &[x.shallow_clone()],
+            &mut |inputs| match nb.block.forward_t(&inputs[0], false) {
+                Ok(y) => vec![y],
+                Err(e) => {
+                    failure = Some(e);
+                    vec![inputs[0].shallow_clone()]
                 }
-            })?;
+            },
+        )?;
         if let Some(e) = failure {
             return Err(e.into());
         }
@@ -210,15 +219,97 @@ pub fn export_package(model: &Model, dir: &Path) -> Result<PathBuf> {
     let manifest = Manifest {
         name: model.name.clone(),
         labels,
+        params: Some(model.params),
         input: model.input.clone(),
         blocks: entries,
     };
     let path = dir.join("manifest.toml");
-    let text = toml::to_string_pretty(&manifest).expect("a manifest always serialises");
+    let text = toml::to_string(&manifest).expect("a manifest always serialises");
     std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))?;
     Ok(path)
 }
 
+/// A TorchScript module name from a block name: `features.0` -> `block_features_0`
+/// (a dot would make it a qualified name that libtorch cannot load back).
+fn script_name(block: &str) -> String {
+    let clean: String = block
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("block_{clean}")
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "m"
+[input]
+shape = [3, 32, 32]
+resize = 40
+mean = [0.5, 0.5, 0.5]
+std = [0.2, 0.2, 0.2]
+[[blocks]]
+name = "a"
+file = "a.pt"
+"#;
+
+    fn parse(text: &str) -> std::result::Result<Manifest, String> {
+        Manifest::parse(text, Path::new("m/manifest.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_good_manifest_parses() {
+        let m = parse(GOOD).unwrap();
+        assert_eq!(m.input.shape, [3, 32, 32]);
+        assert_eq!(
+            m.blocks,
+            vec![BlockEntry {
+                name: "a".into(),
+                file: "a.pt".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            (
+                GOOD.replace("resize = 40", "resize = 20"),
+                "input.resize (20)",
+            ),
+            (
+                GOOD.replace("std = [0.2, 0.2, 0.2]", "std = [0.2, 0.0, 0.2]"),
+                "input.std must be positive",
+            ),
+            (
+                GOOD.replace("name = \"m\"", "name = \" \""),
+                "`name` is empty",
+            ),
+            (
+                GOOD.replace("shape = [3, 32, 32]", "shape = [3, 32]"),
+                "invalid manifest",
+            ),
+            (
+                GOOD.split("[[blocks]]").next().unwrap().to_string(),
+                "missing field `blocks`",
+            ),
+            (
+                GOOD.replace("file = \"a.pt\"", "file = \"a.pt\"\nweights = 1"),
+                "unknown field `weights`",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(
+                err.contains(needle) && err.contains("m/manifest.toml"),
+                "`{needle}` not in {err}"
+            );
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! VGG-16 (Simonyan & Zisserman 2015) as 6 blocks: the five convolution stages (each
-//! ending with its max-pool) and the classifier. Parameter names are torchvision's
+//! VGG-16 (Simonyan & Zisserman 2015) as 8 blocks: the five convolution stages (each
+//! ending with its max-pool) and the three fully connected layers. Parameter names are torchvision's
 //! (`features.N`, `classifier.0/3/6`).
 use tch::nn;
 
@@ -36,23 +36,27 @@ pub fn vgg16_blocks(p: &nn::Path, classes: i64) -> Vec<NamedBlock> {
         index += 1;
         out.push(NamedBlock::new(format!("stage{}", stage + 1), NnBlock(seq)));
     }
+    // The classifier as its three fully connected layers: one tensor crosses each cut.
     let c = p / "classifier";
-    let fc0 = nn::linear(&c / 0, 512 * 7 * 7, 4096, Default::default());
-    let fc3 = nn::linear(&c / 3, 4096, 4096, Default::default());
-    let fc6 = nn::linear(&c / 6, 4096, classes, Default::default());
+    let fc6 = nn::linear(&c / 0, 512 * 7 * 7, 4096, Default::default());
+    let fc7 = nn::linear(&c / 3, 4096, 4096, Default::default());
+    let fc8 = nn::linear(&c / 6, 4096, classes, Default::default());
     out.push(NamedBlock::new(
-        "classifier",
+        "fc6",
         NnBlock(nn::func_t(move |xs, train| {
             xs.adaptive_avg_pool2d([7, 7])
                 .flatten(1, -1)
-                .apply(&fc0)
-                .relu()
-                .dropout(0.5, train)
-                .apply(&fc3)
-                .relu()
-                .dropout(0.5, train)
                 .apply(&fc6)
+                .relu()
+                .dropout(0.5, train)
         })),
     ));
+    out.push(NamedBlock::new(
+        "fc7",
+        NnBlock(nn::func_t(move |xs, train| {
+            xs.apply(&fc7).relu().dropout(0.5, train)
+        })),
+    ));
+    out.push(NamedBlock::new("fc8", NnBlock(fc8)));
     out
 }

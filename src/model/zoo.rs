@@ -23,6 +23,8 @@ pub const BUILTINS: [&str; 5] = [
     "fashion_cnn",
 ];
 
+static SEED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Which weights a built-in model starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Init {
@@ -130,6 +132,9 @@ pub fn build(name: &str, home: &Home, init: Init) -> Result<Model> {
         Init::Random(seed) => seed,
         Init::Default => SEED,
     };
+    // libtorch's generator is global: hold the lock from seeding to the last variable,
+    // so that models built on several threads at once still get their seeded weights.
+    let seeded = SEED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let root = vs.root();
@@ -141,6 +146,7 @@ pub fn build(name: &str, home: &Home, init: Init) -> Result<Model> {
         "fashion_cnn" => fashion_cnn::blocks(&root),
         _ => unreachable!("builtin() returned Some for {name}"),
     };
+    drop(seeded);
     let params = count_params(&vs);
     let weights = match (&file, init) {
         (Some(f), _) => {
