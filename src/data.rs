@@ -90,6 +90,12 @@ pub fn load_image(path: &Path, spec: &InputSpec) -> Result<Tensor> {
     } else {
         x
     };
+    if nh < h || nw < w {
+        return Err(bad(format!(
+            "resized to {nh}x{nw}, smaller than the {h}x{w} crop; the model's resize must be at \
+             least its crop"
+        )));
+    }
     let top = ((nh - h) as f64 / 2.0).round_ties_even() as i64;
     let left = ((nw - w) as f64 / 2.0).round_ties_even() as i64;
     let x = x.narrow(2, top, h).narrow(3, left, w).squeeze_dim(0) / 255.0;

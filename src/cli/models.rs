@@ -98,10 +98,15 @@ pub fn check(home: &Home, args: CheckArgs) -> anyhow::Result<()> {
     println!("data:     {}", report.data);
     match report.accuracy {
         Some(a) => println!(
-            "correct:  {}/{} ({:.2} %)",
+            "correct:  {}/{} ({:.2} %){}",
             report.correct,
             report.total,
-            100.0 * a
+            100.0 * a,
+            if model.weights().is_meaningful() {
+                ""
+            } else {
+                " -- seeded random weights: this accuracy means nothing"
+            }
         ),
         None => println!("correct:  no labeled inputs"),
     }

@@ -100,10 +100,10 @@ impl Manifest {
             )));
         }
         if let Some(r) = m.input.resize {
-            if r < h.min(w) {
+            if r < h.max(w) {
                 return Err(bad(format!(
                     "input.resize ({r}) is smaller than the crop ({h}x{w}); it must be at least {}",
-                    h.min(w)
+                    h.max(w)
                 )));
             }
         }
