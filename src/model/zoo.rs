@@ -12,6 +12,10 @@ use crate::error::{ModelError, Result};
 use crate::home::Home;
 
 /// The seed of the random weights of `resnet50`, `vgg16` and `inception_v3`.
+///
+/// The weights come from libtorch's global generator: builds hold a lock against each
+/// other, but code that draws random numbers on another thread during a build changes
+/// them. dyno itself draws none outside builds and training.
 pub const SEED: i64 = 20_221_014;
 
 /// The built-in models, in the order `dyno models list` shows them.
