@@ -10,6 +10,8 @@
 //! - [`model`]: CNNs as ordered lists of blocks; `head(x, s)`, `tail(a, s)` and the full
 //!   forward for every split point `s`. The built-in architectures (`mobilenet_v2`,
 //!   `resnet50`, `vgg16`, `inception_v3`, `fashion_cnn`) and user TorchScript packages.
+//! - [`pack`]: the packed tensor format: quantisation to 1..=16 bits, bit shuffling,
+//!   LZ4/zstd, a checked self-describing header.
 //! - [`data`]: real inputs: image files preprocessed as torchvision does, Fashion-MNIST.
 //! - [`check`]: `dyno models check`: accuracy on real data, split exactness, block times.
 //! - [`train`]: trains `fashion_cnn` with a fixed seed.
@@ -25,6 +27,7 @@ pub mod data;
 pub mod error;
 pub mod home;
 pub mod model;
+pub mod pack;
 pub mod train;
 
 pub use error::{ModelError, Result};

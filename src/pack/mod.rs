@@ -1,0 +1,545 @@
+//! CNN-specific data packing: the activation at the cut, made small.
+//!
+//! Three stages (DESIGN.md section 1), pure Rust over plain slices:
+//! 1. *input-specific quantisation* ([`quant`]): per tensor (or per channel), uniform,
+//!    unsigned, asymmetric, to `bits` in 1..=16; fp16 and fp32 pass through;
+//! 2. *bit shuffling* ([`shuffle`]): codes into bit-planes;
+//! 3. *lossless compression*: none, LZ4 (`lz4_flex`) or zstd at a low level.
+//!
+//! The result starts with a self-describing [`Header`] (format: docs/PACKING.md).
+//! [`unpack`] checks every field and both checksums before it trusts or allocates
+//! anything, and returns a typed [`DecodeError`] for any bad buffer, never a panic.
+//! tch tensors are converted at the edge, in [`tensor`].
+use std::fmt;
+
+mod header;
+pub mod quant;
+pub mod shuffle;
+pub mod tensor;
+
+pub use header::{Header, MAX_DIMS, MAX_MODEL_ID, VERSION};
+pub use quant::Range;
+
+/// How precisely values travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Precision {
+    /// Quantised to this many bits (1..=16).
+    Bits(u8),
+    /// IEEE half precision.
+    Fp16,
+    /// Unchanged.
+    Fp32,
+}
+
+impl Precision {
+    /// Every precision the scheduler chooses from: 1..=16 bits, fp16, fp32.
+    pub fn all() -> Vec<Precision> {
+        let mut v: Vec<Precision> = (1..=16).map(Precision::Bits).collect();
+        v.extend([Precision::Fp16, Precision::Fp32]);
+        v
+    }
+
+    /// Quantised precision, with the bits checked.
+    pub fn bits(bits: u8) -> Result<Precision, PackError> {
+        if (1..=16).contains(&bits) {
+            Ok(Precision::Bits(bits))
+        } else {
+            Err(PackError::BadBits(bits))
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Precision::Bits(b) => write!(f, "{b}"),
+            Precision::Fp16 => f.write_str("fp16"),
+            Precision::Fp32 => f.write_str("fp32"),
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = PackError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fp16" => Ok(Precision::Fp16),
+            "fp32" => Ok(Precision::Fp32),
+            _ => match s.parse::<u8>() {
+                Ok(b) => Precision::bits(b),
+                Err(_) => Err(PackError::BadPrecision(s.to_string())),
+            },
+        }
+    }
+}
+
+impl serde::Serialize for Precision {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Precision {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The lossless compressor after bit shuffling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum Codec {
+    None = 0,
+    Lz4 = 1,
+    Zstd = 2,
+}
+
+impl Codec {
+    pub const ALL: [Codec; 3] = [Codec::None, Codec::Lz4, Codec::Zstd];
+
+    fn from_u8(v: u8) -> Result<Codec, DecodeError> {
+        match v {
+            0 => Ok(Codec::None),
+            1 => Ok(Codec::Lz4),
+            2 => Ok(Codec::Zstd),
+            _ => Err(DecodeError::UnknownCodec(v)),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::None => "none",
+            Codec::Lz4 => "lz4",
+            Codec::Zstd => "zstd",
+        }
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One quantisation range per tensor, or one per channel (axis 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Granularity {
+    PerTensor = 0,
+    PerChannel = 1,
+}
+
+impl fmt::Display for Granularity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Granularity::PerTensor => "per-tensor",
+            Granularity::PerChannel => "per-channel",
+        })
+    }
+}
+
+/// How to pack.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PackOptions {
+    pub precision: Precision,
+    pub codec: Codec,
+    pub granularity: Granularity,
+    /// zstd level (1 is fast; the format does not depend on it).
+    pub zstd_level: i32,
+}
+
+impl PackOptions {
+    pub fn new(precision: Precision, codec: Codec) -> Self {
+        PackOptions {
+            precision,
+            codec,
+            granularity: Granularity::PerTensor,
+            zstd_level: 1,
+        }
+    }
+}
+
+/// Which activation this is: the model, its weights, the split.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TensorId<'a> {
+    pub model: &'a str,
+    pub weights_hash: u64,
+    pub split: u16,
+}
+
+/// Why a tensor could not be packed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PackError {
+    #[error(
+        "element {index} (index {position:?}) is {value}: a NaN or infinite activation cannot be \
+         packed; check the input frame and the model's weights"
+    )]
+    NonFinite {
+        index: usize,
+        position: Vec<usize>,
+        value: f32,
+    },
+    #[error(
+        "element {index} (index {position:?}) is {value}, beyond fp16's range (+-65504); pack it \
+         quantised or as fp32"
+    )]
+    Fp16Overflow {
+        index: usize,
+        position: Vec<usize>,
+        value: f32,
+    },
+    #[error("bits must be 1..=16, got {0}")]
+    BadBits(u8),
+    #[error("precision must be 1..=16, fp16 or fp32, got `{0}`")]
+    BadPrecision(String),
+    #[error("bad shape: {0}")]
+    Shape(String),
+    #[error("model id `{0}` is longer than {MAX_MODEL_ID} bytes")]
+    ModelId(String),
+    #[error("compression failed: {0}")]
+    Compress(String),
+}
+
+/// Why a buffer could not be unpacked. Small and cheap: it is the hot path's error.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("truncated packed tensor: needs at least {needed} bytes, got {got}")]
+    Truncated { needed: usize, got: usize },
+    #[error("not a packed tensor (bad magic bytes)")]
+    BadMagic,
+    #[error("packed tensor format version {0} is unknown; this dyno reads version {VERSION}")]
+    UnknownVersion(u8),
+    #[error("unknown codec {0}; known: 0 none, 1 lz4, 2 zstd")]
+    UnknownCodec(u8),
+    #[error("bad precision (kind {kind}, bits {bits}); bits must be 1..=16, or fp16/fp32")]
+    BadPrecision { kind: u8, bits: u8 },
+    #[error("unknown granularity {0}; known: 0 per-tensor, 1 per-channel")]
+    BadGranularity(u8),
+    #[error("model id is not UTF-8 of at most {MAX_MODEL_ID} bytes")]
+    BadModelId,
+    #[error("bad shape: {0}")]
+    BadShape(String),
+    #[error("tensor of {elements} elements is over the limit of {limit}")]
+    TooLarge { elements: u64, limit: u64 },
+    #[error("range {index} is [{min}, {max}]: not finite or min > max")]
+    BadRange { index: usize, min: f32, max: f32 },
+    #[error("inconsistent packed tensor: {0}")]
+    Inconsistent(String),
+    #[error("header checksum mismatch: the header is corrupted")]
+    HeaderChecksum,
+    #[error("payload checksum mismatch: the payload is corrupted")]
+    PayloadChecksum,
+    #[error("decompression failed: {0}")]
+    Decompress(String),
+}
+
+/// Limits a receiver puts on what it unpacks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecodeLimits {
+    /// Largest number of elements (default 2^26: 256 MiB of fp32).
+    pub max_elements: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_elements: 1 << 26,
+        }
+    }
+}
+
+/// An unpacked tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unpacked {
+    pub header: Header,
+    pub values: Vec<f32>,
+}
+
+/// Packs `values` of `shape` (row-major, batch first). Allocates fresh scratch space;
+/// use a [`Packer`] to reuse it across calls.
+pub fn pack(
+    values: &[f32],
+    shape: &[usize],
+    id: &TensorId,
+    opts: &PackOptions,
+) -> Result<Vec<u8>, PackError> {
+    let mut out = Vec::new();
+    Packer::default().pack_into(values, shape, id, opts, &mut out)?;
+    Ok(out)
+}
+
+/// Unpacks a buffer made by [`pack`], checking it all.
+pub fn unpack(buf: &[u8], limits: &DecodeLimits) -> Result<Unpacked, DecodeError> {
+    Packer::default().unpack(buf, limits)
+}
+
+/// Packs and unpacks with reusable scratch buffers.
+#[derive(Default)]
+pub struct Packer {
+    codes: Vec<u16>,
+    planes: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+/// Bytes of the shuffled stream for `n` elements at `precision`.
+fn raw_len(precision: Precision, n: usize) -> usize {
+    match precision {
+        Precision::Bits(b) => b as usize * shuffle::plane_len(n),
+        Precision::Fp16 => 16 * shuffle::plane_len(n),
+        Precision::Fp32 => 4 * n,
+    }
+}
+
+/// Row-major multi-index of flat index `i`.
+fn position(shape: &[usize], mut i: usize) -> Vec<usize> {
+    let mut pos = vec![0; shape.len()];
+    for (p, &d) in pos.iter_mut().zip(shape).rev() {
+        *p = i % d.max(1);
+        i /= d.max(1);
+    }
+    pos
+}
+
+impl Packer {
+    /// Packs into `out` (cleared first).
+    pub fn pack_into(
+        &mut self,
+        values: &[f32],
+        shape: &[usize],
+        id: &TensorId,
+        opts: &PackOptions,
+        out: &mut Vec<u8>,
+    ) -> Result<(), PackError> {
+        let n = values.len();
+        if shape.is_empty()
+            || shape.len() > MAX_DIMS
+            || shape.iter().any(|&d| d == 0 || d > u32::MAX as usize)
+        {
+            return Err(PackError::Shape(format!(
+                "shape {shape:?} must have 1..={MAX_DIMS} dimensions, each 1..=2^32-1"
+            )));
+        }
+        if shape.iter().product::<usize>() != n {
+            return Err(PackError::Shape(format!(
+                "shape {shape:?} does not hold {n} values"
+            )));
+        }
+        if id.model.len() > MAX_MODEL_ID {
+            return Err(PackError::ModelId(id.model.to_string()));
+        }
+        let nonfinite = |index: usize| PackError::NonFinite {
+            index,
+            position: position(shape, index),
+            value: values[index],
+        };
+        let raw = raw_len(opts.precision, n);
+        self.planes.clear();
+        self.planes.resize(raw, 0);
+        let mut ranges = Vec::new();
+        let mut granularity = opts.granularity;
+        match opts.precision {
+            Precision::Bits(bits) => {
+                let bits = u32::from(bits);
+                if !(1..=16).contains(&bits) {
+                    return Err(PackError::BadBits(bits as u8));
+                }
+                self.codes.clear();
+                self.codes.resize(n, 0);
+                if granularity == Granularity::PerChannel && shape.len() >= 2 {
+                    let (items, channels) = (shape[0], shape[1]);
+                    let inner = n / (items * channels);
+                    ranges = vec![Range::EMPTY; channels];
+                    for (g, group) in values.chunks_exact(inner).enumerate() {
+                        let r = quant::range_of(group).map_err(|i| nonfinite(g * inner + i))?;
+                        ranges[g % channels] = ranges[g % channels].merge(r);
+                    }
+                    for (g, (group, codes)) in values
+                        .chunks_exact(inner)
+                        .zip(self.codes.chunks_exact_mut(inner))
+                        .enumerate()
+                    {
+                        quant::quantise(group, ranges[g % channels], bits, codes);
+                    }
+                } else {
+                    granularity = Granularity::PerTensor;
+                    let r = quant::range_of(values).map_err(nonfinite)?;
+                    quant::quantise(values, r, bits, &mut self.codes);
+                    ranges.push(r);
+                }
+                shuffle::shuffle(&self.codes, bits, &mut self.planes);
+            }
+            Precision::Fp16 => {
+                granularity = Granularity::PerTensor;
+                self.codes.clear();
+                self.codes.reserve(n);
+                for (i, &v) in values.iter().enumerate() {
+                    if !v.is_finite() {
+                        return Err(nonfinite(i));
+                    }
+                    if v.abs() > 65504.0 {
+                        return Err(PackError::Fp16Overflow {
+                            index: i,
+                            position: position(shape, i),
+                            value: v,
+                        });
+                    }
+                    self.codes.push(half::f16::from_f32(v).to_bits());
+                }
+                shuffle::shuffle(&self.codes, 16, &mut self.planes);
+            }
+            Precision::Fp32 => {
+                granularity = Granularity::PerTensor;
+                if let Err(i) = quant::range_of(values) {
+                    return Err(nonfinite(i));
+                }
+                shuffle::byte_shuffle_f32(values, &mut self.planes);
+            }
+        }
+        let payload: &[u8] = match opts.codec {
+            Codec::None => &self.planes,
+            Codec::Lz4 => {
+                self.payload.clear();
+                self.payload
+                    .resize(lz4_flex::block::get_maximum_output_size(raw), 0);
+                let len = lz4_flex::block::compress_into(&self.planes, &mut self.payload)
+                    .map_err(|e| PackError::Compress(e.to_string()))?;
+                self.payload.truncate(len);
+                &self.payload
+            }
+            Codec::Zstd => {
+                self.payload.clear();
+                self.payload.resize(zstd::zstd_safe::compress_bound(raw), 0);
+                let len = zstd::bulk::compress_to_buffer(
+                    &self.planes,
+                    &mut self.payload[..],
+                    opts.zstd_level,
+                )
+                .map_err(|e| PackError::Compress(e.to_string()))?;
+                self.payload.truncate(len);
+                &self.payload
+            }
+        };
+        let header = Header {
+            codec: opts.codec,
+            precision: opts.precision,
+            granularity,
+            model: id.model.to_string(),
+            weights_hash: id.weights_hash,
+            split: id.split,
+            shape: shape.iter().map(|&d| d as u32).collect(),
+            ranges,
+            payload_len: u32::try_from(payload.len())
+                .map_err(|_| PackError::Shape("payload over 4 GiB".into()))?,
+            payload_crc: crc32fast::hash(payload),
+        };
+        out.clear();
+        header.encode(out);
+        out.extend_from_slice(payload);
+        Ok(())
+    }
+
+    /// Unpacks `buf`, checking the header, the lengths and both checksums first.
+    pub fn unpack(&mut self, buf: &[u8], limits: &DecodeLimits) -> Result<Unpacked, DecodeError> {
+        let (header, header_len) = Header::decode(buf, limits.max_elements)?;
+        let payload = &buf[header_len..];
+        if payload.len() != header.payload_len as usize {
+            return Err(DecodeError::Inconsistent(format!(
+                "header says {} payload bytes, the buffer holds {}",
+                header.payload_len,
+                payload.len()
+            )));
+        }
+        if crc32fast::hash(payload) != header.payload_crc {
+            return Err(DecodeError::PayloadChecksum);
+        }
+        let n = header.elements() as usize; // bounded by limits.max_elements
+        let raw = raw_len(header.precision, n);
+        let bound = match header.codec {
+            Codec::None => raw,
+            Codec::Lz4 => lz4_flex::block::get_maximum_output_size(raw),
+            Codec::Zstd => zstd::zstd_safe::compress_bound(raw),
+        };
+        if payload.len() > bound {
+            return Err(DecodeError::Inconsistent(format!(
+                "{} payload bytes for {raw} shuffled bytes; {} allows at most {bound}",
+                payload.len(),
+                header.codec
+            )));
+        }
+        let planes: &[u8] = match header.codec {
+            Codec::None => {
+                if payload.len() != raw {
+                    return Err(DecodeError::Inconsistent(format!(
+                        "uncompressed payload of {} bytes, expected {raw}",
+                        payload.len()
+                    )));
+                }
+                payload
+            }
+            Codec::Lz4 | Codec::Zstd => {
+                self.planes.clear();
+                self.planes.resize(raw, 0);
+                let got = if header.codec == Codec::Lz4 {
+                    lz4_flex::block::decompress_into(payload, &mut self.planes)
+                        .map_err(|e| DecodeError::Decompress(e.to_string()))?
+                } else {
+                    zstd::bulk::decompress_to_buffer(payload, &mut self.planes[..])
+                        .map_err(|e| DecodeError::Decompress(e.to_string()))?
+                };
+                if got != raw {
+                    return Err(DecodeError::Decompress(format!(
+                        "{got} bytes decompressed, expected {raw}"
+                    )));
+                }
+                &self.planes
+            }
+        };
+        let mut values = vec![0f32; n];
+        match header.precision {
+            Precision::Bits(bits) => {
+                let bits = u32::from(bits);
+                self.codes.clear();
+                self.codes.resize(n, 0);
+                shuffle::unshuffle(planes, bits, &mut self.codes);
+                if header.granularity == Granularity::PerChannel {
+                    let channels = header.shape[1] as usize;
+                    let inner = n / (header.shape[0] as usize * channels);
+                    for (g, (codes, out)) in self
+                        .codes
+                        .chunks_exact(inner)
+                        .zip(values.chunks_exact_mut(inner))
+                        .enumerate()
+                    {
+                        quant::dequantise(codes, header.ranges[g % channels], bits, out);
+                    }
+                } else {
+                    quant::dequantise(&self.codes, header.ranges[0], bits, &mut values);
+                }
+            }
+            Precision::Fp16 => {
+                self.codes.clear();
+                self.codes.resize(n, 0);
+                shuffle::unshuffle(planes, 16, &mut self.codes);
+                for (v, &c) in values.iter_mut().zip(&self.codes) {
+                    *v = half::f16::from_bits(c).to_f32();
+                }
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    return Err(DecodeError::Inconsistent(format!(
+                        "fp16 element {i} is not finite"
+                    )));
+                }
+            }
+            Precision::Fp32 => {
+                shuffle::byte_unshuffle_f32(planes, &mut values);
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    return Err(DecodeError::Inconsistent(format!(
+                        "fp32 element {i} is not finite"
+                    )));
+                }
+            }
+        }
+        Ok(Unpacked { header, values })
+    }
+}

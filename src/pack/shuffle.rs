@@ -1,0 +1,195 @@
+//! Bit shuffling: `b`-bit codes transposed into `b` bit-planes.
+//!
+//! Plane `k` holds bit `k` of every code, 8 codes to a byte (code `8g + i` is bit `i` of
+//! byte `g`). After a ReLU most codes are small, so the high planes are mostly zero
+//! and runs of zero codes become runs of zero bytes: what LZ4 and zstd compress well.
+//! The inner step is an 8x8 bit-matrix transpose in a `u64` (Hacker's Delight 7-3).
+
+/// Bytes in one plane of `n` codes.
+pub fn plane_len(n: usize) -> usize {
+    n.div_ceil(8)
+}
+
+/// Transposes an 8x8 bit matrix: bit `j` of byte `i` becomes bit `i` of byte `j`.
+#[inline(always)]
+pub fn transpose8(mut x: u64) -> u64 {
+    let t = (x ^ (x >> 7)) & 0x00AA_00AA_00AA_00AA;
+    x ^= t ^ (t << 7);
+    let t = (x ^ (x >> 14)) & 0x0000_CCCC_0000_CCCC;
+    x ^= t ^ (t << 14);
+    let t = (x ^ (x >> 28)) & 0x0000_0000_F0F0_F0F0;
+    x ^= t ^ (t << 28);
+    x
+}
+
+/// Writes the `bits` low bit-planes of `codes` into `out` (`bits * plane_len(n)` bytes).
+/// Bits of a code above `bits` are ignored.
+pub fn shuffle(codes: &[u16], bits: u32, out: &mut [u8]) {
+    debug_assert!((1..=16).contains(&bits));
+    let plane = plane_len(codes.len());
+    assert_eq!(
+        out.len(),
+        bits as usize * plane,
+        "output is bits * plane_len bytes"
+    );
+    let (planes_lo, planes_hi) = out.split_at_mut(plane * (bits as usize).min(8));
+    let mut chunks = codes.chunks_exact(8);
+    let mut g = 0;
+    for c in &mut chunks {
+        write_group(
+            c.try_into().expect("chunks of 8"),
+            g,
+            bits,
+            plane,
+            planes_lo,
+            planes_hi,
+        );
+        g += 1;
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut last = [0u16; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        write_group(&last, g, bits, plane, planes_lo, planes_hi);
+    }
+}
+
+#[inline(always)]
+fn write_group(c: &[u16; 8], g: usize, bits: u32, plane: usize, lo: &mut [u8], hi: &mut [u8]) {
+    let mut low = 0u64;
+    let mut high = 0u64;
+    for (i, &code) in c.iter().enumerate() {
+        low |= u64::from(code & 0xFF) << (8 * i);
+        high |= u64::from(code >> 8) << (8 * i);
+    }
+    let low = transpose8(low).to_le_bytes();
+    for k in 0..(bits as usize).min(8) {
+        lo[k * plane + g] = low[k];
+    }
+    if bits > 8 {
+        let high = transpose8(high).to_le_bytes();
+        for k in 0..bits as usize - 8 {
+            hi[k * plane + g] = high[k];
+        }
+    }
+}
+
+/// The inverse of [`shuffle`]: reads `bits` planes of `codes.len()` codes from `planes`.
+pub fn unshuffle(planes: &[u8], bits: u32, codes: &mut [u16]) {
+    debug_assert!((1..=16).contains(&bits));
+    let plane = plane_len(codes.len());
+    assert_eq!(
+        planes.len(),
+        bits as usize * plane,
+        "input is bits * plane_len bytes"
+    );
+    let lo_planes = (bits as usize).min(8);
+    let read_group = |g: usize| -> [u16; 8] {
+        let mut low = [0u8; 8];
+        for (k, b) in low.iter_mut().enumerate().take(lo_planes) {
+            *b = planes[k * plane + g];
+        }
+        let low = transpose8(u64::from_le_bytes(low)).to_le_bytes();
+        let mut high = [0u8; 8];
+        if bits > 8 {
+            for (k, b) in high.iter_mut().enumerate().take(bits as usize - 8) {
+                *b = planes[(8 + k) * plane + g];
+            }
+        }
+        let high = transpose8(u64::from_le_bytes(high)).to_le_bytes();
+        std::array::from_fn(|i| u16::from(low[i]) | (u16::from(high[i]) << 8))
+    };
+    let mut chunks = codes.chunks_exact_mut(8);
+    let mut g = 0;
+    for c in &mut chunks {
+        c.copy_from_slice(&read_group(g));
+        g += 1;
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let n = rest.len();
+        rest.copy_from_slice(&read_group(g)[..n]);
+    }
+}
+
+/// Byte shuffling of fp32 values: byte `k` of every value into plane `k` (4 planes).
+pub fn byte_shuffle_f32(values: &[f32], out: &mut [u8]) {
+    let n = values.len();
+    assert_eq!(out.len(), 4 * n);
+    for (i, v) in values.iter().enumerate() {
+        let b = v.to_le_bytes();
+        for k in 0..4 {
+            out[k * n + i] = b[k];
+        }
+    }
+}
+
+/// The inverse of [`byte_shuffle_f32`].
+pub fn byte_unshuffle_f32(planes: &[u8], values: &mut [f32]) {
+    let n = values.len();
+    assert_eq!(planes.len(), 4 * n);
+    for (i, v) in values.iter_mut().enumerate() {
+        *v = f32::from_le_bytes([
+            planes[i],
+            planes[n + i],
+            planes[2 * n + i],
+            planes[3 * n + i],
+        ]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The definition, one bit at a time.
+    fn naive(codes: &[u16], bits: u32) -> Vec<u8> {
+        let plane = plane_len(codes.len());
+        let mut out = vec![0u8; bits as usize * plane];
+        for (i, &c) in codes.iter().enumerate() {
+            for k in 0..bits as usize {
+                if (c >> k) & 1 == 1 {
+                    out[k * plane + i / 8] |= 1 << (i % 8);
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn shuffle_matches_the_definition_and_inverts(
+            bits in 1u32..=16,
+            raw in proptest::collection::vec(any::<u16>(), 0..300),
+        ) {
+            let mask = if bits == 16 { u16::MAX } else { (1u16 << bits) - 1 };
+            let codes: Vec<u16> = raw.iter().map(|c| c & mask).collect();
+            let mut planes = vec![0u8; bits as usize * plane_len(codes.len())];
+            shuffle(&codes, bits, &mut planes);
+            prop_assert_eq!(&planes, &naive(&codes, bits));
+            let mut back = vec![0u16; codes.len()];
+            unshuffle(&planes, bits, &mut back);
+            prop_assert_eq!(back, codes);
+        }
+
+        #[test]
+        fn byte_shuffle_inverts(values in proptest::collection::vec(any::<f32>(), 0..100)) {
+            let mut planes = vec![0u8; 4 * values.len()];
+            byte_shuffle_f32(&values, &mut planes);
+            let mut back = vec![0f32; values.len()];
+            byte_unshuffle_f32(&planes, &mut back);
+            prop_assert_eq!(
+                back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn zero_codes_give_zero_planes() {
+        let mut planes = vec![0xFFu8; 3 * plane_len(20)];
+        shuffle(&[0; 20], 3, &mut planes);
+        assert!(planes.iter().all(|b| *b == 0));
+    }
+}
