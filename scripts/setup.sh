@@ -27,7 +27,7 @@ pip_target() { # pip_target DIR PKG... : install wheels into DIR, nothing else
 }
 
 # 1. apt packages -----------------------------------------------------------------
-apt_pkgs=(dataset-fashion-mnist)
+apt_pkgs=(dataset-fashion-mnist fonts-dejavu-core)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

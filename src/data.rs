@@ -49,13 +49,77 @@ pub fn list_images(dir: &Path) -> Result<Vec<LabeledImage>> {
 /// resize (short side to `spec.resize`, bilinear with antialiasing, as PIL does),
 /// centre crop to `H x W`, scale to [0, 1], subtract `mean`, divide by `std`.
 pub fn load_image(path: &Path, spec: &InputSpec) -> Result<Tensor> {
+    preprocess(&decode_image(path, spec)?, spec, View::default(), path)
+}
+
+/// Where a crop is taken from the resized image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Anchor {
+    #[default]
+    Center,
+    TopLeft,
+    TopRight,
+    BottomLeft,
+    BottomRight,
+}
+
+/// One deterministic view of an image: a scale, a crop position, a mirror.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct View {
+    /// Short side before the crop (default: the spec's `resize`).
+    pub resize: Option<i64>,
+    pub anchor: Anchor,
+    pub flip: bool,
+}
+
+/// The ten views of each image that `dyno profile accuracy` uses for agreement:
+/// the reference view, its mirror, four corner crops, three other scales, and the
+/// mirror of one of them.
+pub fn variant_views(spec: &InputSpec) -> Vec<View> {
+    let base = spec.resize.unwrap_or(spec.shape[1].max(spec.shape[2]));
+    let crop = spec.shape[1].max(spec.shape[2]);
+    let scale = |f: f64| Some(((base as f64 * f) as i64).max(crop));
+    let mut v = vec![
+        View::default(),
+        View {
+            flip: true,
+            ..View::default()
+        },
+    ];
+    for anchor in [
+        Anchor::TopLeft,
+        Anchor::TopRight,
+        Anchor::BottomLeft,
+        Anchor::BottomRight,
+    ] {
+        v.push(View {
+            anchor,
+            ..View::default()
+        });
+    }
+    for f in [0.9, 1.125, 1.25] {
+        v.push(View {
+            resize: scale(f),
+            ..View::default()
+        });
+    }
+    v.push(View {
+        resize: scale(1.125),
+        flip: true,
+        ..View::default()
+    });
+    v
+}
+
+/// Decodes an image into a `[1, C, H, W]` fp32 tensor of 0..=255 pixel values.
+pub fn decode_image(path: &Path, spec: &InputSpec) -> Result<Tensor> {
     let bad = |reason: String| ModelError::BadImage {
         path: path.to_path_buf(),
         reason,
     };
     let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
     let img = image::load_from_memory(&bytes).map_err(|e| bad(e.to_string()))?;
-    let [c, h, w] = spec.shape;
+    let c = spec.shape[0];
     let (raw, iw, ih) = match c {
         1 => {
             let g = img.to_luma8();
@@ -72,12 +136,18 @@ pub fn load_image(path: &Path, spec: &InputSpec) -> Result<Tensor> {
         }
     };
     let (iw, ih) = (i64::from(iw), i64::from(ih));
-    let x = Tensor::from_slice(&raw)
+    Ok(Tensor::from_slice(&raw)
         .view([ih, iw, c])
         .permute([2, 0, 1])
         .to_kind(Kind::Float)
-        .unsqueeze(0);
-    let (nh, nw) = match spec.resize {
+        .unsqueeze(0))
+}
+
+/// Resizes, crops, mirrors and normalises a decoded image (`path` names it in errors).
+pub fn preprocess(x: &Tensor, spec: &InputSpec, view: View, path: &Path) -> Result<Tensor> {
+    let [_, h, w] = spec.shape;
+    let (ih, iw) = (x.size()[2], x.size()[3]);
+    let (nh, nw) = match view.resize.or(spec.resize) {
         Some(r) if ih <= iw => (r, r * iw / ih),
         Some(r) => (r * ih / iw, r),
         None => (h, w),
@@ -88,17 +158,29 @@ pub fn load_image(path: &Path, spec: &InputSpec) -> Result<Tensor> {
             .round()
             .clamp(0.0, 255.0)
     } else {
-        x
+        x.shallow_clone()
     };
     if nh < h || nw < w {
-        return Err(bad(format!(
-            "resized to {nh}x{nw}, smaller than the {h}x{w} crop; the model's resize must be at \
-             least its crop"
-        )));
+        return Err(ModelError::BadImage {
+            path: path.to_path_buf(),
+            reason: format!(
+                "resized to {nh}x{nw}, smaller than the {h}x{w} crop; the model's resize must be at \
+                 least its crop"
+            ),
+        });
     }
-    let top = ((nh - h) as f64 / 2.0).round_ties_even() as i64;
-    let left = ((nw - w) as f64 / 2.0).round_ties_even() as i64;
-    let x = x.narrow(2, top, h).narrow(3, left, w).squeeze_dim(0) / 255.0;
+    let centre = |free: i64| (free as f64 / 2.0).round_ties_even() as i64;
+    let (top, left) = match view.anchor {
+        Anchor::Center => (centre(nh - h), centre(nw - w)),
+        Anchor::TopLeft => (0, 0),
+        Anchor::TopRight => (0, nw - w),
+        Anchor::BottomLeft => (nh - h, 0),
+        Anchor::BottomRight => (nh - h, nw - w),
+    };
+    let mut x = x.narrow(2, top, h).narrow(3, left, w).squeeze_dim(0) / 255.0;
+    if view.flip {
+        x = x.flip([2]);
+    }
     Ok(normalize(x, spec))
 }
 

@@ -54,6 +54,15 @@ pub enum ModelError {
     #[error("dataset at {path} is not usable ({reason}); run `scripts/setup.sh` to fetch it")]
     Dataset { path: PathBuf, reason: String },
 
+    #[error("profile {path}: {reason}")]
+    Profile { path: PathBuf, reason: String },
+
+    #[error("packing: {0}")]
+    Pack(#[from] crate::pack::PackError),
+
+    #[error("unpacking: {0}")]
+    Unpack(#[from] crate::pack::DecodeError),
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

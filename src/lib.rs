@@ -12,6 +12,9 @@
 //!   `resnet50`, `vgg16`, `inception_v3`, `fashion_cnn`) and user TorchScript packages.
 //! - [`pack`]: the packed tensor format: quantisation to 1..=16 bits, bit shuffling,
 //!   LZ4/zstd, a checked self-describing header.
+//! - [`profile`]: profiles the scheduler reads; the precision-sensitivity
+//!   (accuracy) profile.
+//! - [`plot`]: pictures (the accuracy-drop heat map).
 //! - [`data`]: real inputs: image files preprocessed as torchvision does, Fashion-MNIST.
 //! - [`check`]: `dyno models check`: accuracy on real data, split exactness, block times.
 //! - [`train`]: trains `fashion_cnn` with a fixed seed.
@@ -28,6 +31,8 @@ pub mod error;
 pub mod home;
 pub mod model;
 pub mod pack;
+pub mod plot;
+pub mod profile;
 pub mod train;
 
 pub use error::{ModelError, Result};

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::home::Home;
 
 mod models;
+mod profile;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +31,45 @@ pub enum Command {
     /// The model zoo: list, check, export and train models.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Profiles the scheduler reads.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfileCommand {
+    /// Precision sensitivity: accuracy and packed bytes for every (split, bits, codec).
+    Accuracy(AccuracyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AccuracyArgs {
+    /// A built-in model name or the folder of a TorchScript package.
+    #[arg(long)]
+    pub model: String,
+    /// Image folder (labels from names ending in _<class>); default: fashion_cnn uses the
+    /// 10k Fashion-MNIST test images, 3-channel models the 20 ImageNet images x 10 views.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Use only the first N inputs (a quick run).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Inputs per tail run.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// One quantisation range per channel instead of per tensor.
+    #[arg(long)]
+    pub per_channel: bool,
+    /// Accuracy budget for the summary, in points.
+    #[arg(long, default_value_t = 1.0)]
+    pub budget: f64,
+    /// Profile file to write (a .png heat map is written beside it)
+    /// [default: out/profiles/<model>.accuracy.json in the project folder].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +152,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             ModelsCommand::Export(a) => models::export(&home, a),
             ModelsCommand::Train(a) => models::train(&home, a),
         },
+        Command::Profile(ProfileCommand::Accuracy(a)) => profile::accuracy(&home, a),
     }
 }
 

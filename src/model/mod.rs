@@ -140,6 +140,8 @@ pub struct Model {
     input: InputSpec,
     weights: WeightSource,
     labels: Option<Vec<String>>,
+    /// A hash of the weights: packed activations and profiles carry it.
+    weights_hash: u64,
     blocks: Vec<NamedBlock>,
     params: u64,
     /// Holds the parameters of built-in models (for training and saving).
@@ -161,6 +163,7 @@ impl Model {
             input,
             weights,
             labels: None,
+            weights_hash: 0,
             blocks,
             params,
             vs: None,
@@ -171,6 +174,15 @@ impl Model {
     pub(crate) fn with_var_store(mut self, vs: nn::VarStore) -> Self {
         self.vs = Some(vs);
         self
+    }
+
+    pub fn with_weights_hash(mut self, hash: u64) -> Self {
+        self.weights_hash = hash;
+        self
+    }
+
+    pub fn weights_hash(&self) -> u64 {
+        self.weights_hash
     }
 
     pub fn with_labels(mut self, labels: Vec<String>) -> Self {

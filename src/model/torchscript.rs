@@ -123,6 +123,7 @@ pub fn load_package(dir: &Path) -> Result<Model> {
     };
     let mut blocks = Vec::with_capacity(m.blocks.len());
     let mut params = 0u64;
+    let mut hashed = text.clone().into_bytes();
     for entry in &m.blocks {
         let file = dir.join(&entry.file);
         if !file.is_file() {
@@ -132,7 +133,9 @@ pub fn load_package(dir: &Path) -> Result<Model> {
                 file.display()
             )));
         }
-        let mut module = CModule::load(&file).map_err(|e| {
+        let bytes = std::fs::read(&file).map_err(|e| ModelError::io(&file, e))?;
+        hashed.extend_from_slice(&super::zoo::hash64(&bytes).to_le_bytes());
+        let mut module = CModule::load_data(&mut bytes.as_slice()).map_err(|e| {
             bad(format!(
                 "block `{}`: {} is not a TorchScript module ({}); save it with torch.jit.save",
                 entry.name,
@@ -156,7 +159,8 @@ pub fn load_package(dir: &Path) -> Result<Model> {
         path: dir.display().to_string(),
     };
     let params = m.params.unwrap_or(params);
-    let mut model = Model::new(m.name.clone(), m.input.clone(), weights, blocks, params);
+    let mut model = Model::new(m.name.clone(), m.input.clone(), weights, blocks, params)
+        .with_weights_hash(super::zoo::hash64(&hashed));
     if let Some(labels) = &m.labels {
         let p = dir.join(labels);
         let text = std::fs::read_to_string(&p)

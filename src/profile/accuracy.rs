@@ -1,0 +1,316 @@
+//! The precision-sensitivity profile: pack-then-unpack inserted at every split point,
+//! for every precision, on real data.
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tch::Tensor;
+
+use super::{AccuracyProfile, CodecBytes, Entry, Metric, SplitProfile, ACCURACY_FORMAT};
+use crate::check::{self, predict};
+use crate::data;
+use crate::error::{ModelError, Result};
+use crate::home::Home;
+use crate::model::Model;
+use crate::pack::tensor::tensor_values;
+use crate::pack::{Codec, DecodeLimits, Granularity, PackOptions, Packer, Precision, TensorId};
+
+/// The inputs of a profile run.
+pub struct ProfileInputs {
+    pub description: String,
+    /// `[N, C, H, W]`.
+    pub xs: Tensor,
+    /// Labels, when every input has one.
+    pub labels: Option<Vec<i64>>,
+    pub metric: Metric,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccuracyOptions {
+    /// Use only the first `limit` inputs.
+    pub limit: Option<usize>,
+    /// Inputs per tail run.
+    pub batch: usize,
+    pub granularity: Granularity,
+    pub progress: bool,
+}
+
+impl Default for AccuracyOptions {
+    fn default() -> Self {
+        AccuracyOptions {
+            limit: None,
+            batch: 100,
+            granularity: Granularity::PerTensor,
+            progress: false,
+        }
+    }
+}
+
+/// The default data of a model: Fashion-MNIST's 10k test images (accuracy) for
+/// `fashion_cnn`; for 3-channel models the 20 ImageNet images in ten deterministic views
+/// each (agreement, as 20 labels are too few for accuracy).
+pub fn default_inputs(model: &Model, home: &Home) -> Result<ProfileInputs> {
+    if model.input().shape[0] != 3 {
+        let c = check::default_inputs(model, home)?;
+        return Ok(ProfileInputs {
+            description: c.description,
+            xs: c.xs,
+            labels: Some(c.labels),
+            metric: Metric::Accuracy,
+        });
+    }
+    let dir = home.imagenet_dir();
+    let images = data::list_images(&dir)?;
+    let views = data::variant_views(model.input());
+    let mut xs = Vec::with_capacity(images.len() * views.len());
+    let mut labels = Vec::with_capacity(xs.capacity());
+    for img in &images {
+        let decoded = data::decode_image(&img.path, model.input())?;
+        for v in &views {
+            xs.push(data::preprocess(&decoded, model.input(), *v, &img.path)?);
+            labels.push(img.label.unwrap_or(-1));
+        }
+    }
+    Ok(ProfileInputs {
+        description: format!(
+            "{} ImageNet images in {} ({} views each: crops, flips, scales)",
+            images.len(),
+            dir.display(),
+            views.len()
+        ),
+        xs: Tensor::stack(&xs, 0),
+        labels: labels.iter().all(|&l| l >= 0).then_some(labels),
+        metric: Metric::Agreement,
+    })
+}
+
+/// The images of a folder; accuracy when all are labeled, agreement otherwise.
+pub fn folder_inputs(model: &Model, dir: PathBuf) -> Result<ProfileInputs> {
+    let c = check::image_inputs(model, dir)?;
+    let labeled = c.labels.iter().all(|&l| l >= 0);
+    Ok(ProfileInputs {
+        description: c.description,
+        xs: c.xs,
+        labels: labeled.then_some(c.labels),
+        metric: if labeled {
+            Metric::Accuracy
+        } else {
+            Metric::Agreement
+        },
+    })
+}
+
+/// Sums over the inputs of one (split, precision).
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    correct: usize,
+    agree: usize,
+    bytes: [u64; 3],
+}
+
+/// Runs the profile.
+pub fn profile(
+    model: &Model,
+    inputs: &ProfileInputs,
+    opts: &AccuracyOptions,
+) -> Result<AccuracyProfile> {
+    let n_all = inputs.xs.size()[0] as usize;
+    let n = opts.limit.unwrap_or(n_all).min(n_all);
+    if n == 0 {
+        return Err(ModelError::Dataset {
+            path: PathBuf::from(&inputs.description),
+            reason: "no inputs to profile".into(),
+        });
+    }
+    let xs = inputs.xs.narrow(0, 0, n as i64);
+    let labels = inputs.labels.as_ref().map(|l| &l[..n]);
+    let baseline = predict(model, &xs, opts.batch.max(1) as i64)?;
+    let baseline_correct = labels.map(|l| count_eq(&baseline, l));
+    let precisions = Precision::all();
+    let splits = model.split_points()?;
+    let sent = &splits[..model.num_blocks()]; // split N sends nothing
+    let batch = opts.batch.max(1);
+    let chunks = n.div_ceil(batch);
+    let bar = if opts.progress {
+        ProgressBar::new((sent.len() * chunks) as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {elapsed}, {eta} left")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let mut out = Vec::with_capacity(sent.len());
+    for sp in sent {
+        bar.set_message(format!("split {}", sp.index));
+        let mut tallies = vec![Tally::default(); precisions.len()];
+        for c in 0..chunks {
+            let start = c * batch;
+            let len = batch.min(n - start);
+            let a = model.head(&xs.narrow(0, start as i64, len as i64), sp.index)?;
+            let (values, shape) = tensor_values(&a)?;
+            for (p, tally) in precisions.iter().zip(tallies.iter_mut()) {
+                let id = TensorId {
+                    model: model.name(),
+                    weights_hash: model.weights_hash(),
+                    split: sp.index as u16,
+                };
+                let (restored, bytes) =
+                    round_trip_items(&values, &shape, &id, *p, opts.granularity)?;
+                let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+                let t = Tensor::from_slice(&restored).view(dims.as_slice());
+                let logits = model.tail(&t, sp.index)?;
+                let preds =
+                    Vec::<i64>::try_from(&logits.argmax(-1, false)).map_err(ModelError::Torch)?;
+                tally.agree += count_eq(&preds, &baseline[start..start + len]);
+                if let Some(l) = labels {
+                    tally.correct += count_eq(&preds, &l[start..start + len]);
+                }
+                for (t, b) in tally.bytes.iter_mut().zip(bytes) {
+                    *t += b;
+                }
+            }
+            bar.inc(1);
+        }
+        let entries = precisions
+            .iter()
+            .zip(&tallies)
+            .map(|(p, t)| {
+                let accuracy = labels.map(|_| t.correct as f64 / n as f64);
+                let agreement = t.agree as f64 / n as f64;
+                let drop_points = match (inputs.metric, baseline_correct, accuracy) {
+                    (Metric::Accuracy, Some(base), Some(acc)) => {
+                        100.0 * (base as f64 / n as f64 - acc)
+                    }
+                    _ => 100.0 * (1.0 - agreement),
+                };
+                let mean = |i: usize| t.bytes[i] as f64 / n as f64;
+                Entry {
+                    precision: *p,
+                    accuracy,
+                    agreement,
+                    drop_points,
+                    bytes: CodecBytes {
+                        none: mean(0),
+                        lz4: mean(1),
+                        zstd: mean(2),
+                    },
+                }
+            })
+            .collect();
+        out.push(SplitProfile {
+            split: sp.index,
+            after_block: sp.after_block.clone(),
+            shape: sp.shape.clone(),
+            fp32_bytes: sp.fp32_bytes,
+            entries,
+        });
+    }
+    bar.finish_and_clear();
+    let metric = if labels.is_some() {
+        inputs.metric
+    } else {
+        Metric::Agreement
+    };
+    Ok(AccuracyProfile {
+        format: ACCURACY_FORMAT,
+        model: model.name().to_string(),
+        weights_hash: format!("{:016x}", model.weights_hash()),
+        metric,
+        data: inputs.description.clone(),
+        inputs: n,
+        baseline_accuracy: baseline_correct.map(|c| c as f64 / n as f64),
+        splits: out,
+    })
+}
+
+fn count_eq(a: &[i64], b: &[i64]) -> usize {
+    a.iter().zip(b).filter(|(x, y)| x == y).count()
+}
+
+/// Packs every item of a batch on its own (as a device sends frames) with each codec,
+/// unpacks it, and returns the restored batch and the packed bytes per codec. The items
+/// are shared among the machine's cores.
+fn round_trip_items(
+    values: &[f32],
+    shape: &[usize],
+    id: &TensorId,
+    precision: Precision,
+    granularity: Granularity,
+) -> Result<(Vec<f32>, [u64; 3])> {
+    let items = shape[0];
+    let per_item = values.len() / items;
+    let mut item_shape = shape.to_vec();
+    item_shape[0] = 1;
+    let mut restored = vec![0f32; values.len()];
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items)
+        .max(1);
+    let per_worker = items.div_ceil(workers);
+    let results: Vec<Result<[u64; 3]>> = std::thread::scope(|s| {
+        let handles: Vec<_> = values
+            .chunks(per_worker * per_item)
+            .zip(restored.chunks_mut(per_worker * per_item))
+            .map(|(vals, rest)| {
+                let item_shape = &item_shape;
+                s.spawn(move || -> Result<[u64; 3]> {
+                    let mut packer = Packer::default();
+                    let (mut buf, mut back) = (Vec::new(), Vec::new());
+                    let mut bytes = [0u64; 3];
+                    for (v, r) in vals.chunks(per_item).zip(rest.chunks_mut(per_item)) {
+                        for (ci, codec) in Codec::ALL.iter().enumerate() {
+                            let opts = PackOptions {
+                                granularity,
+                                ..PackOptions::new(precision, *codec)
+                            };
+                            packer.pack_into(v, item_shape, id, &opts, &mut buf)?;
+                            bytes[ci] += buf.len() as u64;
+                            if *codec == Codec::Lz4 {
+                                packer.unpack_into(&buf, &DecodeLimits::default(), &mut back)?;
+                                r.copy_from_slice(&back);
+                            }
+                        }
+                    }
+                    Ok(bytes)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a packing thread panicked"))
+            .collect()
+    });
+    let mut total = [0u64; 3];
+    for r in results {
+        for (t, b) in total.iter_mut().zip(r?) {
+            *t += b;
+        }
+    }
+    Ok((restored, total))
+}
+
+/// Where `dyno profile accuracy` writes by default: `out/profiles/<model>.accuracy.json`.
+pub fn default_out(home: &Home, model: &str) -> PathBuf {
+    home.root()
+        .join("out")
+        .join("profiles")
+        .join(format!("{}.accuracy.json", sanitize(model)))
+}
+
+/// The heat map's path beside a profile file.
+pub fn heatmap_path(profile: &Path) -> PathBuf {
+    profile.with_extension("png")
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

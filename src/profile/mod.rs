@@ -1,0 +1,162 @@
+//! Profiles: what the scheduler reads.
+//!
+//! - [`accuracy`]: the precision-sensitivity profile (DynO's offline accuracy table):
+//!   for every split and precision, the accuracy (or agreement) after pack-then-unpack
+//!   and the mean packed bytes per codec. Its file format is [`AccuracyProfile`] as
+//!   JSON, documented in docs/PACKING.md.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::pack::{Codec, Precision};
+
+pub mod accuracy;
+
+/// Version of the profile file format.
+pub const ACCURACY_FORMAT: u32 = 1;
+
+/// Which figure the accuracy drop is measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Top-1 accuracy against labels.
+    Accuracy,
+    /// Top-1 agreement with the unpacked (fp32) model, for data without enough labels.
+    Agreement,
+}
+
+/// The precision-sensitivity profile of one model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccuracyProfile {
+    pub format: u32,
+    pub model: String,
+    /// Hex of the model's weights hash: a profile is only valid for those weights.
+    pub weights_hash: String,
+    /// What `drop_points` is measured on.
+    pub metric: Metric,
+    pub data: String,
+    pub inputs: usize,
+    /// Top-1 accuracy of the unpacked model (None without labels).
+    pub baseline_accuracy: Option<f64>,
+    /// One entry per split point where something is sent: 0..N-1 (N, device-only, sends
+    /// nothing and loses nothing).
+    pub splits: Vec<SplitProfile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitProfile {
+    pub split: usize,
+    pub after_block: Option<String>,
+    pub shape: Vec<i64>,
+    /// Bytes of one activation in fp32.
+    pub fp32_bytes: u64,
+    /// One entry per precision: 1..=16 bits, fp16, fp32.
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub precision: Precision,
+    /// Top-1 accuracy with packing at this split (None without labels).
+    pub accuracy: Option<f64>,
+    /// Share of inputs whose top-1 equals the unpacked model's.
+    pub agreement: f64,
+    /// Loss in percentage points of the profile's metric against the unpacked model.
+    pub drop_points: f64,
+    /// Mean packed bytes of one activation (header included), per codec.
+    pub bytes: CodecBytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CodecBytes {
+    pub none: f64,
+    pub lz4: f64,
+    pub zstd: f64,
+}
+
+impl CodecBytes {
+    pub fn get(&self, codec: Codec) -> f64 {
+        match codec {
+            Codec::None => self.none,
+            Codec::Lz4 => self.lz4,
+            Codec::Zstd => self.zstd,
+        }
+    }
+
+    /// The codec with the fewest bytes, and that count.
+    pub fn best(&self) -> (Codec, f64) {
+        Codec::ALL
+            .iter()
+            .map(|&c| (c, self.get(c)))
+            .fold(
+                (Codec::None, f64::INFINITY),
+                |a, b| if b.1 < a.1 { b } else { a },
+            )
+    }
+}
+
+/// Per split: the fewest bits whose drop is within a budget, and what they save.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitChoice {
+    pub split: usize,
+    pub fp32_bytes: u64,
+    /// The fewest quantised bits within the budget (None: only fp16/fp32 are).
+    pub min_bits: Option<u8>,
+    pub drop_points: f64,
+    pub codec: Codec,
+    pub bytes: f64,
+    /// fp32 bytes over packed bytes.
+    pub reduction: f64,
+}
+
+impl AccuracyProfile {
+    /// For each split, the smallest precision with a drop of at most `budget_points`.
+    pub fn choices(&self, budget_points: f64) -> Vec<SplitChoice> {
+        self.splits
+            .iter()
+            .filter_map(|s| {
+                let e = s.entries.iter().find(|e| e.drop_points <= budget_points)?;
+                let (codec, bytes) = e.bytes.best();
+                Some(SplitChoice {
+                    split: s.split,
+                    fp32_bytes: s.fp32_bytes,
+                    min_bits: match e.precision {
+                        Precision::Bits(b) => Some(b),
+                        _ => None,
+                    },
+                    drop_points: e.drop_points,
+                    codec,
+                    bytes,
+                    reduction: s.fp32_bytes as f64 / bytes,
+                })
+            })
+            .collect()
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        }
+        let text = serde_json::to_string_pretty(self).expect("a profile always serialises");
+        std::fs::write(path, text).map_err(|e| ModelError::io(path, e))
+    }
+
+    pub fn load(path: &Path) -> Result<AccuracyProfile> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let p: AccuracyProfile = serde_json::from_str(&text).map_err(|e| ModelError::Profile {
+            path: path.to_path_buf(),
+            reason: format!("not an accuracy profile: {e}"),
+        })?;
+        if p.format != ACCURACY_FORMAT {
+            return Err(ModelError::Profile {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "format {} is not {ACCURACY_FORMAT}; rerun `dyno profile accuracy`",
+                    p.format
+                ),
+            });
+        }
+        Ok(p)
+    }
+}
