@@ -1,6 +1,7 @@
 //! Input-specific quantisation: each tensor (or channel) is mapped onto `2^bits - 1`
 //! uniform levels between its own minimum and maximum, unsigned and asymmetric.
 //! Code 0 is the minimum, so when the minimum is 0 (after a ReLU) zeros stay exactly 0.
+use super::shuffle::{plane_len, transpose8};
 
 /// The range of one quantisation group (a whole tensor, or one channel).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -92,10 +93,123 @@ pub fn dequantise(codes: &[u16], r: Range, bits: u32, out: &mut [f32]) {
     }
 }
 
+/// Quantises with one range and bit-shuffles in a single pass: [`quantise`] followed by
+/// [`shuffle::shuffle`](super::shuffle::shuffle), without the intermediate codes. The hot
+/// path of packing.
+pub fn quantise_shuffle(values: &[f32], r: Range, bits: u32, out: &mut [u8]) {
+    let plane = plane_len(values.len());
+    assert_eq!(
+        out.len(),
+        bits as usize * plane,
+        "output is bits * plane_len bytes"
+    );
+    let top = levels(bits) as f32;
+    // A constant group has inv = 0: every code is round(0.5) = 0, the minimum.
+    let inv = if r.max > r.min {
+        top / (r.max - r.min)
+    } else {
+        0.0
+    };
+    let code = |v: f32| ((v - r.min) * inv + 0.5).min(top) as u16;
+    let mut chunks = values.chunks_exact(8);
+    for (g, c) in (&mut chunks).enumerate() {
+        let codes: [u16; 8] = std::array::from_fn(|i| code(c[i]));
+        scatter(codes, g, bits as usize, plane, out);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let codes: [u16; 8] = std::array::from_fn(|i| rest.get(i).map_or(0, |&v| code(v)));
+        scatter(codes, values.len() / 8, bits as usize, plane, out);
+    }
+}
+
+/// Writes one group of 8 codes into the planes.
+#[inline(always)]
+fn scatter(codes: [u16; 8], g: usize, bits: usize, plane: usize, out: &mut [u8]) {
+    let low = transpose8(u64::from_le_bytes(codes.map(|c| c as u8))).to_le_bytes();
+    for (k, b) in low.iter().enumerate().take(bits.min(8)) {
+        out[k * plane + g] = *b;
+    }
+    if bits > 8 {
+        let high = transpose8(u64::from_le_bytes(codes.map(|c| (c >> 8) as u8))).to_le_bytes();
+        for (k, b) in high.iter().enumerate().take(bits - 8) {
+            out[(8 + k) * plane + g] = *b;
+        }
+    }
+}
+
+/// The inverse of [`quantise_shuffle`]: planes to values in one pass.
+pub fn unshuffle_dequantise(planes: &[u8], r: Range, bits: u32, out: &mut [f32]) {
+    let plane = plane_len(out.len());
+    assert_eq!(
+        planes.len(),
+        bits as usize * plane,
+        "input is bits * plane_len bytes"
+    );
+    let step = if r.max > r.min { r.step(bits) } else { 0.0 };
+    let nb = bits as usize;
+    let full_groups = out.len() / 8;
+    let gather = |g: usize| -> [u16; 8] {
+        let mut low = [0u8; 8];
+        for (k, b) in low.iter_mut().enumerate().take(nb.min(8)) {
+            *b = planes[k * plane + g];
+        }
+        let low = transpose8(u64::from_le_bytes(low)).to_le_bytes();
+        if nb <= 8 {
+            return low.map(u16::from);
+        }
+        let mut high = [0u8; 8];
+        for (k, b) in high.iter_mut().enumerate().take(nb - 8) {
+            *b = planes[(8 + k) * plane + g];
+        }
+        let high = transpose8(u64::from_le_bytes(high)).to_le_bytes();
+        std::array::from_fn(|i| u16::from(low[i]) | (u16::from(high[i]) << 8))
+    };
+    let mut chunks = out.chunks_exact_mut(8);
+    for (g, c) in (&mut chunks).enumerate() {
+        let codes = gather(g);
+        for i in 0..8 {
+            c[i] = r.min + f32::from(codes[i]) * step;
+        }
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let codes = gather(full_groups);
+        for (o, &c) in rest.iter_mut().zip(&codes) {
+            *o = r.min + f32::from(c) * step;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pack::shuffle::{shuffle, unshuffle};
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_fused_path_equals_quantise_then_shuffle(
+            bits in 1u32..=16,
+            values in proptest::collection::vec(-50f32..50.0, 1..100),
+        ) {
+            let r = range_of(&values).unwrap();
+            let mut codes = vec![0u16; values.len()];
+            quantise(&values, r, bits, &mut codes);
+            let mut planes = vec![0u8; bits as usize * plane_len(values.len())];
+            shuffle(&codes, bits, &mut planes);
+            let mut fused = vec![0u8; planes.len()];
+            quantise_shuffle(&values, r, bits, &mut fused);
+            prop_assert_eq!(&fused, &planes);
+            let mut back = vec![0u16; values.len()];
+            unshuffle(&planes, bits, &mut back);
+            let mut slow = vec![0f32; values.len()];
+            dequantise(&back, r, bits, &mut slow);
+            let mut fast = vec![0f32; values.len()];
+            unshuffle_dequantise(&planes, r, bits, &mut fast);
+            prop_assert_eq!(fast, slow);
+        }
+    }
 
     proptest! {
         #[test]
