@@ -220,12 +220,17 @@ fn oversized_tensors_are_refused_before_allocation() {
         "{err}"
     );
     // A range that is not a range.
-    let bad = vec![Range { min: 2.0, max: 1.0 }];
-    let err = unpack(&forged(vec![10], bad, 0), &DecodeLimits::default()).unwrap_err();
-    assert!(
-        matches!(err, DecodeError::BadRange { index: 0, .. }),
-        "{err}"
-    );
+    for bad in [(2.0, 1.0), (-3e38, 3e38), (f32::NAN, 1.0)] {
+        let r = vec![Range {
+            min: bad.0,
+            max: bad.1,
+        }];
+        let err = unpack(&forged(vec![10], r, 0), &DecodeLimits::default()).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::BadRange { index: 0, .. }),
+            "{bad:?}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -263,6 +268,17 @@ fn nan_and_inf_are_refused_with_their_position() {
             .contains("element 3 (index [0, 0, 3]) is inf"),
         "{err}"
     );
+    v[3] = 3e38;
+    v[4] = -3e38;
+    let err = pack(
+        &v,
+        &[2, 3, 4],
+        &ID,
+        &opts(Precision::Bits(8), Codec::None, Granularity::PerTensor),
+    )
+    .unwrap_err();
+    assert!(matches!(err, PackError::RangeOverflow { .. }), "{err}");
+    v[4] = 0.0;
     v[3] = 1e6;
     let err = pack(
         &v,

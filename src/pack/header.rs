@@ -146,7 +146,7 @@ impl Header {
         for (i, r) in range_bytes.chunks_exact(8).enumerate() {
             let min = f32::from_le_bytes(r[..4].try_into().expect("4 bytes"));
             let max = f32::from_le_bytes(r[4..].try_into().expect("4 bytes"));
-            if !(min.is_finite() && max.is_finite() && min <= max) {
+            if !(min.is_finite() && max.is_finite() && min <= max && (max - min).is_finite()) {
                 return Err(DecodeError::BadRange { index: i, min, max });
             }
             ranges.push(Range { min, max });

@@ -190,6 +190,8 @@ pub enum PackError {
         position: Vec<usize>,
         value: f32,
     },
+    #[error("the values span [{min}, {max}], wider than fp32 can step through; pack them as fp32")]
+    RangeOverflow { min: f32, max: f32 },
     #[error("bits must be 1..=16, got {0}")]
     BadBits(u8),
     #[error("precision must be 1..=16, fp16 or fp32, got `{0}`")]
@@ -223,7 +225,7 @@ pub enum DecodeError {
     BadShape(String),
     #[error("tensor of {elements} elements is over the limit of {limit}")]
     TooLarge { elements: u64, limit: u64 },
-    #[error("range {index} is [{min}, {max}]: not finite or min > max")]
+    #[error("range {index} is [{min}, {max}]: not finite, min > max, or too wide for fp32")]
     BadRange { index: usize, min: f32, max: f32 },
     #[error("inconsistent packed tensor: {0}")]
     Inconsistent(String),
@@ -292,6 +294,18 @@ fn raw_len(precision: Precision, n: usize) -> usize {
     }
 }
 
+/// A range whose width fp32 can hold (so every dequantised value is finite).
+fn checked_width(r: Range) -> Result<Range, PackError> {
+    if (r.max - r.min).is_finite() {
+        Ok(r)
+    } else {
+        Err(PackError::RangeOverflow {
+            min: r.min,
+            max: r.max,
+        })
+    }
+}
+
 /// Row-major multi-index of flat index `i`.
 fn position(shape: &[usize], mut i: usize) -> Vec<usize> {
     let mut pos = vec![0; shape.len()];
@@ -355,6 +369,9 @@ impl Packer {
                         let r = quant::range_of(group).map_err(|i| nonfinite(g * inner + i))?;
                         ranges[g % channels] = ranges[g % channels].merge(r);
                     }
+                    for r in &ranges {
+                        checked_width(*r)?;
+                    }
                     for (g, (group, codes)) in values
                         .chunks_exact(inner)
                         .zip(self.codes.chunks_exact_mut(inner))
@@ -365,7 +382,7 @@ impl Packer {
                     shuffle::shuffle(&self.codes, bits, &mut self.planes);
                 } else {
                     granularity = Granularity::PerTensor;
-                    let r = quant::range_of(values).map_err(nonfinite)?;
+                    let r = checked_width(quant::range_of(values).map_err(nonfinite)?)?;
                     quant::quantise_shuffle(values, r, bits, &mut self.planes);
                     ranges.push(r);
                 }
