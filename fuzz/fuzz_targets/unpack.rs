@@ -1,6 +1,7 @@
 //! Fuzzes the packed-tensor decoder: any byte string must give a tensor or a typed
 //! error, never a panic, a hang or an allocation beyond the limit.
-//! Run: `RUSTC_BOOTSTRAP=1 cargo fuzz run -s none unpack` (see docs/PACKING.md).
+//! Run (see docs/PACKING.md): `LD_LIBRARY_PATH=$PWD/../third_party/libtorch/torch/lib
+//! RUSTC_BOOTSTRAP=1 cargo fuzz run -s none unpack`.
 #![no_main]
 use dyno::pack::{unpack, DecodeLimits};
 use libfuzzer_sys::fuzz_target;
