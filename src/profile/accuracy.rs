@@ -178,11 +178,12 @@ pub fn profile(
             .map(|(p, t)| {
                 let accuracy = labels.map(|_| t.correct as f64 / n as f64);
                 let agreement = t.agree as f64 / n as f64;
-                let drop_points = match (inputs.metric, baseline_correct, accuracy) {
-                    (Metric::Accuracy, Some(base), Some(acc)) => {
-                        100.0 * (base as f64 / n as f64 - acc)
+                // From the counts, so that 2 of 200 is exactly 1 point.
+                let drop_points = match (inputs.metric, baseline_correct) {
+                    (Metric::Accuracy, Some(base)) if labels.is_some() => {
+                        100.0 * (base as f64 - t.correct as f64) / n as f64
                     }
-                    _ => 100.0 * (1.0 - agreement),
+                    _ => 100.0 * (n - t.agree) as f64 / n as f64,
                 };
                 let mean = |i: usize| t.bytes[i] as f64 / n as f64;
                 Entry {
