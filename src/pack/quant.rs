@@ -1,7 +1,7 @@
 //! Input-specific quantisation: each tensor (or channel) is mapped onto `2^bits - 1`
 //! uniform levels between its own minimum and maximum, unsigned and asymmetric.
 //! Code 0 is the minimum, so when the minimum is 0 (after a ReLU) zeros stay exactly 0.
-use super::shuffle::{plane_len, transpose8};
+use super::shuffle::{gather, plane_len, scatter};
 
 /// The range of one quantisation group (a whole tensor, or one channel).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -123,21 +123,6 @@ pub fn quantise_shuffle(values: &[f32], r: Range, bits: u32, out: &mut [u8]) {
     }
 }
 
-/// Writes one group of 8 codes into the planes.
-#[inline(always)]
-fn scatter(codes: [u16; 8], g: usize, bits: usize, plane: usize, out: &mut [u8]) {
-    let low = transpose8(u64::from_le_bytes(codes.map(|c| c as u8))).to_le_bytes();
-    for (k, b) in low.iter().enumerate().take(bits.min(8)) {
-        out[k * plane + g] = *b;
-    }
-    if bits > 8 {
-        let high = transpose8(u64::from_le_bytes(codes.map(|c| (c >> 8) as u8))).to_le_bytes();
-        for (k, b) in high.iter().enumerate().take(bits - 8) {
-            out[(8 + k) * plane + g] = *b;
-        }
-    }
-}
-
 /// The inverse of [`quantise_shuffle`]: planes to values in one pass.
 pub fn unshuffle_dequantise(planes: &[u8], r: Range, bits: u32, out: &mut [f32]) {
     let plane = plane_len(out.len());
@@ -149,22 +134,7 @@ pub fn unshuffle_dequantise(planes: &[u8], r: Range, bits: u32, out: &mut [f32])
     let step = if r.max > r.min { r.step(bits) } else { 0.0 };
     let nb = bits as usize;
     let full_groups = out.len() / 8;
-    let gather = |g: usize| -> [u16; 8] {
-        let mut low = [0u8; 8];
-        for (k, b) in low.iter_mut().enumerate().take(nb.min(8)) {
-            *b = planes[k * plane + g];
-        }
-        let low = transpose8(u64::from_le_bytes(low)).to_le_bytes();
-        if nb <= 8 {
-            return low.map(u16::from);
-        }
-        let mut high = [0u8; 8];
-        for (k, b) in high.iter_mut().enumerate().take(nb - 8) {
-            *b = planes[(8 + k) * plane + g];
-        }
-        let high = transpose8(u64::from_le_bytes(high)).to_le_bytes();
-        std::array::from_fn(|i| u16::from(low[i]) | (u16::from(high[i]) << 8))
-    };
+    let gather = |g: usize| gather(planes, g, nb, plane);
     let mut chunks = out.chunks_exact_mut(8);
     for (g, c) in (&mut chunks).enumerate() {
         let codes = gather(g);

@@ -32,45 +32,21 @@ pub fn shuffle(codes: &[u16], bits: u32, out: &mut [u8]) {
         bits as usize * plane,
         "output is bits * plane_len bytes"
     );
-    let (planes_lo, planes_hi) = out.split_at_mut(plane * (bits as usize).min(8));
     let mut chunks = codes.chunks_exact(8);
-    let mut g = 0;
-    for c in &mut chunks {
-        write_group(
+    for (g, c) in (&mut chunks).enumerate() {
+        scatter(
             c.try_into().expect("chunks of 8"),
             g,
-            bits,
+            bits as usize,
             plane,
-            planes_lo,
-            planes_hi,
+            out,
         );
-        g += 1;
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
         let mut last = [0u16; 8];
         last[..rest.len()].copy_from_slice(rest);
-        write_group(&last, g, bits, plane, planes_lo, planes_hi);
-    }
-}
-
-#[inline(always)]
-fn write_group(c: &[u16; 8], g: usize, bits: u32, plane: usize, lo: &mut [u8], hi: &mut [u8]) {
-    let mut low = 0u64;
-    let mut high = 0u64;
-    for (i, &code) in c.iter().enumerate() {
-        low |= u64::from(code & 0xFF) << (8 * i);
-        high |= u64::from(code >> 8) << (8 * i);
-    }
-    let low = transpose8(low).to_le_bytes();
-    for k in 0..(bits as usize).min(8) {
-        lo[k * plane + g] = low[k];
-    }
-    if bits > 8 {
-        let high = transpose8(high).to_le_bytes();
-        for k in 0..bits as usize - 8 {
-            hi[k * plane + g] = high[k];
-        }
+        scatter(last, codes.len() / 8, bits as usize, plane, out);
     }
 }
 
@@ -83,33 +59,50 @@ pub fn unshuffle(planes: &[u8], bits: u32, codes: &mut [u16]) {
         bits as usize * plane,
         "input is bits * plane_len bytes"
     );
-    let lo_planes = (bits as usize).min(8);
-    let read_group = |g: usize| -> [u16; 8] {
-        let mut low = [0u8; 8];
-        for (k, b) in low.iter_mut().enumerate().take(lo_planes) {
-            *b = planes[k * plane + g];
-        }
-        let low = transpose8(u64::from_le_bytes(low)).to_le_bytes();
-        let mut high = [0u8; 8];
-        if bits > 8 {
-            for (k, b) in high.iter_mut().enumerate().take(bits as usize - 8) {
-                *b = planes[(8 + k) * plane + g];
-            }
-        }
-        let high = transpose8(u64::from_le_bytes(high)).to_le_bytes();
-        std::array::from_fn(|i| u16::from(low[i]) | (u16::from(high[i]) << 8))
-    };
+    let full_groups = codes.len() / 8;
     let mut chunks = codes.chunks_exact_mut(8);
-    let mut g = 0;
-    for c in &mut chunks {
-        c.copy_from_slice(&read_group(g));
-        g += 1;
+    for (g, c) in (&mut chunks).enumerate() {
+        c.copy_from_slice(&gather(planes, g, bits as usize, plane));
     }
     let rest = chunks.into_remainder();
     if !rest.is_empty() {
         let n = rest.len();
-        rest.copy_from_slice(&read_group(g)[..n]);
+        rest.copy_from_slice(&gather(planes, full_groups, bits as usize, plane)[..n]);
     }
+}
+
+/// Writes group `g` (codes `8g..8g+8`) into the `bits` planes of `plane` bytes each.
+#[inline(always)]
+pub(crate) fn scatter(codes: [u16; 8], g: usize, bits: usize, plane: usize, out: &mut [u8]) {
+    let low = transpose8(u64::from_le_bytes(codes.map(|c| c as u8))).to_le_bytes();
+    for (k, b) in low.iter().enumerate().take(bits.min(8)) {
+        out[k * plane + g] = *b;
+    }
+    if bits > 8 {
+        let high = transpose8(u64::from_le_bytes(codes.map(|c| (c >> 8) as u8))).to_le_bytes();
+        for (k, b) in high.iter().enumerate().take(bits - 8) {
+            out[(8 + k) * plane + g] = *b;
+        }
+    }
+}
+
+/// Reads group `g` (codes `8g..8g+8`) back from the planes: the inverse of [`scatter`].
+#[inline(always)]
+pub(crate) fn gather(planes: &[u8], g: usize, bits: usize, plane: usize) -> [u16; 8] {
+    let mut low = [0u8; 8];
+    for (k, b) in low.iter_mut().enumerate().take(bits.min(8)) {
+        *b = planes[k * plane + g];
+    }
+    let low = transpose8(u64::from_le_bytes(low)).to_le_bytes();
+    if bits <= 8 {
+        return low.map(u16::from);
+    }
+    let mut high = [0u8; 8];
+    for (k, b) in high.iter_mut().enumerate().take(bits - 8) {
+        *b = planes[(8 + k) * plane + g];
+    }
+    let high = transpose8(u64::from_le_bytes(high)).to_le_bytes();
+    std::array::from_fn(|i| u16::from(low[i]) | (u16::from(high[i]) << 8))
 }
 
 /// Byte shuffling of fp32 values: byte `k` of every value into plane `k` (4 planes).
