@@ -86,6 +86,59 @@ pub(crate) fn scatter(codes: [u16; 8], g: usize, bits: usize, plane: usize, out:
     }
 }
 
+/// Writes eight groups at once (codes `8g0..8g0+64`, `g0` a multiple of 8): each plane
+/// gets 8 contiguous bytes, one store instead of eight.
+#[inline(always)]
+pub(crate) fn scatter64(codes: &[u16; 64], g0: usize, bits: usize, plane: usize, out: &mut [u8]) {
+    let mut lo = [[0u8; 8]; 8];
+    let mut hi = [[0u8; 8]; 8];
+    for j in 0..8 {
+        let c: [u16; 8] = std::array::from_fn(|i| codes[8 * j + i]);
+        let t = transpose8(u64::from_le_bytes(c.map(|x| x as u8))).to_le_bytes();
+        for k in 0..8 {
+            lo[k][j] = t[k];
+        }
+        if bits > 8 {
+            let t = transpose8(u64::from_le_bytes(c.map(|x| (x >> 8) as u8))).to_le_bytes();
+            for k in 0..8 {
+                hi[k][j] = t[k];
+            }
+        }
+    }
+    for (k, bytes) in lo.iter().enumerate().take(bits.min(8)) {
+        out[k * plane + g0..k * plane + g0 + 8].copy_from_slice(bytes);
+    }
+    for (k, bytes) in hi.iter().enumerate().take(bits.saturating_sub(8)) {
+        out[(8 + k) * plane + g0..(8 + k) * plane + g0 + 8].copy_from_slice(bytes);
+    }
+}
+
+/// Reads eight groups at once: the inverse of [`scatter64`].
+#[inline(always)]
+pub(crate) fn gather64(planes: &[u8], g0: usize, bits: usize, plane: usize) -> [u16; 64] {
+    let mut lo = [[0u8; 8]; 8];
+    let mut hi = [[0u8; 8]; 8];
+    for (k, bytes) in lo.iter_mut().enumerate().take(bits.min(8)) {
+        bytes.copy_from_slice(&planes[k * plane + g0..k * plane + g0 + 8]);
+    }
+    for (k, bytes) in hi.iter_mut().enumerate().take(bits.saturating_sub(8)) {
+        bytes.copy_from_slice(&planes[(8 + k) * plane + g0..(8 + k) * plane + g0 + 8]);
+    }
+    let mut codes = [0u16; 64];
+    for j in 0..8 {
+        let low = transpose8(u64::from_le_bytes(std::array::from_fn(|k| lo[k][j]))).to_le_bytes();
+        let high = if bits > 8 {
+            transpose8(u64::from_le_bytes(std::array::from_fn(|k| hi[k][j]))).to_le_bytes()
+        } else {
+            [0; 8]
+        };
+        for i in 0..8 {
+            codes[8 * j + i] = u16::from(low[i]) | (u16::from(high[i]) << 8);
+        }
+    }
+    codes
+}
+
 /// Reads group `g` (codes `8g..8g+8`) back from the planes: the inverse of [`scatter`].
 #[inline(always)]
 pub(crate) fn gather(planes: &[u8], g: usize, bits: usize, plane: usize) -> [u16; 8] {
