@@ -341,3 +341,30 @@ fn packing_shrinks_relu_activations() {
     );
     assert!(size(Precision::Bits(8), Codec::Lz4) <= s8 + 64);
 }
+
+#[test]
+fn tensors_round_trip_through_the_tch_edge() {
+    use dyno::pack::tensor::{pack_tensor, unpack_tensor};
+    use dyno::pack::Packer;
+    use tch::{Kind, Tensor};
+    let t = (Tensor::arange(2 * 3 * 4 * 5, (Kind::Float, tch::Device::Cpu)) * 0.1)
+        .relu()
+        .view([2, 3, 4, 5]);
+    let mut packer = Packer::default();
+    let o = opts(Precision::Bits(8), Codec::Zstd, Granularity::PerTensor);
+    let buf = pack_tensor(&mut packer, &t, &ID, &o).unwrap();
+    let (header, back) = unpack_tensor(&mut packer, &buf, &DecodeLimits::default()).unwrap();
+    assert_eq!(back.size(), [2, 3, 4, 5]);
+    assert_eq!(header.shape, [2, 3, 4, 5]);
+    let step = header.ranges[0].step(8);
+    let err = (&back - &t).abs().max().double_value(&[]);
+    assert!(
+        err <= f64::from(step) / 2.0 + 1e-5,
+        "error {err}, step {step}"
+    );
+    // fp64 input is converted; a NaN inside is still refused with its index.
+    let mut v = t.to_kind(Kind::Double);
+    let _ = v.get(1).get(2).get(3).get(4).fill_(f64::NAN);
+    let err = pack_tensor(&mut packer, &v, &ID, &o).unwrap_err();
+    assert!(err.to_string().contains("index [1, 2, 3, 4]"), "{err}");
+}

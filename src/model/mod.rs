@@ -208,10 +208,6 @@ impl Model {
     pub fn var_store(&self) -> Option<&nn::VarStore> {
         self.vs.as_ref()
     }
-    pub fn var_store_mut(&mut self) -> Option<&mut nn::VarStore> {
-        self.vs.as_mut()
-    }
-
     /// Number of blocks `N`; split points are `0..=N`.
     pub fn num_blocks(&self) -> usize {
         self.blocks.len()

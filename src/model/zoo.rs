@@ -99,10 +99,10 @@ pub fn weights_path(home: &Home, name: &str) -> Option<PathBuf> {
 /// Loads a model: a built-in name, or the path of a TorchScript package folder.
 pub fn load(name_or_path: &str, home: &Home) -> Result<Model> {
     let path = Path::new(name_or_path);
-    if builtin(name_or_path).is_none() && path.join("manifest.toml").is_file() {
-        return torchscript::load_package(path);
-    }
     if builtin(name_or_path).is_none() && path.is_dir() {
+        if path.join("manifest.toml").is_file() {
+            return torchscript::load_package(path);
+        }
         return Err(ModelError::Manifest {
             path: path.to_path_buf(),
             reason: "no manifest.toml in this folder; a model package needs one (see \
