@@ -363,7 +363,7 @@ fn tensors_round_trip_through_the_tch_edge() {
         "error {err}, step {step}"
     );
     // fp64 input is converted; a NaN inside is still refused with its index.
-    let mut v = t.to_kind(Kind::Double);
+    let v = t.to_kind(Kind::Double);
     let _ = v.get(1).get(2).get(3).get(4).fill_(f64::NAN);
     let err = pack_tensor(&mut packer, &v, &ID, &o).unwrap_err();
     assert!(err.to_string().contains("index [1, 2, 3, 4]"), "{err}");
