@@ -12,8 +12,11 @@
 //!   `resnet50`, `vgg16`, `inception_v3`, `fashion_cnn`) and user TorchScript packages.
 //! - [`pack`]: the packed tensor format: quantisation to 1..=16 bits, bit shuffling,
 //!   LZ4/zstd, a checked self-describing header.
-//! - [`profile`]: profiles the scheduler reads; the precision-sensitivity
-//!   (accuracy) profile.
+//! - [`profile`]: profiles the scheduler reads: the precision-sensitivity (accuracy)
+//!   profile and the latency profile.
+//! - [`sched`]: the performance model, SLOs, the bandwidth estimator, the scheduler
+//!   (DynO and the baselines) and fleet planning. Pure: plain data in and out.
+//! - [`config`]: device classes and the cloud, from TOML.
 //! - [`plot`]: pictures (the accuracy-drop heat map).
 //! - [`data`]: real inputs: image files preprocessed as torchvision does, Fashion-MNIST.
 //! - [`check`]: `dyno models check`: accuracy on real data, split exactness, block times.
@@ -26,6 +29,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod error;
 pub mod home;
@@ -33,6 +37,7 @@ pub mod model;
 pub mod pack;
 pub mod plot;
 pub mod profile;
+pub mod sched;
 pub mod train;
 
 pub use error::{ModelError, Result};

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::home::Home;
 
 mod models;
+mod plan;
 mod profile;
 
 #[derive(Debug, Parser)]
@@ -34,12 +35,97 @@ pub enum Command {
     /// Profiles the scheduler reads.
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// One explained scheduling decision: the plan, its predicted figures, the runners-up.
+    Plan(PlanArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ProfileCommand {
     /// Precision sensitivity: accuracy and packed bytes for every (split, bits, codec).
     Accuracy(AccuracyArgs),
+    /// Block times and pack/unpack times per (split, precision, codec) on this machine.
+    Latency(LatencyArgs),
+    /// Predicted against measured latency at every split: head, pack, loopback TCP,
+    /// unpack and tail in one process.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LatencyArgs {
+    /// A built-in model name or the folder of a TorchScript package.
+    #[arg(long)]
+    pub model: String,
+    /// Image folder whose first image is timed (default: the model's data set).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Timed runs per figure (the median is kept, after one warm-up run).
+    #[arg(long, default_value_t = 11)]
+    pub runs: usize,
+    /// Profile file to write [default: out/profiles/<model>.latency.json in the project folder].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// A built-in model name or the folder of a TorchScript package.
+    #[arg(long)]
+    pub model: String,
+    /// Quantisation bits (1..=16).
+    #[arg(long, default_value_t = 8)]
+    pub bits: u8,
+    /// Codec: none, lz4 or zstd.
+    #[arg(long, default_value = "lz4")]
+    pub codec: String,
+    /// Timed frames per split (the median is compared).
+    #[arg(long, default_value_t = 15)]
+    pub runs: usize,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// A built-in model name or the folder of a TorchScript package.
+    #[arg(long)]
+    pub model: String,
+    /// Device class (from --devices).
+    #[arg(long, default_value = "host")]
+    pub device: String,
+    /// Device classes file [default: config/devices.toml in the project folder].
+    #[arg(long)]
+    pub devices: Option<PathBuf>,
+    /// Uplink bandwidth in Mbit/s (0: no link).
+    #[arg(long)]
+    pub bandwidth_mbps: f64,
+    /// Round-trip time in ms.
+    #[arg(long, default_value_t = 20.0)]
+    pub rtt_ms: f64,
+    /// SLO file (TOML) [default: within 1 point of accuracy, max throughput, then least cloud time].
+    #[arg(long)]
+    pub slo: Option<PathBuf>,
+    /// device-only, cloud-only, neurosurgeon, fixed-8bit or dyno.
+    #[arg(long, default_value = "dyno")]
+    pub policy: String,
+    /// Accuracy profile [default: out/profiles/<model>.accuracy.json, else models/profiles/].
+    #[arg(long)]
+    pub accuracy_profile: Option<PathBuf>,
+    /// Device latency profile [default: the class's, else the model's].
+    #[arg(long)]
+    pub latency_profile: Option<PathBuf>,
+    /// Cloud latency profile [default: the cloud's, else the model's].
+    #[arg(long)]
+    pub cloud_profile: Option<PathBuf>,
+    /// Runners-up to show.
+    #[arg(long, default_value_t = 5)]
+    pub runners_up: usize,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +239,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             ModelsCommand::Train(a) => models::train(&home, a),
         },
         Command::Profile(ProfileCommand::Accuracy(a)) => profile::accuracy(&home, a),
+        Command::Profile(ProfileCommand::Latency(a)) => profile::latency(&home, a),
+        Command::Profile(ProfileCommand::Validate(a)) => plan::validate(&home, a),
+        Command::Plan(a) => plan::plan(&home, a),
     }
 }
 

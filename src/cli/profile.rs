@@ -1,12 +1,14 @@
-//! `dyno profile accuracy`.
+//! `dyno profile accuracy` and `dyno profile latency`.
 use serde::Serialize;
 
-use super::{print_json, AccuracyArgs};
+use super::{print_json, AccuracyArgs, LatencyArgs};
+use crate::check;
 use crate::home::Home;
 use crate::model::zoo;
-use crate::pack::Granularity;
+use crate::pack::{Codec, Granularity, Precision};
 use crate::plot;
 use crate::profile::accuracy::{self, AccuracyOptions};
+use crate::profile::latency::{self, LatencyOptions, LatencyProfile};
 use crate::profile::{AccuracyProfile, SplitChoice};
 
 #[derive(Serialize)]
@@ -104,5 +106,75 @@ pub fn accuracy(home: &Home, a: AccuracyArgs) -> anyhow::Result<()> {
         );
     }
     println!("\nwrote {} and {}", out.display(), heatmap.display());
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct LatencyReport<'a> {
+    out: String,
+    total_ms: f64,
+    profile: &'a LatencyProfile,
+}
+
+pub fn latency(home: &Home, a: LatencyArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.runs >= 1, "--runs must be at least 1, got {}", a.runs);
+    let model = zoo::load(&a.model, home)?;
+    let inputs = match a.data {
+        Some(dir) => check::image_inputs(&model, dir)?,
+        None => check::default_inputs(&model, home)?,
+    };
+    anyhow::ensure!(
+        inputs.xs.size()[0] >= 1,
+        "no input to time {} on; give an image folder with --data DIR",
+        model.name()
+    );
+    let x = inputs.xs.narrow(0, 0, 1);
+    let opts = LatencyOptions {
+        runs: a.runs,
+        progress: !a.json,
+        ..LatencyOptions::default()
+    };
+    let what = format!("the first input of {}", inputs.description);
+    let profile = latency::measure(&model, &x, &what, &opts)?;
+    let out = a
+        .out
+        .unwrap_or_else(|| latency::default_out(home, model.name()));
+    profile.save(&out)?;
+    if a.json {
+        return print_json(&LatencyReport {
+            out: out.display().to_string(),
+            total_ms: profile.total_seconds() * 1e3,
+            profile: &profile,
+        });
+    }
+    println!(
+        "model:    {} (weights {}), {} libtorch thread(s), median of {} runs",
+        profile.model, profile.weights_hash, profile.threads, profile.runs
+    );
+    println!("input:    {}", profile.input);
+    println!(
+        "\n{:>5}  {:<16}  {:>10}  {:>14}  {:>14}  {:>10}",
+        "split", "block", "block ms", "pack ms 8/lz4", "unpack ms", "bytes"
+    );
+    for (i, b) in profile.blocks.iter().enumerate() {
+        let c = profile
+            .codecs
+            .iter()
+            .find(|c| c.split == i && c.precision == Precision::Bits(8) && c.codec == Codec::Lz4);
+        println!(
+            "{:>5}  {:<16}  {:>10.3}  {:>14}  {:>14}  {:>10}",
+            i,
+            b.name,
+            b.seconds * 1e3,
+            c.map_or("-".into(), |c| format!("{:.3}", c.pack_s * 1e3)),
+            c.map_or("-".into(), |c| format!("{:.3}", c.unpack_s * 1e3)),
+            c.map_or("-".into(), |c| c.bytes.to_string()),
+        );
+    }
+    println!(
+        "\nwhole model: {:.2} ms; wrote {}",
+        profile.total_seconds() * 1e3,
+        out.display()
+    );
     Ok(())
 }

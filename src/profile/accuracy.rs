@@ -293,25 +293,10 @@ fn round_trip_items(
 
 /// Where `dyno profile accuracy` writes by default: `out/profiles/<model>.accuracy.json`.
 pub fn default_out(home: &Home, model: &str) -> PathBuf {
-    home.root()
-        .join("out")
-        .join("profiles")
-        .join(format!("{}.accuracy.json", sanitize(model)))
+    super::out_path(home, model, "accuracy")
 }
 
 /// The heat map's path beside a profile file.
 pub fn heatmap_path(profile: &Path) -> PathBuf {
     profile.with_extension("png")
-}
-
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }

@@ -4,14 +4,52 @@
 //!   for every split and precision, the accuracy (or agreement) after pack-then-unpack
 //!   and the mean packed bytes per codec. Its file format is [`AccuracyProfile`] as
 //!   JSON, documented in docs/PACKING.md.
-use std::path::Path;
+//! - [`latency`]: per-block and per-codec times on this machine, which the scheduler
+//!   scales to each device class. Its file format is [`latency::LatencyProfile`] as JSON.
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
+use crate::home::Home;
 use crate::pack::{Codec, Precision};
 
 pub mod accuracy;
+pub mod latency;
+pub mod validate;
+
+/// `out/profiles/<model>.<kind>.json`: where the profile commands write.
+pub fn out_path(home: &Home, model: &str, kind: &str) -> PathBuf {
+    home.root()
+        .join("out")
+        .join("profiles")
+        .join(format!("{}.{kind}.json", sanitize(model)))
+}
+
+/// The profile a command reads when none is named: the one written on this machine
+/// (`out/profiles/`) if there is one, else the one shipped in `models/profiles/`.
+pub fn find(home: &Home, model: &str, kind: &str) -> PathBuf {
+    let written = out_path(home, model, kind);
+    if written.exists() {
+        return written;
+    }
+    home.root()
+        .join("models")
+        .join("profiles")
+        .join(format!("{}.{kind}.json", sanitize(model)))
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
 
 /// Version of the profile file format.
 pub const ACCURACY_FORMAT: u32 = 1;

@@ -1,0 +1,269 @@
+//! The latency profile: per-block times and per-(split, precision, codec) pack and unpack
+//! times, measured on this machine. The scheduler scales it by a device class's slowdown
+//! (`sched::perf`). Its file format is [`LatencyProfile`] as JSON.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::error::{ModelError, Result};
+use crate::home::Home;
+use crate::model::Model;
+use crate::pack::tensor::tensor_values;
+use crate::pack::{Codec, DecodeLimits, PackOptions, Packer, Precision, TensorId};
+
+/// Version of the latency profile file format.
+pub const LATENCY_FORMAT: u32 = 1;
+
+/// What one machine takes to run a model's blocks and to pack its activations (batch 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyProfile {
+    pub format: u32,
+    pub model: String,
+    /// Hex of the model's weights hash.
+    pub weights_hash: String,
+    /// libtorch intra-op threads during the measurement.
+    pub threads: i32,
+    /// Timed runs per figure (each figure is their median, after one warm-up run); block
+    /// times come from whole forward passes.
+    pub runs: usize,
+    /// What the activations were computed from.
+    pub input: String,
+    /// Median seconds of each block, in order.
+    pub blocks: Vec<BlockLatency>,
+    /// Median pack and unpack seconds at each split `0..blocks.len()`, for every
+    /// precision and codec.
+    pub codecs: Vec<CodecLatency>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockLatency {
+    pub name: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodecLatency {
+    pub split: usize,
+    pub precision: Precision,
+    pub codec: Codec,
+    /// Tensor to packed bytes: the copy out of libtorch and `Packer::pack_into`.
+    pub pack_s: f64,
+    /// Packed bytes to tensor: `Packer::unpack_into` and the copy into libtorch.
+    pub unpack_s: f64,
+    /// Packed bytes of this activation (header included).
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LatencyOptions {
+    /// Timed runs per figure.
+    pub runs: usize,
+    /// Precisions to time the codecs at (default: all 18).
+    pub precisions: Vec<Precision>,
+    pub progress: bool,
+}
+
+impl Default for LatencyOptions {
+    fn default() -> Self {
+        LatencyOptions {
+            runs: 11,
+            precisions: Precision::all(),
+            progress: false,
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median seconds of `runs` calls of `f`, after one warm-up call.
+fn time<T>(runs: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> {
+    let mut last = f()?;
+    let mut times = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        last = f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok((median(times), last))
+}
+
+/// Measures `model` on one input `x` (`[1, C, H, W]`).
+pub fn measure(
+    model: &Model,
+    x: &Tensor,
+    input: &str,
+    opts: &LatencyOptions,
+) -> Result<LatencyProfile> {
+    let n = model.num_blocks();
+    let names: Vec<String> = model.block_names().map(str::to_string).collect();
+    let bar = if opts.progress {
+        let b = ProgressBar::new((n * (1 + opts.precisions.len() * Codec::ALL.len())) as u64);
+        b.set_style(
+            ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} ({eta})")
+                .expect("a fixed template")
+                .progress_chars("=> "),
+        );
+        b.set_message(model.name().to_string());
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    // Blocks are timed in whole forward passes, as they run in service (a block timed
+    // alone, over and over, finds its weights and inputs in cache and reads fast).
+    let mut activations = Vec::with_capacity(n);
+    let mut times = vec![Vec::with_capacity(opts.runs); n];
+    for run in 0..=opts.runs.max(1) {
+        let mut a = x.shallow_clone();
+        for (i, t) in times.iter_mut().enumerate() {
+            if run == 0 {
+                activations.push(a.shallow_clone());
+            }
+            let start = Instant::now();
+            a = model.run_block(i, &a)?;
+            if run > 0 {
+                t.push(start.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let blocks: Vec<BlockLatency> = names
+        .iter()
+        .zip(times)
+        .map(|(name, t)| BlockLatency {
+            name: name.clone(),
+            seconds: median(t),
+        })
+        .collect();
+    bar.inc(n as u64);
+    let hash = model.weights_hash();
+    let limits = DecodeLimits::default();
+    let mut packer = Packer::default();
+    let mut codecs = Vec::new();
+    for (split, act) in activations.iter().enumerate() {
+        let id = TensorId {
+            model: model.name(),
+            weights_hash: hash,
+            split: split as u16,
+        };
+        for &precision in &opts.precisions {
+            for codec in Codec::ALL {
+                let o = PackOptions::new(precision, codec);
+                let mut buf = Vec::new();
+                let (pack_s, ()) = time(opts.runs, || {
+                    let (values, shape) = tensor_values(act)?;
+                    packer.pack_into(&values, &shape, &id, &o, &mut buf)?;
+                    Ok(())
+                })?;
+                let mut values = Vec::new();
+                let (unpack_s, t) = time(opts.runs, || {
+                    let h = packer.unpack_into(&buf, &limits, &mut values)?;
+                    let dims: Vec<i64> = h.shape.iter().map(|&d| i64::from(d)).collect();
+                    Ok(Tensor::from_slice(&values).view(dims.as_slice()))
+                })?;
+                debug_assert_eq!(t.size(), act.size());
+                codecs.push(CodecLatency {
+                    split,
+                    precision,
+                    codec,
+                    pack_s,
+                    unpack_s,
+                    bytes: buf.len() as u64,
+                });
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok(LatencyProfile {
+        format: LATENCY_FORMAT,
+        model: model.name().to_string(),
+        weights_hash: format!("{hash:016x}"),
+        threads: tch::get_num_threads(),
+        runs: opts.runs,
+        input: input.to_string(),
+        blocks,
+        codecs,
+    })
+}
+
+impl LatencyProfile {
+    /// Median seconds of all blocks.
+    pub fn total_seconds(&self) -> f64 {
+        self.blocks.iter().map(|b| b.seconds).sum()
+    }
+
+    /// Checks every figure; the error names the field and the fix.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        const FIX: &str = "re-measure with `dyno profile latency`";
+        if self.format != LATENCY_FORMAT {
+            return Err(format!(
+                "format is {}, this dyno reads {LATENCY_FORMAT}; {FIX}",
+                self.format
+            ));
+        }
+        if self.blocks.is_empty() {
+            return Err(format!("blocks is empty: a model has at least one; {FIX}"));
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            if !(b.seconds.is_finite() && b.seconds >= 0.0) {
+                return Err(format!(
+                    "blocks[{i}].seconds is {}: block times are finite seconds >= 0; {FIX}",
+                    b.seconds
+                ));
+            }
+        }
+        for (i, c) in self.codecs.iter().enumerate() {
+            if c.split >= self.blocks.len() {
+                return Err(format!(
+                    "codecs[{i}].split is {}: splits that send something are 0..{}; {FIX}",
+                    c.split,
+                    self.blocks.len()
+                ));
+            }
+            for (key, v) in [("pack_s", c.pack_s), ("unpack_s", c.unpack_s)] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(format!(
+                        "codecs[{i}].{key} is {v}: codec times are finite seconds >= 0; {FIX}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        }
+        let text = serde_json::to_string_pretty(self).expect("a profile always serialises");
+        std::fs::write(path, text).map_err(|e| ModelError::io(path, e))
+    }
+
+    pub fn load(path: &Path) -> Result<LatencyProfile> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let bad = |reason: String| ModelError::Profile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let p: LatencyProfile = serde_json::from_str(&text).map_err(|e| {
+            bad(format!(
+                "not a latency profile ({e}); write one with `dyno profile latency`"
+            ))
+        })?;
+        p.validate().map_err(bad)?;
+        Ok(p)
+    }
+}
+
+/// Where `dyno profile latency` writes by default: `out/profiles/<model>.latency.json`.
+pub fn default_out(home: &Home, model: &str) -> PathBuf {
+    super::out_path(home, model, "latency")
+}

@@ -1,0 +1,355 @@
+//! Predicted against measured: does the performance model hold on this machine?
+//!
+//! One process plays both sides. A "cloud" thread with its own copy of the model listens
+//! on loopback TCP; the "device" runs the head, packs, sends the activation, and the
+//! cloud unpacks, runs the tail and answers with the top-1 class. The link is measured
+//! first (small pings for the RTT, 1 MB transfers for the bandwidth, through
+//! [`crate::sched::bandwidth::Estimator`]), the latency profile is measured on the same
+//! input, and the performance model's prediction at every split is set against the
+//! median measured end-to-end time.
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::Tensor;
+
+use super::latency::{self, LatencyOptions, LatencyProfile};
+use crate::error::{ModelError, Result};
+use crate::home::Home;
+use crate::model::{zoo, Model};
+use crate::pack::tensor::{tensor_values, unpack_tensor};
+use crate::pack::{Codec, DecodeLimits, PackOptions, Packer, Precision, TensorId};
+use crate::sched::bandwidth::Estimator;
+use crate::sched::perf::{Candidate, Conditions, Correction, Link, Row};
+
+/// One split's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitCheck {
+    pub split: usize,
+    pub predicted_ms: f64,
+    pub measured_ms: f64,
+    /// measured / predicted - 1.
+    pub error: f64,
+    /// Predicted with the run-time correction factors.
+    pub corrected_ms: f64,
+    pub corrected_error: f64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Validation {
+    pub model: String,
+    pub precision: Precision,
+    pub codec: Codec,
+    pub runs: usize,
+    pub link: Link,
+    pub splits: Vec<SplitCheck>,
+    /// Largest |error| over the splits.
+    pub max_abs_error: f64,
+    /// The correction factors fitted from the observed stage times.
+    pub correction: Correction,
+    pub max_abs_corrected_error: f64,
+}
+
+const PING: u8 = 0;
+const BLOB: u8 = 1;
+const TENSOR: u8 = 2;
+/// Largest frame the cloud thread accepts.
+const MAX_FRAME: usize = 256 << 20;
+
+fn io_err(e: std::io::Error) -> ModelError {
+    ModelError::io("loopback connection", e)
+}
+
+fn send(s: &mut TcpStream, kind: u8, payload: &[u8]) -> Result<()> {
+    let mut head = [0u8; 5];
+    head[0] = kind;
+    head[1..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    s.write_all(&head).map_err(io_err)?;
+    s.write_all(payload).map_err(io_err)
+}
+
+/// The cloud's answer: the top-1 class and its own stage time (unpack and tail).
+fn reply(s: &mut TcpStream) -> Result<(i64, f64)> {
+    let mut b = [0u8; 16];
+    s.read_exact(&mut b).map_err(io_err)?;
+    let (class, secs) = b.split_at(8);
+    Ok((
+        i64::from_le_bytes(class.try_into().expect("8 bytes")),
+        f64::from_le_bytes(secs.try_into().expect("8 bytes")),
+    ))
+}
+
+/// The cloud side: one libtorch thread (two threads each running libtorch with a full
+/// intra-op pool slow each other down several times over), its own copy of the model,
+/// its own latency profile (sent back on `profiled`); then serves one connection until
+/// it closes.
+fn serve(
+    listener: TcpListener,
+    home: Home,
+    model_name: String,
+    x: Tensor,
+    opts: LatencyOptions,
+    profiled: std::sync::mpsc::Sender<Result<LatencyProfile>>,
+) -> Result<()> {
+    tch::set_num_threads(1);
+    let model = match zoo::load(&model_name, &home) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = profiled.send(Err(ModelError::Profile {
+                path: home.root().to_path_buf(),
+                reason: format!("the cloud thread could not load {model_name}: {e}"),
+            }));
+            return Err(e);
+        }
+    };
+    let _ = profiled.send(latency::measure(
+        &model,
+        &x,
+        "validation input (cloud)",
+        &opts,
+    ));
+    let (mut s, _) = listener.accept().map_err(io_err)?;
+    s.set_nodelay(true).map_err(io_err)?;
+    let mut packer = Packer::default();
+    let limits = DecodeLimits::default();
+    let mut buf = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        match s.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(io_err(e)),
+        }
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len > MAX_FRAME {
+            return Err(io_err(std::io::Error::other(format!(
+                "frame of {len} bytes is over the {MAX_FRAME} limit"
+            ))));
+        }
+        buf.resize(len, 0);
+        s.read_exact(&mut buf).map_err(io_err)?;
+        let started = Instant::now();
+        let answer = match head[0] {
+            PING | BLOB => 0,
+            TENSOR => {
+                let (h, a) = unpack_tensor(&mut packer, &buf, &limits)?;
+                let y = model.tail(&a, h.split as usize)?;
+                y.argmax(-1, false).int64_value(&[0])
+            }
+            k => {
+                return Err(io_err(std::io::Error::other(format!(
+                    "unknown frame kind {k}"
+                ))))
+            }
+        };
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&answer.to_le_bytes());
+        out[8..].copy_from_slice(&started.elapsed().as_secs_f64().to_le_bytes());
+        s.write_all(&out).map_err(io_err)?;
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Measures the link to the cloud thread with the bandwidth estimator.
+fn measure_link(s: &mut TcpStream, start: Instant) -> Result<Link> {
+    let mut est = Estimator::default();
+    for _ in 0..21 {
+        let t = Instant::now();
+        send(s, PING, &[0u8; 8])?;
+        reply(s)?;
+        est.observe_rtt(start.elapsed().as_secs_f64(), t.elapsed().as_secs_f64());
+    }
+    let blob = vec![7u8; 1 << 20];
+    for _ in 0..7 {
+        let t = Instant::now();
+        send(s, BLOB, &blob)?;
+        reply(s)?;
+        est.observe_transfer(
+            start.elapsed().as_secs_f64(),
+            blob.len() as u64,
+            t.elapsed().as_secs_f64(),
+        );
+    }
+    Ok(est.link().unwrap_or(Link {
+        // Loopback faster than the timer can tell: the RTT is all there is.
+        bandwidth_bps: f64::INFINITY,
+        rtt_s: est.rtt_s().unwrap_or(0.0),
+    }))
+}
+
+/// Runs the check for `model` on input `x` (`[1, C, H, W]`).
+pub fn run(
+    home: &Home,
+    model: &Model,
+    x: &Tensor,
+    precision: Precision,
+    codec: Codec,
+    runs: usize,
+) -> Result<Validation> {
+    let runs = runs.max(1);
+    let opts = LatencyOptions {
+        runs,
+        precisions: vec![precision],
+        progress: false,
+    };
+    let device = latency::measure(model, x, "validation input (device)", &opts)?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err)?;
+    let addr = listener.local_addr().map_err(io_err)?;
+    let (h, name, xc) = (home.clone(), model.name().to_string(), x.copy());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cloud = std::thread::spawn(move || serve(listener, h, name, xc, opts, tx));
+    let mut correction = Correction::default();
+    let result = (|| {
+        let cloud_profile = rx
+            .recv()
+            .map_err(|_| io_err(std::io::Error::other("the cloud thread ended early")))??;
+        let mut s = TcpStream::connect(addr).map_err(io_err)?;
+        s.set_nodelay(true).map_err(io_err)?;
+        let start = Instant::now();
+        let link = measure_link(&mut s, start)?;
+        let n = model.num_blocks();
+        let opts = PackOptions::new(precision, codec);
+        let mut packer = Packer::default();
+        let mut splits = Vec::with_capacity(n + 1);
+        let cond = Conditions::new(1.0, link);
+        let mut rows = Vec::with_capacity(n + 1);
+        // Rounds over all splits, so that a burst of noise on this shared machine falls
+        // on every split a little rather than on one split entirely.
+        let mut times = vec![Vec::with_capacity(runs); n + 1];
+        let mut stages = vec![(Vec::new(), Vec::new()); n + 1];
+        let mut out = Vec::new();
+        for round in 0..=runs {
+            for (split, t) in times.iter_mut().enumerate() {
+                let id = TensorId {
+                    model: model.name(),
+                    weights_hash: model.weights_hash(),
+                    split: split as u16,
+                };
+                let start = Instant::now();
+                let a = model.head(x, split)?;
+                if split < n {
+                    let (values, shape) = tensor_values(&a)?;
+                    packer.pack_into(&values, &shape, &id, &opts, &mut out)?;
+                    let device_s = start.elapsed().as_secs_f64();
+                    send(&mut s, TENSOR, &out)?;
+                    let (_, cloud_s) = reply(&mut s)?;
+                    if round > 0 {
+                        stages[split].0.push(device_s);
+                        stages[split].1.push(cloud_s);
+                    }
+                } else {
+                    a.argmax(-1, false).int64_value(&[0]);
+                }
+                if round > 0 {
+                    t.push(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        for (split, t) in times.into_iter().enumerate() {
+            let (pack_s, unpack_s, bytes) = if split < n {
+                let find = |p: &LatencyProfile| {
+                    p.codecs
+                        .iter()
+                        .find(|c| c.split == split && c.codec == codec)
+                        .cloned()
+                        .expect("measured for every split")
+                };
+                let (d, c) = (find(&device), find(&cloud_profile));
+                (d.pack_s, c.unpack_s, d.bytes)
+            } else {
+                (0.0, 0.0, 0)
+            };
+            let row = Row {
+                candidate: Candidate {
+                    split: split as u16,
+                    precision,
+                    codec,
+                },
+                head_s: device.blocks[..split].iter().map(|b| b.seconds).sum(),
+                tail_s: cloud_profile.blocks[split..]
+                    .iter()
+                    .map(|b| b.seconds)
+                    .sum(),
+                pack_s,
+                unpack_s,
+                bytes: bytes as f64,
+                drop_points: 0.0,
+            };
+            let predicted = row.predict(&cond).latency_s;
+            let measured = median(t);
+            if split < n {
+                let (dev, cloud) = std::mem::take(&mut stages[split]);
+                rows.push((row, median(dev), median(cloud)));
+            } else {
+                rows.push((row, measured, 0.0));
+            }
+            splits.push(SplitCheck {
+                split,
+                predicted_ms: predicted * 1e3,
+                measured_ms: measured * 1e3,
+                error: measured / predicted - 1.0,
+                corrected_ms: 0.0,
+                corrected_error: 0.0,
+                bytes,
+            });
+        }
+        // The run-time correction (DESIGN.md section 2): k_dev and k_cloud from the
+        // observed device stage (head and pack) and cloud stage (unpack and tail), as the
+        // scheduler keeps them in service; two factors for the whole model.
+        let mut k = Correction::default();
+        for _ in 0..20 {
+            for (row, dev, cloud) in &rows {
+                let p = row.predict(&Conditions {
+                    correction: k,
+                    ..cond
+                });
+                k.observe_device(p.head_s + p.pack_s, *dev);
+                if row.bytes > 0.0 {
+                    k.observe_cloud(p.unpack_s + p.tail_s, *cloud);
+                }
+            }
+        }
+        for (c, (row, _, _)) in splits.iter_mut().zip(&rows) {
+            let p = row.predict(&Conditions {
+                correction: k,
+                ..cond
+            });
+            c.corrected_ms = p.latency_s * 1e3;
+            c.corrected_error = c.measured_ms / c.corrected_ms - 1.0;
+        }
+        correction = k;
+        Ok::<_, ModelError>((link, splits))
+    })();
+    if result.is_err() {
+        // The cloud thread may still wait in accept(): give it a connection to end on.
+        let _ = TcpStream::connect(addr);
+    }
+    // Closing the connection ends the cloud thread; its error, if any, comes first.
+    let served = cloud
+        .join()
+        .map_err(|_| io_err(std::io::Error::other("the cloud thread panicked")))?;
+    let (link, splits) = match (result, served) {
+        (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
+        (Ok(r), Ok(())) => r,
+    };
+    Ok(Validation {
+        model: model.name().to_string(),
+        precision,
+        codec,
+        runs,
+        link,
+        max_abs_error: splits.iter().map(|s| s.error.abs()).fold(0.0, f64::max),
+        max_abs_corrected_error: splits
+            .iter()
+            .map(|s| s.corrected_error.abs())
+            .fold(0.0, f64::max),
+        correction,
+        splits,
+    })
+}

@@ -1,0 +1,535 @@
+//! Fleet planning: many devices, one cloud pool of finite capacity.
+//!
+//! Capacity is in cloud seconds per second (a pool of 4 single-inference workers is 4.0).
+//! A device running plan `p` at rate `r` loads the pool with `r * cloud_s(p)`.
+//!
+//! 1. Every device gets its individual optimum ([`Scheduler::decide`]). A device whose
+//!    SLO no plan meets is told so and runs device-only. If the total load fits, done:
+//!    each device has exactly its own optimum.
+//! 2. Otherwise, repeatedly, the device that loses the least throughput per unit of
+//!    cloud load freed moves to a plan with less cloud work (a later split, or
+//!    device-only), among the plans that keep its SLO, until the load fits.
+//! 3. If it still does not fit, devices are throttled: each keeps its SLO's minimum
+//!    rate, the cheapest first; those that do not fit are told their SLO cannot be met
+//!    and run device-only. What capacity is left is shared in proportion to demand.
+//! 4. Capacity left over after step 2 goes to the device that gains the most throughput
+//!    per unit of it (possibly throttled), until none gains.
+//! 5. As a safeguard, the plan is compared with an equal share of the pool per device;
+//!    the one with fewer broken SLOs, then more throughput, is returned.
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use serde::Serialize;
+
+use super::perf::{Candidate, Conditions, Prediction, Tables};
+use super::slo::{Slo, Violation};
+use super::{Policy, Scheduler};
+
+/// One device of the fleet.
+#[derive(Debug, Clone)]
+pub struct FleetDevice {
+    pub id: String,
+    pub conditions: Conditions,
+    pub slo: Slo,
+    pub policy: Policy,
+    /// Frames per second the device wants (a camera's rate); `None`: as fast as it can.
+    pub demand_fps: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Its individual optimum.
+    Optimal,
+    /// Moved to less cloud work (or throttled) to share the pool; its SLO is kept.
+    Shared,
+    /// Its SLO cannot be met: it runs device-only.
+    SloUnmet,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DevicePlan {
+    pub id: String,
+    pub candidate: Candidate,
+    /// Figures of the plan at its full rate.
+    pub prediction: Prediction,
+    /// The rate the device runs at (its throughput, the demand, or its pool share).
+    pub rate_fps: f64,
+    /// Cloud seconds per second it uses.
+    pub cloud_load: f64,
+    pub status: Status,
+    /// For `slo-unmet`: what the best plan would break.
+    pub violations: Vec<Violation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FleetPlan {
+    pub devices: Vec<DevicePlan>,
+    pub capacity: f64,
+    pub load: f64,
+    /// Sum of the devices' rates.
+    pub throughput: f64,
+    pub slo_unmet: usize,
+    /// `individual` (all fit), `greedy` (steps 2-4) or `equal-share` (step 5 won).
+    pub strategy: &'static str,
+}
+
+/// A plan a device may take, at full rate.
+#[derive(Debug, Clone, Copy)]
+struct Opt {
+    candidate: Candidate,
+    prediction: Prediction,
+    rate: f64,
+    load: f64,
+    /// Load needed to keep the SLO's minimum rate.
+    needed: f64,
+}
+
+impl Opt {
+    fn new(candidate: Candidate, prediction: Prediction, dev: &FleetDevice) -> Opt {
+        let rate = dev
+            .demand_fps
+            .map_or(prediction.throughput, |d| d.min(prediction.throughput));
+        let needed = dev
+            .slo
+            .constraints
+            .min_throughput_fps
+            .map_or(0.0, |m| m * prediction.cloud_s);
+        Opt {
+            candidate,
+            prediction,
+            rate,
+            load: rate * prediction.cloud_s,
+            needed,
+        }
+    }
+
+    /// Rate with at most `alloc` cloud seconds per second.
+    fn rate_with(&self, alloc: f64) -> f64 {
+        if self.prediction.cloud_s > 0.0 {
+            self.rate.min(alloc / self.prediction.cloud_s)
+        } else {
+            self.rate
+        }
+    }
+}
+
+/// Per device: its individual optimum and, per split, its best SLO-keeping plan.
+struct Menu {
+    optimum: Option<Opt>,
+    /// SLO-keeping plans, one per split (the highest rate there), by decreasing load.
+    opts: Vec<Opt>,
+    /// Device-only, with what it breaks (for devices told their SLO cannot be met).
+    device_only: Opt,
+    device_only_violations: Vec<Violation>,
+}
+
+fn menu(tables: &Tables, dev: &FleetDevice, sched: &mut Scheduler) -> Menu {
+    let d = sched.decide(tables, &dev.conditions, &dev.slo, dev.policy, None);
+    let optimum = d.feasible.then(|| Opt::new(d.candidate, d.prediction, dev));
+    let mut best: Vec<Option<Opt>> = vec![None; tables.blocks + 1];
+    for (row, p) in tables.rows.iter().zip(&sched.preds) {
+        let c = row.candidate;
+        if !dev.policy.admits(&c, tables.blocks) || !dev.slo.constraints.allows(p) {
+            continue;
+        }
+        let o = Opt::new(c, *p, dev);
+        let slot = &mut best[c.split as usize];
+        let better = match slot {
+            None => true,
+            Some(b) => o.rate > b.rate || (o.rate == b.rate && o.load < b.load),
+        };
+        if better {
+            *slot = Some(o);
+        }
+    }
+    let mut opts: Vec<Opt> = best.into_iter().flatten().collect();
+    if let Some(o) = optimum {
+        opts.push(o);
+    }
+    opts.sort_by(|a, b| b.load.total_cmp(&a.load));
+    let row = tables.device_only();
+    let p = row.predict(&dev.conditions);
+    Menu {
+        optimum,
+        opts,
+        device_only: Opt::new(row.candidate, p, dev),
+        device_only_violations: dev.slo.constraints.violations(&p),
+    }
+}
+
+/// The state of one device during planning.
+#[derive(Clone, Copy)]
+struct Choice {
+    opt: Opt,
+    alloc: f64,
+    status: Status,
+}
+
+/// A move in step 2: throughput lost per load freed (smaller is better).
+#[derive(PartialEq)]
+struct Move {
+    cost: f64,
+    device: usize,
+    to: usize,
+}
+
+impl Eq for Move {}
+impl PartialOrd for Move {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Move {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // BinaryHeap is a max-heap: the cheapest move first, then the lowest index.
+        o.cost
+            .total_cmp(&self.cost)
+            .then(o.device.cmp(&self.device))
+    }
+}
+
+fn next_move(menu: &Menu, cur: &Opt, device: usize) -> Option<Move> {
+    menu.opts
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.load < cur.load)
+        .map(|(i, o)| Move {
+            cost: (cur.rate - o.rate) / (cur.load - o.load),
+            device,
+            to: i,
+        })
+        .min_by(|a, b| a.cost.total_cmp(&b.cost))
+}
+
+/// Plans the fleet against a pool of `capacity` cloud seconds per second.
+pub fn plan(tables: &Tables, devices: &[FleetDevice], capacity: f64) -> FleetPlan {
+    let capacity = if capacity.is_finite() {
+        capacity.max(0.0)
+    } else {
+        0.0
+    };
+    let mut sched = Scheduler::new();
+    let menus: Vec<Menu> = devices
+        .iter()
+        .map(|d| menu(tables, d, &mut sched))
+        .collect();
+    // 1. Individual optima.
+    let mut choices: Vec<Choice> = menus
+        .iter()
+        .map(|m| match m.optimum {
+            Some(o) => Choice {
+                opt: o,
+                alloc: o.load,
+                status: Status::Optimal,
+            },
+            None => Choice {
+                opt: m.device_only,
+                alloc: 0.0,
+                status: Status::SloUnmet,
+            },
+        })
+        .collect();
+    let mut load: f64 = choices.iter().map(|c| c.alloc).sum();
+    if load <= capacity {
+        return finish(devices, &menus, choices, capacity, "individual");
+    }
+    // 2. Cheapest moves to less cloud work.
+    let mut heap: BinaryHeap<Move> = choices
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.status != Status::SloUnmet)
+        .filter_map(|(i, c)| next_move(&menus[i], &c.opt, i))
+        .collect();
+    while load > capacity {
+        let Some(m) = heap.pop() else { break };
+        let c = &mut choices[m.device];
+        let to = menus[m.device].opts[m.to];
+        load += to.load - c.opt.load;
+        *c = Choice {
+            opt: to,
+            alloc: to.load,
+            status: Status::Shared,
+        };
+        if let Some(next) = next_move(&menus[m.device], &to, m.device) {
+            heap.push(next);
+        }
+    }
+    if load > capacity {
+        // 3. Throttle to the SLOs' minimum rates, the cheapest first.
+        let mut order: Vec<usize> = (0..choices.len())
+            .filter(|&i| choices[i].alloc > 0.0)
+            .collect();
+        order.sort_by(|&a, &b| choices[a].opt.needed.total_cmp(&choices[b].opt.needed));
+        let mut used = 0.0;
+        for &i in &order {
+            let c = &mut choices[i];
+            if used + c.opt.needed <= capacity {
+                used += c.opt.needed;
+                c.alloc = c.opt.needed;
+                c.status = Status::Shared;
+            } else {
+                *c = Choice {
+                    opt: menus[i].device_only,
+                    alloc: 0.0,
+                    status: Status::SloUnmet,
+                };
+            }
+        }
+        let spare = capacity - used;
+        let want: f64 = order
+            .iter()
+            .map(|&i| (choices[i].opt.load - choices[i].alloc).max(0.0))
+            .sum();
+        if want > 0.0 {
+            let share = (spare / want).min(1.0);
+            for &i in &order {
+                let c = &mut choices[i];
+                if c.status == Status::Shared {
+                    c.alloc += share * (c.opt.load - c.alloc).max(0.0);
+                }
+            }
+        }
+    } else {
+        // 4. Fill the capacity left over.
+        fill(devices, &menus, &mut choices, capacity);
+    }
+    let greedy = finish(devices, &menus, choices, capacity, "greedy");
+    // 5. The safeguard.
+    let equal = equal_share(devices, &menus, capacity);
+    let key = |p: &FleetPlan| (p.slo_unmet, -p.throughput);
+    if key(&equal).0 < key(&greedy).0
+        || (key(&equal).0 == key(&greedy).0 && equal.throughput > greedy.throughput * (1.0 + 1e-9))
+    {
+        equal
+    } else {
+        greedy
+    }
+}
+
+fn fill(devices: &[FleetDevice], menus: &[Menu], choices: &mut [Choice], capacity: f64) {
+    for _ in 0..4 * choices.len() {
+        let used: f64 = choices.iter().map(|c| c.alloc).sum();
+        let spare = capacity - used;
+        if spare <= 1e-12 {
+            return;
+        }
+        let mut best: Option<(f64, usize, Opt, f64)> = None;
+        for (i, c) in choices.iter().enumerate() {
+            if c.status == Status::SloUnmet {
+                continue;
+            }
+            let cur_rate = c.opt.rate_with(c.alloc);
+            for o in &menus[i].opts {
+                let alloc = o.load.min(c.alloc + spare);
+                let rate = o.rate_with(alloc);
+                let min_rate = devices[i].slo.constraints.min_throughput_fps.unwrap_or(0.0);
+                let extra = alloc - c.alloc;
+                if rate <= cur_rate * (1.0 + 1e-9) || rate < min_rate || extra <= 0.0 {
+                    continue;
+                }
+                let score = (rate - cur_rate) / extra;
+                if best.is_none_or(|b| score > b.0) {
+                    best = Some((score, i, *o, alloc));
+                }
+            }
+        }
+        let Some((_, i, o, alloc)) = best else { return };
+        choices[i] = Choice {
+            opt: o,
+            alloc,
+            status: if menus[i].optimum.map(|m| m.candidate) == Some(o.candidate) && alloc >= o.load
+            {
+                Status::Optimal
+            } else {
+                Status::Shared
+            },
+        };
+    }
+}
+
+/// Every device gets `capacity / N` and makes the best of it.
+fn equal_share(devices: &[FleetDevice], menus: &[Menu], capacity: f64) -> FleetPlan {
+    let share = capacity / devices.len().max(1) as f64;
+    let choices = menus
+        .iter()
+        .zip(devices)
+        .map(|(m, d)| {
+            let min_rate = d.slo.constraints.min_throughput_fps.unwrap_or(0.0);
+            m.opts
+                .iter()
+                .map(|o| (o.rate_with(share), o))
+                .filter(|(r, _)| *r >= min_rate && *r > 0.0)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, o)| Choice {
+                    opt: *o,
+                    alloc: o.load.min(share),
+                    status: Status::Shared,
+                })
+                .unwrap_or(Choice {
+                    opt: m.device_only,
+                    alloc: 0.0,
+                    status: Status::SloUnmet,
+                })
+        })
+        .collect();
+    finish(devices, menus, choices, capacity, "equal-share")
+}
+
+fn finish(
+    devices: &[FleetDevice],
+    menus: &[Menu],
+    choices: Vec<Choice>,
+    capacity: f64,
+    strategy: &'static str,
+) -> FleetPlan {
+    let plans: Vec<DevicePlan> = choices
+        .into_iter()
+        .zip(devices)
+        .zip(menus)
+        .map(|((c, d), m)| DevicePlan {
+            id: d.id.clone(),
+            candidate: c.opt.candidate,
+            prediction: c.opt.prediction,
+            rate_fps: c.opt.rate_with(c.alloc),
+            cloud_load: c.alloc,
+            status: c.status,
+            violations: if c.status == Status::SloUnmet {
+                m.device_only_violations.clone()
+            } else {
+                Vec::new()
+            },
+        })
+        .collect();
+    FleetPlan {
+        load: plans.iter().map(|p| p.cloud_load).sum(),
+        throughput: plans.iter().map(|p| p.rate_fps).sum(),
+        slo_unmet: plans
+            .iter()
+            .filter(|p| p.status == Status::SloUnmet)
+            .count(),
+        devices: plans,
+        capacity,
+        strategy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::perf::Link;
+    use super::super::tests::toy;
+    use super::*;
+
+    fn device(i: usize, slowdown: f64, mbps: f64, slo: &Slo) -> FleetDevice {
+        FleetDevice {
+            id: format!("d{i}"),
+            conditions: Conditions::new(slowdown, Link::mbps(mbps, 10.0)),
+            slo: slo.clone(),
+            policy: Policy::Dyno,
+            demand_fps: None,
+        }
+    }
+
+    fn mixed(n: usize, slo: &Slo) -> Vec<FleetDevice> {
+        (0..n)
+            .map(|i| {
+                device(
+                    i,
+                    [2.0, 5.0, 10.0, 20.0][i % 4],
+                    [200.0, 50.0, 10.0, 2.0, 0.5][i % 5],
+                    slo,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ample_capacity_gives_each_device_its_own_optimum() {
+        let t = toy();
+        let slo = Slo::default();
+        let devs = mixed(12, &slo);
+        let plan = plan(&t, &devs, 1e6);
+        assert_eq!(plan.strategy, "individual");
+        let mut s = Scheduler::new();
+        for (d, p) in devs.iter().zip(&plan.devices) {
+            let own = s.decide(&t, &d.conditions, &d.slo, d.policy, None);
+            assert_eq!(p.candidate, own.candidate, "{}", d.id);
+            assert_eq!(p.status, Status::Optimal);
+            assert!((p.rate_fps - own.prediction.throughput).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn scarce_capacity_beats_an_equal_split_and_fits() {
+        let t = toy();
+        let slo = Slo::default();
+        let devs = mixed(40, &slo);
+        let full = plan(&t, &devs, 1e6).load;
+        for frac in [0.05, 0.1, 0.25, 0.5, 0.8] {
+            let cap = frac * full;
+            let p = plan(&t, &devs, cap);
+            assert!(p.load <= cap * (1.0 + 1e-9), "{frac}: {} > {cap}", p.load);
+            let eq = equal_share(
+                &devs,
+                &devs
+                    .iter()
+                    .map(|d| menu(&t, d, &mut Scheduler::new()))
+                    .collect::<Vec<_>>(),
+                cap,
+            );
+            assert!(p.throughput >= eq.throughput, "{frac}");
+            assert_eq!(p.strategy, "greedy", "{frac}: the greedy plan itself wins");
+            assert!(p.devices.iter().all(|d| d.prediction.drop_points <= 1.0));
+        }
+    }
+
+    #[test]
+    fn no_slo_is_broken_that_another_plan_would_keep() {
+        // Three devices that each need the cloud to reach 60 fps (device-only is 25 fps at
+        // slowdown 1 with 40 ms of blocks), against pools of several sizes: the planner
+        // keeps as many SLOs as the best of every combination of per-split plans.
+        let t = toy();
+        let slo = Slo::from_toml("[constraints]\nmin_throughput_fps = 60\nmax_accuracy_drop = 1\n")
+            .unwrap();
+        let devs: Vec<FleetDevice> = [1.0, 1.0, 1.5]
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| device(i, s, 100.0, &slo))
+            .collect();
+        let menus: Vec<Menu> = devs
+            .iter()
+            .map(|d| menu(&t, d, &mut Scheduler::new()))
+            .collect();
+        for cap in [0.0, 0.3, 0.6, 1.0, 1.5, 2.5, 10.0] {
+            let p = plan(&t, &devs, cap);
+            // Brute force: each device either at one of its SLO-keeping plans with its
+            // minimum load, or given up.
+            let mut best_kept = 0;
+            let n = menus.iter().map(|m| m.opts.len() + 1).product::<usize>();
+            for mut k in 0..n {
+                let (mut kept, mut used) = (0, 0.0);
+                for m in &menus {
+                    let pick = k % (m.opts.len() + 1);
+                    k /= m.opts.len() + 1;
+                    if pick < m.opts.len() {
+                        kept += 1;
+                        used += m.opts[pick].needed;
+                    }
+                }
+                if used <= cap {
+                    best_kept = best_kept.max(kept);
+                }
+            }
+            assert_eq!(3 - p.slo_unmet, best_kept, "capacity {cap}");
+            for d in &p.devices {
+                if d.status == Status::SloUnmet {
+                    assert_eq!(d.candidate.split, 4);
+                    assert_eq!(d.violations[0].key, "min_throughput_fps");
+                } else {
+                    assert!(d.rate_fps >= 60.0 - 1e-9);
+                }
+            }
+            assert!(p.load <= cap + 1e-9);
+        }
+    }
+}
