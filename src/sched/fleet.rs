@@ -158,6 +158,36 @@ fn menu(tables: &Tables, dev: &FleetDevice, sched: &mut Scheduler) -> Menu {
     }
 }
 
+/// Every device's menu, on all cores (each device's is independent of the others').
+fn menus(tables: &Tables, devices: &[FleetDevice]) -> Vec<Menu> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = devices.len().div_ceil(threads).max(64);
+    if devices.len() <= chunk {
+        let mut sched = Scheduler::new();
+        return devices
+            .iter()
+            .map(|d| menu(tables, d, &mut sched))
+            .collect();
+    }
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = devices
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut sched = Scheduler::new();
+                    part.iter()
+                        .map(|d| menu(tables, d, &mut sched))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().expect("menu building does not panic"))
+            .collect()
+    })
+}
+
 /// The state of one device during planning.
 #[derive(Clone, Copy)]
 struct Choice {
@@ -209,11 +239,7 @@ pub fn plan(tables: &Tables, devices: &[FleetDevice], capacity: f64) -> FleetPla
     } else {
         0.0
     };
-    let mut sched = Scheduler::new();
-    let menus: Vec<Menu> = devices
-        .iter()
-        .map(|d| menu(tables, d, &mut sched))
-        .collect();
+    let menus = menus(tables, devices);
     // 1. Individual optima.
     let mut choices: Vec<Choice> = menus
         .iter()
@@ -469,14 +495,7 @@ mod tests {
             let cap = frac * full;
             let p = plan(&t, &devs, cap);
             assert!(p.load <= cap * (1.0 + 1e-9), "{frac}: {} > {cap}", p.load);
-            let eq = equal_share(
-                &devs,
-                &devs
-                    .iter()
-                    .map(|d| menu(&t, d, &mut Scheduler::new()))
-                    .collect::<Vec<_>>(),
-                cap,
-            );
+            let eq = equal_share(&devs, &menus(&t, &devs), cap);
             assert!(p.throughput >= eq.throughput, "{frac}");
             assert_eq!(p.strategy, "greedy", "{frac}: the greedy plan itself wins");
             assert!(p.devices.iter().all(|d| d.prediction.drop_points <= 1.0));
