@@ -164,6 +164,10 @@ fn fleet_planning_on_real_profiles() {
             p.throughput
         );
         assert!(p.devices.iter().any(|d| d.status == Status::Shared));
+        assert_eq!(
+            p.strategy, "greedy",
+            "capacity {frac}: the greedy plan itself wins"
+        );
     }
 }
 

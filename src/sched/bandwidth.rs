@@ -217,6 +217,34 @@ mod tests {
     }
 
     #[test]
+    fn at_a_constant_rate_the_estimate_is_steadier_than_the_samples() {
+        let mut e = Estimator::default();
+        e.observe_rtt(0.0, 0.02);
+        let (mut raw, mut est) = (Vec::new(), Vec::new());
+        for i in 0..2000u64 {
+            let mbps = 10.0 * (1.0 + 0.1 * noise(i));
+            e.observe_transfer(0.05 * i as f64, 250_000, secs(250_000, mbps, 0.02));
+            if i >= 5 {
+                raw.push(mbps / 10.0 - 1.0);
+                est.push(e.bandwidth_bps().unwrap() / 10e6 - 1.0);
+            }
+        }
+        let rms = |v: &[f64]| (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt();
+        let (r, m) = (rms(&raw), rms(&est));
+        eprintln!("constant 10 Mbit/s, +-10 % noise: samples rms {r:.4}, estimate rms {m:.4}");
+        assert!(m < 0.6 * r, "estimate rms {m} against samples {r}");
+        // A tenfold rise is followed as fast as a drop.
+        let mut t = 100.0;
+        let mut k = 0;
+        while (e.bandwidth_bps().unwrap() / 100e6 - 1.0).abs() > 0.15 {
+            t += 0.05;
+            k += 1;
+            e.observe_transfer(t, 250_000, secs(250_000, 100.0, 0.02));
+            assert!(k <= 3, "more than 3 samples to follow a 10x rise");
+        }
+    }
+
+    #[test]
     fn small_transfers_inform_the_rtt_not_the_bandwidth() {
         let mut e = Estimator::default();
         e.observe_rtt(0.0, 0.05);
