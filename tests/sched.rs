@@ -158,6 +158,16 @@ fn fleet_planning_on_real_profiles() {
                     .fold(0.0, f64::max)
             })
             .sum();
+        eprintln!(
+            "pool at {frac} of the fleet's demand: fleet-aware {:.1}/s, equal split {equal:.1}/s \
+             ({:.2}x), {} devices moved",
+            p.throughput,
+            p.throughput / equal,
+            p.devices
+                .iter()
+                .filter(|d| d.status == Status::Shared)
+                .count()
+        );
         assert!(
             p.throughput >= equal,
             "capacity {frac}: fleet {} < equal split {equal}",

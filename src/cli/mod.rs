@@ -81,7 +81,7 @@ pub struct ValidateArgs {
     #[arg(long, default_value = "lz4")]
     pub codec: String,
     /// Timed frames per split (the median is compared).
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 31)]
     pub runs: usize,
     /// Print JSON for scripts.
     #[arg(long)]

@@ -211,14 +211,26 @@ pub fn validate(home: &Home, a: ValidateArgs) -> anyhow::Result<()> {
         v.link.rtt_s * 1e3
     );
     println!(
-        "\n{:>5}  {:>10}  {:>12}  {:>12}  {:>8}  {:>12}  {:>8}",
-        "split", "bytes", "measured ms", "predicted ms", "error", "corrected ms", "error"
+        "\n{:>5}  {:>10}  {:>15}  {:>15}  {:>12}  {:>12}  {:>8}  {:>12}  {:>8}",
+        "split",
+        "bytes",
+        "device ms p/o",
+        "cloud ms p/o",
+        "measured ms",
+        "predicted ms",
+        "error",
+        "corrected ms",
+        "error"
     );
     for s in &v.splits {
         println!(
-            "{:>5}  {:>10}  {:>12.3}  {:>12.3}  {:>+7.1}%  {:>12.3}  {:>+7.1}%",
+            "{:>5}  {:>10}  {:>7.2}/{:<7.2}  {:>7.2}/{:<7.2}  {:>12.3}  {:>12.3}  {:>+7.1}%  {:>12.3}  {:>+7.1}%",
             s.split,
             s.bytes,
+            s.predicted_device_ms,
+            s.observed_device_ms,
+            s.predicted_cloud_ms,
+            s.observed_cloud_ms,
             s.measured_ms,
             s.predicted_ms,
             100.0 * s.error,

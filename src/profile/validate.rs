@@ -29,6 +29,12 @@ pub struct SplitCheck {
     pub split: usize,
     pub predicted_ms: f64,
     pub measured_ms: f64,
+    /// The stages, predicted from the profiles and observed (medians): device (head
+    /// and pack) and cloud (unpack and tail).
+    pub predicted_device_ms: f64,
+    pub observed_device_ms: f64,
+    pub predicted_cloud_ms: f64,
+    pub observed_cloud_ms: f64,
     /// measured / predicted - 1.
     pub error: f64,
     /// Predicted with the run-time correction factors.
@@ -289,8 +295,14 @@ pub fn run(
             } else {
                 rows.push((row, measured, 0.0));
             }
+            let p = row.predict(&cond);
+            let observed = rows.last().expect("just pushed");
             splits.push(SplitCheck {
                 split,
+                predicted_device_ms: (p.head_s + p.pack_s) * 1e3,
+                observed_device_ms: observed.1 * 1e3,
+                predicted_cloud_ms: (p.unpack_s + p.tail_s) * 1e3,
+                observed_cloud_ms: observed.2 * 1e3,
                 predicted_ms: predicted * 1e3,
                 measured_ms: measured * 1e3,
                 error: measured / predicted - 1.0,
