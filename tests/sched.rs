@@ -290,6 +290,10 @@ fn bad_profiles_and_classes_name_the_key_and_the_fix() {
     v.as_object_mut().unwrap().remove("codecs");
     let missing = write(dir.path(), "missing.json", &v.to_string());
     let fashion = shipped("fashion_cnn.latency.json").display().to_string();
+    let acc = std::fs::read_to_string(shipped("mobilenet_v2.accuracy.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&acc).unwrap();
+    v["splits"][2]["entries"][5]["bytes"]["lz4"] = serde_json::json!(-7.0);
+    let bad_bytes = write(dir.path(), "acc.json", &v.to_string());
     let base = ["plan", "--model", "mobilenet_v2", "--bandwidth-mbps", "10"];
     let with = |extra: &[&str], needles: &[&str]| {
         let mut args = base.to_vec();
@@ -303,6 +307,13 @@ fn bad_profiles_and_classes_name_the_key_and_the_fix() {
     with(
         &["--latency-profile", &missing],
         &["missing field `codecs`", "dyno profile latency"],
+    );
+    with(
+        &["--accuracy-profile", &bad_bytes],
+        &[
+            "splits[2].entries[5].bytes.lz4 is -7",
+            "dyno profile accuracy",
+        ],
     );
     with(
         &["--latency-profile", &fashion],

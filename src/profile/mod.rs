@@ -186,6 +186,26 @@ impl AccuracyProfile {
             path: path.to_path_buf(),
             reason: format!("not an accuracy profile: {e}"),
         })?;
+        for (i, sp) in p.splits.iter().enumerate() {
+            for (j, e) in sp.entries.iter().enumerate() {
+                let bad = |key: &str, v: f64| ModelError::Profile {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "splits[{i}].entries[{j}].{key} is {v}: it must be a finite number \
+                         >= 0 (drop_points may be negative); rerun `dyno profile accuracy`"
+                    ),
+                };
+                if !e.drop_points.is_finite() {
+                    return Err(bad("drop_points", e.drop_points));
+                }
+                for c in Codec::ALL {
+                    let b = e.bytes.get(c);
+                    if !(b.is_finite() && b >= 0.0) {
+                        return Err(bad(&format!("bytes.{c}"), b));
+                    }
+                }
+            }
+        }
         if p.format != ACCURACY_FORMAT {
             return Err(ModelError::Profile {
                 path: path.to_path_buf(),
