@@ -1,6 +1,7 @@
 //! Bad input gets a typed error that names the problem and the fix, never a panic.
+mod common;
+use common::{assert_clean_failure, dyno};
 use std::path::Path;
-use std::process::Command;
 
 use dyno::home::Home;
 use dyno::model::{torchscript, zoo};
@@ -9,28 +10,6 @@ use tch::{Kind, Tensor};
 
 fn zeros(dims: &[i64]) -> Tensor {
     Tensor::zeros(dims, (Kind::Float, tch::Device::Cpu))
-}
-
-/// Runs the real binary; returns (success, stdout, stderr).
-fn dyno(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dyno"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn assert_clean_failure(args: &[&str], needles: &[&str]) {
-    let (ok, _, err) = dyno(args);
-    assert!(!ok, "{args:?} succeeded");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: `{n}` not in: {err}");
-    }
 }
 
 #[test]

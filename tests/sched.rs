@@ -1,7 +1,8 @@
 //! The scheduler on the shipped MobileNetV2 profiles, `dyno plan`, latency profiles,
 //! the predicted-against-measured check, and bad SLO, profile and class files.
+mod common;
+use common::{assert_clean_failure, dyno};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use dyno::config::Devices;
 use dyno::home::Home;
@@ -26,27 +27,6 @@ fn mobilenet_tables() -> Tables {
     let acc = AccuracyProfile::load(&shipped("mobilenet_v2.accuracy.json")).unwrap();
     let lat = LatencyProfile::load(&shipped("mobilenet_v2.latency.json")).unwrap();
     Tables::new(&acc, &lat, &lat).unwrap()
-}
-
-fn dyno(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_dyno"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn assert_clean_failure(args: &[&str], needles: &[&str]) {
-    let (ok, _, err) = dyno(args);
-    assert!(!ok, "{args:?} succeeded");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: `{n}` not in: {err}");
-    }
 }
 
 const SWEEP: [f64; 12] = [
