@@ -83,6 +83,10 @@ pub struct ValidateArgs {
     /// Timed frames per split (the median is compared).
     #[arg(long, default_value_t = 31)]
     pub runs: usize,
+    /// libtorch intra-op threads of the device side (the cloud thread has one): one
+    /// core each, as two machines would have.
+    #[arg(long, default_value_t = 1)]
+    pub device_threads: i32,
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,

@@ -194,6 +194,12 @@ pub fn validate(home: &Home, a: ValidateArgs) -> anyhow::Result<()> {
         "zstd" => Codec::Zstd,
         c => anyhow::bail!("unknown codec `{c}`: the codecs are none, lz4, zstd"),
     };
+    anyhow::ensure!(
+        a.device_threads >= 1,
+        "--device-threads must be at least 1, got {}",
+        a.device_threads
+    );
+    tch::set_num_threads(a.device_threads);
     let model = zoo::load(&a.model, home)?;
     let inputs = check::default_inputs(&model, home)?;
     let x = inputs.xs.narrow(0, 0, 1);
@@ -202,11 +208,13 @@ pub fn validate(home: &Home, a: ValidateArgs) -> anyhow::Result<()> {
         return print_json(&v);
     }
     println!(
-        "{}: {} bits with {}, median of {} frames per split; loopback {:.0} Mbit/s, RTT {:.3} ms",
+        "{}: {} bits with {}, median of {} frames per split; device {} thread(s), cloud 1; \
+         loopback {:.0} Mbit/s, RTT {:.3} ms",
         v.model,
         a.bits,
         codec,
         v.runs,
+        a.device_threads,
         v.link.bandwidth_bps / 1e6,
         v.link.rtt_s * 1e3
     );

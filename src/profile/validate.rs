@@ -311,19 +311,20 @@ pub fn run(
                 bytes,
             });
         }
-        // The run-time correction (DESIGN.md section 2): k_dev and k_cloud from the
-        // observed device stage (head and pack) and cloud stage (unpack and tail), as the
-        // scheduler keeps them in service; two factors for the whole model.
+        // The run-time correction (DESIGN.md section 2): k_dev from the device stage
+        // observed on device-only frames, k_cloud from the cloud stage observed on
+        // cloud-only frames (split 0); the other splits are predicted, not fitted.
         let mut k = Correction::default();
-        for _ in 0..20 {
-            for (row, dev, cloud) in &rows {
+        for _ in 0..40 {
+            for (row, dev, cloud) in [&rows[0], &rows[n]] {
                 let p = row.predict(&Conditions {
                     correction: k,
                     ..cond
                 });
-                k.observe_device(p.head_s + p.pack_s, *dev);
                 if row.bytes > 0.0 {
                     k.observe_cloud(p.unpack_s + p.tail_s, *cloud);
+                } else {
+                    k.observe_device(p.head_s + p.pack_s, *dev);
                 }
             }
         }
