@@ -36,6 +36,7 @@ pub fn levels(bits: u32) -> u32 {
 }
 
 /// The range of `values`, or the index of the first value that is NaN or infinite.
+#[allow(clippy::eq_op)] // `v - v` is the vectorisable finiteness test, on purpose
 pub fn range_of(values: &[f32]) -> Result<Range, usize> {
     // Eight independent lanes and plain comparisons, so the compiler vectorises the loop;
     // `v - v` is 0 for a finite value and NaN for NaN or an infinity.

@@ -138,11 +138,29 @@ impl fmt::Display for Violation {
     }
 }
 
+/// Whether `value` keeps a limit (none: always); NaN keeps none.
+#[inline]
+fn keeps(value: f64, limit: Option<f64>, is_max: bool) -> bool {
+    match limit {
+        None => true,
+        Some(m) if is_max => value <= m,
+        Some(m) => value >= m,
+    }
+}
+
 impl Constraints {
-    /// The figures of `p` in each constraint's unit, with its key and limit.
+    /// The figures of `p` in each constraint's unit, with its key, its limit and whether
+    /// the limit is a maximum; the cheap, model-only figures first.
     #[inline]
     fn checks(&self, p: &Prediction) -> [(&'static str, Option<f64>, f64, bool); 6] {
         [
+            (
+                "max_accuracy_drop",
+                self.max_accuracy_drop,
+                p.drop_points,
+                true,
+            ),
+            ("max_bytes", self.max_bytes, p.bytes, true),
             (
                 "max_latency_ms",
                 self.max_latency_ms,
@@ -155,14 +173,7 @@ impl Constraints {
                 p.throughput,
                 false,
             ),
-            (
-                "max_accuracy_drop",
-                self.max_accuracy_drop,
-                p.drop_points,
-                true,
-            ),
             ("max_cloud_ms", self.max_cloud_ms, p.cloud_s * 1e3, true),
-            ("max_bytes", self.max_bytes, p.bytes, true),
             ("max_energy_mj", self.max_energy_mj, p.energy_j * 1e3, true),
         ]
     }
@@ -170,52 +181,20 @@ impl Constraints {
     /// True when `p` keeps every constraint.
     #[inline]
     pub fn allows(&self, p: &Prediction) -> bool {
-        // The cheap, model-only checks first; NaN never passes.
-        if let Some(m) = self.max_accuracy_drop {
-            if !(p.drop_points <= m) {
-                return false;
-            }
-        }
-        if let Some(m) = self.max_bytes {
-            if !(p.bytes <= m) {
-                return false;
-            }
-        }
-        if let Some(m) = self.max_latency_ms {
-            if !(p.latency_s * 1e3 <= m) {
-                return false;
-            }
-        }
-        if let Some(m) = self.min_throughput_fps {
-            if !(p.throughput >= m) {
-                return false;
-            }
-        }
-        if let Some(m) = self.max_cloud_ms {
-            if !(p.cloud_s * 1e3 <= m) {
-                return false;
-            }
-        }
-        if let Some(m) = self.max_energy_mj {
-            if !(p.energy_j * 1e3 <= m) {
-                return false;
-            }
-        }
-        true
+        self.checks(p)
+            .iter()
+            .all(|&(_, limit, value, is_max)| keeps(value, limit, is_max))
     }
 
     /// Every constraint `p` breaks.
     pub fn violations(&self, p: &Prediction) -> Vec<Violation> {
         self.checks(p)
             .into_iter()
-            .filter_map(|(key, limit, value, is_max)| {
-                let limit = limit?;
-                let ok = if is_max {
-                    value <= limit
-                } else {
-                    value >= limit
-                };
-                (!ok).then_some(Violation { key, limit, value })
+            .filter(|&(_, limit, value, is_max)| !keeps(value, limit, is_max))
+            .map(|(key, limit, value, _)| Violation {
+                key,
+                limit: limit.expect("only set limits can be broken"),
+                value,
             })
             .collect()
     }
