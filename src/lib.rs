@@ -17,6 +17,7 @@
 //! - [`sched`]: the performance model, SLOs, the bandwidth estimator, the scheduler
 //!   (DynO and the baselines) and fleet planning. Pure: plain data in and out.
 //! - [`config`]: device classes and the cloud, from TOML.
+//! - [`wire`]: the wire protocol: framed bincode messages, the authenticated handshake.
 //! - [`plot`]: pictures (the accuracy-drop heat map).
 //! - [`data`]: real inputs: image files preprocessed as torchvision does, Fashion-MNIST.
 //! - [`check`]: `dyno models check`: accuracy on real data, split exactness, block times.
@@ -39,6 +40,7 @@ pub mod plot;
 pub mod profile;
 pub mod sched;
 pub mod train;
+pub mod wire;
 
 pub use error::{ModelError, Result};
 pub use model::Model;

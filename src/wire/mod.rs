@@ -1,0 +1,641 @@
+//! The wire protocol: length-delimited frames over TCP, each one [`Message`] in bincode 2
+//! (serde), with a size limit checked before anything is allocated.
+//!
+//! Every connection starts with a handshake ([`handshake`]): the client says hello (its
+//! protocol version, role, fleet and a random nonce); the server answers with its own
+//! nonce and an HMAC-SHA256 proof over both nonces under the fleet key; the client
+//! checks it and answers with its own proof; the server checks that and welcomes it.
+//! The key never travels. Without a key both sides must have said `--insecure`: a
+//! secured peer refuses an insecure one.
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::net::TcpStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+use crate::sched::perf::{Candidate, Prediction};
+
+/// Bumped on any incompatible change of [`Message`].
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest frame accepted by default (an fp32 ResNet-50 input is 0.6 MB).
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+/// How long a handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who is connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Agent,
+    Worker,
+    /// `dyno status` and other read-only clients.
+    Observer,
+}
+
+/// Stage times of one frame, seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Stages {
+    pub head_s: f64,
+    pub pack_s: f64,
+    /// From the first byte sent to the answer, minus the worker's own time.
+    pub wire_s: f64,
+    pub queue_s: f64,
+    pub unpack_s: f64,
+    pub tail_s: f64,
+}
+
+impl Stages {
+    pub fn total(&self) -> f64 {
+        self.head_s + self.pack_s + self.wire_s + self.queue_s + self.unpack_s + self.tail_s
+    }
+}
+
+/// What a device tells the coordinator about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub model: String,
+    pub class: String,
+    pub slowdown: f64,
+    pub threads: u32,
+    /// The SLO as TOML text (empty: the default SLO).
+    pub slo: String,
+    pub policy: String,
+}
+
+/// A plan the coordinator assigns to a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub candidate: Candidate,
+    /// Where to send activations (`None`: device-only).
+    pub worker: Option<String>,
+    pub prediction: Prediction,
+    pub feasible: bool,
+    /// Increases with every new plan for this device.
+    pub epoch: u64,
+}
+
+/// One finished frame, as the device reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameReport {
+    pub request: u64,
+    pub candidate: Candidate,
+    pub stages: Stages,
+    /// Bytes sent and the seconds from the first byte to the answer (for bandwidth).
+    pub bytes: u64,
+    pub transfer_s: f64,
+    /// True when the frame ran device-only because the cloud failed.
+    pub fallback: bool,
+}
+
+/// Everything that travels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    // The handshake.
+    Hello {
+        version: u16,
+        role: Role,
+        fleet: String,
+        name: String,
+        nonce: [u8; 32],
+        insecure: bool,
+    },
+    Challenge {
+        nonce: [u8; 32],
+        proof: [u8; 32],
+    },
+    Auth {
+        proof: [u8; 32],
+    },
+    Welcome,
+    Refused {
+        reason: String,
+    },
+    // Liveness.
+    Heartbeat {
+        seq: u64,
+    },
+    HeartbeatAck {
+        seq: u64,
+    },
+    // Agent and coordinator.
+    RegisterDevice(DeviceInfo),
+    Plan(Assignment),
+    Report(FrameReport),
+    // Worker and coordinator.
+    RegisterWorker {
+        name: String,
+        data_addr: String,
+        slots: u32,
+        models: Vec<String>,
+    },
+    WorkerLoad {
+        queued: u32,
+        slots: u32,
+    },
+    // Agent and worker: the data path.
+    Infer {
+        request: u64,
+        device: String,
+        packed: Vec<u8>,
+    },
+    InferOk {
+        request: u64,
+        top1: i64,
+        queue_s: f64,
+        unpack_s: f64,
+        tail_s: f64,
+    },
+    InferErr {
+        request: u64,
+        /// True when the worker's queue was full: try elsewhere.
+        busy: bool,
+        reason: String,
+    },
+}
+
+impl Message {
+    /// The variant's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Challenge { .. } => "Challenge",
+            Message::Auth { .. } => "Auth",
+            Message::Welcome => "Welcome",
+            Message::Refused { .. } => "Refused",
+            Message::Heartbeat { .. } => "Heartbeat",
+            Message::HeartbeatAck { .. } => "HeartbeatAck",
+            Message::RegisterDevice(_) => "RegisterDevice",
+            Message::Plan(_) => "Plan",
+            Message::Report(_) => "Report",
+            Message::RegisterWorker { .. } => "RegisterWorker",
+            Message::WorkerLoad { .. } => "WorkerLoad",
+            Message::Infer { .. } => "Infer",
+            Message::InferOk { .. } => "InferOk",
+            Message::InferErr { .. } => "InferErr",
+        }
+    }
+}
+
+/// What can go wrong on a connection; each names the peer's fault or ours.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("a frame that does not decode as a dyno message ({0}): not a dyno peer, or another protocol version")]
+    Garbage(String),
+    #[error(
+        "protocol version {got} where {want} is spoken: run the same dyno release on both sides"
+    )]
+    Version { got: u16, want: u16 },
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("refused by the peer: {0}")]
+    Refused(String),
+    #[error("expected {want}, got {got}")]
+    Unexpected {
+        want: &'static str,
+        got: &'static str,
+    },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+}
+
+/// Encodes one message.
+pub fn encode(m: &Message) -> Bytes {
+    Bytes::from(bincode::serde::encode_to_vec(m, config()).expect("every message encodes"))
+}
+
+/// Decodes one frame's payload; anything else than exactly one message is garbage.
+pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
+    let (m, used): (Message, usize) = bincode::serde::decode_from_slice(buf, config())
+        .map_err(|e| WireError::Garbage(e.to_string()))?;
+    if used != buf.len() {
+        return Err(WireError::Garbage(format!(
+            "{} bytes left over after a {}",
+            buf.len() - used,
+            m.kind()
+        )));
+    }
+    Ok(m)
+}
+
+/// A framed, handshaken connection.
+pub struct Conn {
+    framed: Framed<TcpStream, LengthDelimitedCodec>,
+    /// The peer's name and role, from its hello (clients see the server as `Observer`).
+    pub peer: String,
+    pub role: Role,
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn").field("peer", &self.peer).finish()
+    }
+}
+
+/// The length-delimited codec: a 4-byte big-endian length, checked against `max_frame`
+/// before the payload is buffered.
+pub fn codec(max_frame: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(max_frame)
+        .new_codec()
+}
+
+fn frame_err(e: std::io::Error) -> WireError {
+    // tokio-util reports an oversized frame as InvalidData before reading it.
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        WireError::Garbage(e.to_string())
+    } else {
+        WireError::Io(e)
+    }
+}
+
+impl Conn {
+    pub async fn send(&mut self, m: &Message) -> Result<(), WireError> {
+        self.framed.send(encode(m)).await.map_err(frame_err)
+    }
+
+    pub async fn recv(&mut self) -> Result<Message, WireError> {
+        match self.framed.next().await {
+            None => Err(WireError::Closed),
+            Some(Err(e)) => Err(frame_err(e)),
+            Some(Ok(buf)) => decode(&buf),
+        }
+    }
+
+    /// Splits into a sending and a receiving half.
+    pub fn split(self) -> (Sender, Receiver) {
+        let (sink, stream) = self.framed.split();
+        (Sender { sink }, Receiver { stream })
+    }
+}
+
+type Sink = futures_util::stream::SplitSink<Framed<TcpStream, LengthDelimitedCodec>, Bytes>;
+type Stream = futures_util::stream::SplitStream<Framed<TcpStream, LengthDelimitedCodec>>;
+
+pub struct Sender {
+    sink: Sink,
+}
+
+pub struct Receiver {
+    stream: Stream,
+}
+
+impl Sender {
+    pub async fn send(&mut self, m: &Message) -> Result<(), WireError> {
+        self.sink.send(encode(m)).await.map_err(frame_err)
+    }
+}
+
+impl Receiver {
+    pub async fn recv(&mut self) -> Result<Message, WireError> {
+        match self.stream.next().await {
+            None => Err(WireError::Closed),
+            Some(Err(e)) => Err(frame_err(e)),
+            Some(Ok(buf)) => decode(&buf),
+        }
+    }
+}
+
+/// The fleet's shared secret, or the explicit choice to run without one.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Key {
+    Secret(Vec<u8>),
+    /// `--insecure`: for local experiments only.
+    Insecure,
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Secret(_) => f.write_str("Key::Secret(..)"),
+            Key::Insecure => f.write_str("Key::Insecure"),
+        }
+    }
+}
+
+/// Who we are in a handshake.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub fleet: String,
+    pub name: String,
+    pub role: Role,
+    pub key: Key,
+}
+
+fn proof(key: &[u8], label: &[u8], a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(label);
+    mac.update(a);
+    mac.update(b);
+    mac.finalize().into_bytes().into()
+}
+
+fn verify(key: &[u8], label: &[u8], a: &[u8; 32], b: &[u8; 32], got: &[u8; 32]) -> bool {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(label);
+    mac.update(a);
+    mac.update(b);
+    mac.verify_slice(got).is_ok() // constant time
+}
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, WireError>>,
+) -> Result<T, WireError> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, f)
+        .await
+        .map_err(|_| WireError::Timeout(HANDSHAKE_TIMEOUT))?
+}
+
+/// The handshake, client side: connects `stream` as `me`.
+pub async fn connect(
+    stream: TcpStream,
+    me: &Identity,
+    max_frame: usize,
+) -> Result<Conn, WireError> {
+    stream.set_nodelay(true)?;
+    let mut c = Conn {
+        framed: Framed::new(stream, codec(max_frame)),
+        peer: String::new(),
+        role: Role::Observer,
+    };
+    let mine: [u8; 32] = rand::random();
+    c.send(&Message::Hello {
+        version: PROTOCOL_VERSION,
+        role: me.role,
+        fleet: me.fleet.clone(),
+        name: me.name.clone(),
+        nonce: mine,
+        insecure: me.key == Key::Insecure,
+    })
+    .await?;
+    let (theirs, server_proof) = match timed(c.recv()).await? {
+        Message::Challenge { nonce, proof } => (nonce, proof),
+        Message::Refused { reason } => return Err(WireError::Refused(reason)),
+        m => {
+            return Err(WireError::Unexpected {
+                want: "Challenge",
+                got: m.kind(),
+            })
+        }
+    };
+    let my_proof = match &me.key {
+        Key::Secret(k) => {
+            if !verify(k, b"dyno server", &mine, &theirs, &server_proof) {
+                let r = "the server does not know the fleet key (wrong key, or not our fleet)";
+                return Err(WireError::Auth(refuse(&mut c, r.into()).await));
+            }
+            proof(k, b"dyno client", &theirs, &mine)
+        }
+        Key::Insecure => [0; 32],
+    };
+    c.send(&Message::Auth { proof: my_proof }).await?;
+    match timed(c.recv()).await? {
+        Message::Welcome => Ok(c),
+        Message::Refused { reason } => Err(WireError::Refused(reason)),
+        m => Err(WireError::Unexpected {
+            want: "Welcome",
+            got: m.kind(),
+        }),
+    }
+}
+
+/// Tells the peer why it is refused (if it still listens); returns the reason.
+async fn refuse(c: &mut Conn, reason: String) -> String {
+    let _ = c
+        .send(&Message::Refused {
+            reason: reason.clone(),
+        })
+        .await;
+    reason
+}
+
+/// The handshake, server side: accepts `stream` for `me`; on failure the peer is told why
+/// (when it can be) and the error says it for the log.
+pub async fn accept(stream: TcpStream, me: &Identity, max_frame: usize) -> Result<Conn, WireError> {
+    stream.set_nodelay(true)?;
+    let mut c = Conn {
+        framed: Framed::new(stream, codec(max_frame)),
+        peer: String::new(),
+        role: Role::Observer,
+    };
+    let hello = timed(c.recv()).await?;
+    let Message::Hello {
+        version,
+        role,
+        fleet,
+        name,
+        nonce: theirs,
+        insecure,
+    } = hello
+    else {
+        return Err(WireError::Unexpected {
+            want: "Hello",
+            got: hello.kind(),
+        });
+    };
+    if version != PROTOCOL_VERSION {
+        let e = WireError::Version {
+            got: version,
+            want: PROTOCOL_VERSION,
+        };
+        refuse(&mut c, e.to_string()).await;
+        return Err(e);
+    }
+    if fleet != me.fleet {
+        let r = format!("fleet `{fleet}` is not this fleet (`{}`)", me.fleet);
+        return Err(WireError::Auth(refuse(&mut c, r).await));
+    }
+    let secured = matches!(me.key, Key::Secret(_));
+    if secured == insecure {
+        let r = if secured {
+            "this fleet requires the fleet key; the peer runs --insecure".to_string()
+        } else {
+            "this side runs --insecure; the peer has a fleet key: both must agree".to_string()
+        };
+        return Err(WireError::Auth(refuse(&mut c, r).await));
+    }
+    let mine: [u8; 32] = rand::random();
+    let server_proof = match &me.key {
+        Key::Secret(k) => proof(k, b"dyno server", &theirs, &mine),
+        Key::Insecure => [0; 32],
+    };
+    c.send(&Message::Challenge {
+        nonce: mine,
+        proof: server_proof,
+    })
+    .await?;
+    let got = match timed(c.recv()).await? {
+        Message::Auth { proof } => proof,
+        Message::Refused { reason } => {
+            return Err(WireError::Auth(format!("`{name}` hung up: {reason}")))
+        }
+        m => {
+            return Err(WireError::Unexpected {
+                want: "Auth",
+                got: m.kind(),
+            })
+        }
+    };
+    if let Key::Secret(k) = &me.key {
+        if !verify(k, b"dyno client", &mine, &theirs, &got) {
+            let r = format!("`{name}` does not know the fleet key");
+            return Err(WireError::Auth(refuse(&mut c, r).await));
+        }
+    }
+    c.send(&Message::Welcome).await?;
+    c.peer = name;
+    c.role = role;
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    fn id(role: Role, key: Key) -> Identity {
+        Identity {
+            fleet: "test".into(),
+            name: format!("{role:?}"),
+            role,
+            key,
+        }
+    }
+
+    async fn pair(
+        server: Identity,
+        client: Identity,
+    ) -> (Result<Conn, WireError>, Result<Conn, WireError>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = tokio::spawn(async move {
+            let (t, _) = l.accept().await.unwrap();
+            accept(t, &server, DEFAULT_MAX_FRAME).await
+        });
+        let c = connect(
+            TcpStream::connect(addr).await.unwrap(),
+            &client,
+            DEFAULT_MAX_FRAME,
+        )
+        .await;
+        (s.await.unwrap(), c)
+    }
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        let m = Message::Infer {
+            request: 7,
+            device: "cam".into(),
+            packed: vec![1, 2, 3],
+        };
+        assert_eq!(decode(&encode(&m)).unwrap(), m);
+        assert!(matches!(
+            decode(b"\xff\xff\xff\xff garbage"),
+            Err(WireError::Garbage(_))
+        ));
+        let mut extra = encode(&m).to_vec();
+        extra.push(0);
+        assert!(matches!(decode(&extra), Err(WireError::Garbage(_))));
+        // A length prefix inside the payload that claims more than there is: an error,
+        // not an allocation.
+        let mut huge = encode(&m).to_vec();
+        huge.truncate(4);
+        huge.extend_from_slice(&[0xfc, 0xff, 0xff, 0xff, 0x7f]);
+        assert!(decode(&huge).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_same_key_shakes_hands() {
+        let k = Key::Secret(b"s3cret".to_vec());
+        let (s, c) = pair(id(Role::Worker, k.clone()), id(Role::Agent, k)).await;
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        assert_eq!(s.role, Role::Agent);
+        c.send(&Message::Heartbeat { seq: 3 }).await.unwrap();
+        assert_eq!(s.recv().await.unwrap(), Message::Heartbeat { seq: 3 });
+        let (i, o) = pair(
+            id(Role::Worker, Key::Insecure),
+            id(Role::Agent, Key::Insecure),
+        )
+        .await;
+        assert!(i.is_ok() && o.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_or_fleet_or_mode_is_refused_both_ways() {
+        let good = Key::Secret(b"right".to_vec());
+        let bad = Key::Secret(b"wrong".to_vec());
+        let (s, c) = pair(id(Role::Worker, good.clone()), id(Role::Agent, bad.clone())).await;
+        assert!(matches!(s, Err(WireError::Auth(_))), "{s:?}");
+        assert!(matches!(c, Err(WireError::Auth(_))), "{c:?}");
+        let (s, _) = pair(
+            id(Role::Worker, good.clone()),
+            id(Role::Agent, Key::Insecure),
+        )
+        .await;
+        assert!(s
+            .unwrap_err()
+            .to_string()
+            .contains("requires the fleet key"));
+        let mut other = id(Role::Agent, good.clone());
+        other.fleet = "other".into();
+        let (s, c) = pair(id(Role::Worker, good), other).await;
+        assert!(s.unwrap_err().to_string().contains("fleet `other`"));
+        assert!(matches!(c, Err(WireError::Refused(_))));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_version_garbage_and_oversized_frames_are_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let me = id(Role::Worker, Key::Insecure);
+            let mut out = Vec::new();
+            for _ in 0..3 {
+                let (t, _) = l.accept().await.unwrap();
+                out.push(accept(t, &me, 1024).await.unwrap_err().to_string());
+            }
+            out
+        });
+        // A wrong version.
+        let mut t = TcpStream::connect(addr).await.unwrap();
+        let hello = encode(&Message::Hello {
+            version: 99,
+            role: Role::Agent,
+            fleet: "test".into(),
+            name: "old".into(),
+            nonce: [0; 32],
+            insecure: true,
+        });
+        t.write_all(&(hello.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        t.write_all(&hello).await.unwrap();
+        // Garbage.
+        let mut g = TcpStream::connect(addr).await.unwrap();
+        g.write_all(b"\x00\x00\x00\x05hello").await.unwrap();
+        // A frame claiming 1 GB.
+        let mut o = TcpStream::connect(addr).await.unwrap();
+        o.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+        let errs = server.await.unwrap();
+        assert!(errs[0].contains("protocol version 99"), "{}", errs[0]);
+        assert!(errs[1].contains("does not decode"), "{}", errs[1]);
+        assert!(
+            errs[2].contains("frame size too big") || errs[2].contains("max"),
+            "{}",
+            errs[2]
+        );
+    }
+}
