@@ -17,6 +17,7 @@
 //! - [`sched`]: the performance model, SLOs, the bandwidth estimator, the scheduler
 //!   (DynO and the baselines) and fleet planning. Pure: plain data in and out.
 //! - [`config`]: device classes and the cloud, from TOML.
+//! - [`link`]: user-space link emulation: bandwidth traces, a token bucket, delay, loss.
 //! - [`wire`]: the wire protocol: framed bincode messages, the authenticated handshake.
 //! - [`plot`]: pictures (the accuracy-drop heat map).
 //! - [`data`]: real inputs: image files preprocessed as torchvision does, Fashion-MNIST.
@@ -34,6 +35,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod home;
+pub mod link;
 pub mod model;
 pub mod pack;
 pub mod plot;
