@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 scripts/setup.sh
-exec cargo run --release --quiet -- models check mobilenet_v2 "$@"
+exec cargo run --release --quiet -p dyno-actors --bin dyno -- models check mobilenet_v2 "$@"

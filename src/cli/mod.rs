@@ -1,5 +1,6 @@
 //! The `dyno` command line: argument definitions and what each subcommand prints.
-//! The binary (`src/main.rs`) only parses and calls [`run`].
+//! The binary (in the `actors/` crate, which adds the runtime's subcommands) parses and
+//! calls [`run`].
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -10,6 +11,33 @@ mod models;
 mod plan;
 mod profile;
 
+/// Options every subcommand takes.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Project folder holding models/ and data/ (default: the source folder dyno was built from).
+    #[arg(long, global = true, env = "DYNO_HOME")]
+    pub home: Option<PathBuf>,
+    /// libtorch intra-op threads (default: libtorch's choice).
+    #[arg(long, global = true, env = "DYNO_THREADS")]
+    pub threads: Option<i32>,
+}
+
+impl Global {
+    /// Applies the thread count and finds the project folder.
+    pub fn setup(&self) -> anyhow::Result<Home> {
+        if let Some(n) = self.threads {
+            anyhow::ensure!(n >= 1, "--threads must be at least 1, got {n}");
+            tch::set_num_threads(n);
+        }
+        Ok(self
+            .home
+            .clone()
+            .map(Home::at)
+            .unwrap_or_else(Home::discover))
+    }
+}
+
+/// The library's part of the command line (the binary adds the runtime's subcommands).
 #[derive(Debug, Parser)]
 #[command(
     name = "dyno",
@@ -17,12 +45,8 @@ mod profile;
     about = "Dynamic onloading of CNN inference for a device fleet (DynO)"
 )]
 pub struct Cli {
-    /// Project folder holding models/ and data/ (default: the source folder dyno was built from).
-    #[arg(long, global = true, env = "DYNO_HOME")]
-    pub home: Option<PathBuf>,
-    /// libtorch intra-op threads (default: libtorch's choice).
-    #[arg(long, global = true, env = "DYNO_THREADS")]
-    pub threads: Option<i32>,
+    #[command(flatten)]
+    pub global: Global,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -229,13 +253,9 @@ pub struct TrainArgs {
 }
 
 /// Runs a parsed command line.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(n) = cli.threads {
-        anyhow::ensure!(n >= 1, "--threads must be at least 1, got {n}");
-        tch::set_num_threads(n);
-    }
-    let home = cli.home.map(Home::at).unwrap_or_else(Home::discover);
-    match cli.command {
+pub fn run(global: &Global, command: Command) -> anyhow::Result<()> {
+    let home = global.setup()?;
+    match command {
         Command::Models(cmd) => match cmd {
             ModelsCommand::List(a) => models::list(&home, a),
             ModelsCommand::Check(a) => models::check(&home, a),
