@@ -5,3 +5,16 @@
 //! `dyno worker`, `dyno agent`) and the `dyno` binary. The actors hold no logic that the
 //! `dyno` library's pure modules already have: scheduling is `dyno::sched`, packing
 //! `dyno::pack`, the protocol `dyno::wire`, link emulation `dyno::link`.
+//!
+//! - [`coordinator`]: the Scheduler and BandwidthMonitor actors, the control endpoint,
+//!   an embedded worker pool.
+//! - [`worker`]: the CloudWorker (tails on a `SyncArbiter`), the data endpoint, and the
+//!   `dyno worker` process's registration.
+//! - [`agent`]: the Device: heads and packing on its compute thread, the emulated uplink,
+//!   the fallback to the device, the control connection.
+//! - [`config`]: the processes' TOML files.
+
+pub mod agent;
+pub mod config;
+pub mod coordinator;
+pub mod worker;

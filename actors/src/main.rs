@@ -1,6 +1,10 @@
 //! The `dyno` binary: the library's subcommands (models, profile, plan) and the
 //! runtime's (coordinator, worker, agent). Parses, runs, reports errors.
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use dyno_actors::config::{self, AgentConfig, CoordinatorConfig, WorkerConfig};
+use dyno_actors::{agent, coordinator, worker};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,12 +23,259 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Base(dyno::cli::Command),
+    /// The fleet coordinator daemon: scheduler, bandwidth monitor, embedded workers.
+    Coordinator(CoordinatorArgs),
+    /// A cloud worker: registers with the coordinator and serves tails.
+    Worker(WorkerArgs),
+    /// One device: runs heads, packs, sends activations to its worker.
+    Agent(AgentArgs),
+}
+
+/// Options every runtime process takes.
+#[derive(Debug, Args)]
+struct Common {
+    /// TOML configuration file (`--print-default-config` shows every key).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print the default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+    /// Run without a fleet key (no authentication): local experiments only.
+    #[arg(long)]
+    insecure: bool,
+    /// Fleet id (over the file's).
+    #[arg(long)]
+    fleet: Option<String>,
+    /// Log lines as JSON.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CoordinatorArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Control endpoint address.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data endpoint of the embedded workers.
+    #[arg(long)]
+    data_listen: Option<String>,
+    /// Embedded workers (0: only `dyno worker` processes serve tails).
+    #[arg(long)]
+    workers: Option<usize>,
+    #[arg(long)]
+    model: Option<String>,
+    /// Print one JSON line with the bound addresses once listening.
+    #[arg(long)]
+    ready_json: bool,
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long)]
+    name: Option<String>,
+    /// Coordinator control address (repeatable; over the file's).
+    #[arg(long)]
+    coordinator: Vec<String>,
+    #[arg(long)]
+    listen: Option<String>,
+    #[arg(long)]
+    workers: Option<usize>,
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    ready_json: bool,
+}
+
+#[derive(Debug, Args)]
+struct AgentArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long)]
+    id: Option<String>,
+    #[arg(long)]
+    coordinator: Vec<String>,
+    #[arg(long)]
+    model: Option<String>,
+    /// Device class (from the device-classes file).
+    #[arg(long)]
+    class: Option<String>,
+    /// Frames to run (0: until stopped).
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Uplink Mbit/s (a constant trace).
+    #[arg(long)]
+    mbps: Option<f64>,
+    #[arg(long)]
+    rtt_ms: Option<f64>,
+    /// Compare each frame with the whole model run locally.
+    #[arg(long)]
+    verify: bool,
+    /// JSON lines of every result.
+    #[arg(long)]
+    results: Option<PathBuf>,
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn common<T>(c: &Common, fleet: &mut config::Fleet) -> anyhow::Result<Option<T>>
+where
+    T: serde::Serialize + Default,
+{
+    if c.print_default_config {
+        print!("{}", config::print_default::<T>());
+        return Ok(None);
+    }
+    init_logs(c.log_json);
+    if c.insecure {
+        fleet.insecure = true;
+    }
+    if let Some(f) = &c.fleet {
+        fleet.id = f.clone();
+    }
+    Ok(Some(T::default()))
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn run_coordinator(global: &dyno::cli::Global, a: CoordinatorArgs) -> anyhow::Result<()> {
+    let mut cfg: CoordinatorConfig = config::load(a.common.config.as_deref())?;
+    if common::<CoordinatorConfig>(&a.common, &mut cfg.fleet)?.is_none() {
+        return Ok(());
+    }
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = a.data_listen {
+        cfg.data_listen = v;
+    }
+    if let Some(v) = a.workers {
+        cfg.workers = v;
+    }
+    if let Some(v) = a.model {
+        cfg.model = v;
+    }
+    let home = global.setup()?;
+    actix::System::new().block_on(async move {
+        let c = coordinator::start(&cfg, &home).await?;
+        if a.ready_json {
+            println!(
+                "{}",
+                serde_json::json!({"control": c.control.to_string(), "data": c.data.map(|d| d.to_string())})
+            );
+        }
+        shutdown_signal().await;
+        tracing::info!("coordinator: shutting down");
+        Ok(())
+    })
+}
+
+fn run_worker(global: &dyno::cli::Global, a: WorkerArgs) -> anyhow::Result<()> {
+    let mut cfg: WorkerConfig = config::load(a.common.config.as_deref())?;
+    if common::<WorkerConfig>(&a.common, &mut cfg.fleet)?.is_none() {
+        return Ok(());
+    }
+    if let Some(v) = a.name {
+        cfg.name = v;
+    }
+    if !a.coordinator.is_empty() {
+        cfg.coordinators = a.coordinator;
+    }
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = a.workers {
+        cfg.workers = v;
+    }
+    if let Some(v) = a.model {
+        cfg.model = v;
+    }
+    let home = global.setup()?;
+    actix::System::new().block_on(async move {
+        let w = worker::start(&cfg, &home).await?;
+        if a.ready_json {
+            println!("{}", serde_json::json!({"data": w.data.to_string()}));
+        }
+        shutdown_signal().await;
+        tracing::info!("worker: shutting down");
+        Ok(())
+    })
+}
+
+fn run_agent(global: &dyno::cli::Global, a: AgentArgs) -> anyhow::Result<()> {
+    let mut cfg: AgentConfig = config::load(a.common.config.as_deref())?;
+    if common::<AgentConfig>(&a.common, &mut cfg.fleet)?.is_none() {
+        return Ok(());
+    }
+    if let Some(v) = a.id {
+        cfg.id = v;
+    }
+    if !a.coordinator.is_empty() {
+        cfg.coordinators = a.coordinator;
+    }
+    if let Some(v) = a.model {
+        cfg.model = v;
+    }
+    if let Some(v) = a.class {
+        cfg.class = v;
+    }
+    if let Some(v) = a.frames {
+        cfg.frames = v;
+    }
+    if let Some(v) = a.mbps {
+        cfg.link.mbps = v;
+        cfg.link.steps.clear();
+        cfg.link.trace = None;
+    }
+    if let Some(v) = a.rtt_ms {
+        cfg.link.rtt_ms = v;
+    }
+    if a.verify {
+        cfg.verify = true;
+    }
+    if let Some(v) = a.results {
+        cfg.results = Some(v);
+    }
+    let home = global.setup()?;
+    actix::System::new().block_on(async move {
+        let summary = tokio::select! {
+            s = agent::run(cfg, home) => s?,
+            _ = shutdown_signal() => anyhow::bail!("stopped by a signal"),
+        };
+        println!("{}", serde_json::to_string(&summary)?);
+        Ok(())
+    })
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Base(c) => dyno::cli::run(&cli.global, c),
+        Command::Coordinator(a) => run_coordinator(&cli.global, a),
+        Command::Worker(a) => run_worker(&cli.global, a),
+        Command::Agent(a) => run_agent(&cli.global, a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -126,6 +126,20 @@ pub enum Message {
     RegisterDevice(DeviceInfo),
     Plan(Assignment),
     Report(FrameReport),
+    /// An active probe of the uplink (padding of the size to time).
+    Probe {
+        seq: u64,
+        padding: Vec<u8>,
+    },
+    ProbeAck {
+        seq: u64,
+    },
+    /// A link sample measured by the device: bytes and seconds including one RTT
+    /// (bytes 0: a round-trip time sample).
+    LinkSample {
+        bytes: u64,
+        seconds: f64,
+    },
     // Worker and coordinator.
     RegisterWorker {
         name: String,
@@ -172,6 +186,9 @@ impl Message {
             Message::RegisterDevice(_) => "RegisterDevice",
             Message::Plan(_) => "Plan",
             Message::Report(_) => "Report",
+            Message::Probe { .. } => "Probe",
+            Message::ProbeAck { .. } => "ProbeAck",
+            Message::LinkSample { .. } => "LinkSample",
             Message::RegisterWorker { .. } => "RegisterWorker",
             Message::WorkerLoad { .. } => "WorkerLoad",
             Message::Infer { .. } => "Infer",

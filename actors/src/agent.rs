@@ -1,0 +1,898 @@
+//! `dyno agent`: one device. The Device runs heads and packs on its own compute thread
+//! (a `SyncArbiter` of one), sends activations straight to its assigned worker through
+//! the emulated uplink, and finishes a frame on the device whenever the cloud cannot:
+//! every frame ends with exactly one result (or one explicit error).
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use dyno::config::Devices;
+use dyno::data;
+use dyno::home::Home;
+use dyno::link::Shaper;
+use dyno::model::{zoo, Model};
+use dyno::pack::tensor::tensor_values;
+use dyno::pack::{Codec, PackOptions, Packer, Precision, TensorId};
+use dyno::sched::perf::Candidate;
+use dyno::wire::{self, Assignment, DeviceInfo, FrameReport, Identity, Message, Role, Stages};
+use serde::Serialize;
+use tch::{Kind, Tensor};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::config::{AgentConfig, Source};
+
+/// One frame's input.
+#[derive(Message)]
+#[rtype(result = "Result<Tensor, String>")]
+struct NextInput;
+
+/// Runs the head to `split` and packs the activation (nothing to pack at device-only).
+#[derive(Message)]
+#[rtype(result = "Result<HeadOut, String>")]
+struct Head {
+    x: Tensor,
+    candidate: Candidate,
+}
+
+struct HeadOut {
+    activation: Tensor,
+    packed: Vec<u8>,
+    /// At device-only, the answer.
+    top1: Option<i64>,
+    head_s: f64,
+    pack_s: f64,
+}
+
+/// Finishes a frame on the device.
+#[derive(Message)]
+#[rtype(result = "Result<(i64, f64), String>")]
+struct Tail {
+    activation: Tensor,
+    split: u16,
+}
+
+/// The whole model, for `verify`.
+#[derive(Message)]
+#[rtype(result = "Result<i64, String>")]
+struct Full {
+    x: Tensor,
+}
+
+/// The device's compute thread: its model, its packer, its input source.
+struct Compute {
+    model: Result<Model, String>,
+    packer: Packer,
+    slowdown: f64,
+    source: Inputs,
+}
+
+enum Inputs {
+    Images(Vec<Tensor>, usize),
+    Synthetic(u64, u64, Vec<i64>),
+}
+
+impl Inputs {
+    fn next(&mut self) -> Tensor {
+        match self {
+            Inputs::Images(v, i) => {
+                let x = v[*i % v.len()].shallow_clone();
+                *i += 1;
+                x
+            }
+            Inputs::Synthetic(seed, i, shape) => {
+                let n: i64 = shape.iter().product();
+                let phase = (*seed as f64) * 0.37 + (*i as f64) * 0.11;
+                *i += 1;
+                (Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) * 0.013 + phase)
+                    .sin()
+                    .view(shape.as_slice())
+            }
+        }
+    }
+}
+
+impl Actor for Compute {
+    type Context = SyncContext<Self>;
+}
+
+impl Compute {
+    /// Makes the stage last `slowdown` times what this machine took.
+    fn emulate(&self, took: Duration) -> f64 {
+        if self.slowdown > 1.0 {
+            std::thread::sleep(took.mul_f64(self.slowdown - 1.0));
+        }
+        took.as_secs_f64() * self.slowdown.max(1.0)
+    }
+}
+
+impl Handler<NextInput> for Compute {
+    type Result = Result<Tensor, String>;
+    fn handle(&mut self, _: NextInput, _: &mut Self::Context) -> Self::Result {
+        Ok(self.source.next())
+    }
+}
+
+impl Handler<Head> for Compute {
+    type Result = Result<HeadOut, String>;
+    fn handle(&mut self, m: Head, _: &mut Self::Context) -> Self::Result {
+        let c = m.candidate;
+        let model = self.model.as_ref().map_err(|e| e.clone())?;
+        let t = Instant::now();
+        let a = model
+            .head(&m.x, c.split as usize)
+            .map_err(|e| e.to_string())?;
+        let head_s = self.emulate(t.elapsed());
+        if c.split as usize == model.num_blocks() {
+            let top1 = a.argmax(-1, false).int64_value(&[0]);
+            return Ok(HeadOut {
+                activation: a,
+                packed: Vec::new(),
+                top1: Some(top1),
+                head_s,
+                pack_s: 0.0,
+            });
+        }
+        let t = Instant::now();
+        let (values, shape) = tensor_values(&a).map_err(|e| e.to_string())?;
+        let id = TensorId {
+            model: model.name(),
+            weights_hash: model.weights_hash(),
+            split: c.split,
+        };
+        let mut packed = Vec::new();
+        self.packer
+            .pack_into(
+                &values,
+                &shape,
+                &id,
+                &PackOptions::new(c.precision, c.codec),
+                &mut packed,
+            )
+            .map_err(|e| e.to_string())?;
+        let pack_s = self.emulate(t.elapsed());
+        Ok(HeadOut {
+            activation: a,
+            packed,
+            top1: None,
+            head_s,
+            pack_s,
+        })
+    }
+}
+
+impl Handler<Tail> for Compute {
+    type Result = Result<(i64, f64), String>;
+    fn handle(&mut self, m: Tail, _: &mut Self::Context) -> Self::Result {
+        let model = self.model.as_ref().map_err(|e| e.clone())?;
+        let t = Instant::now();
+        let y = model
+            .tail(&m.activation, m.split as usize)
+            .map_err(|e| e.to_string())?;
+        let top1 = y.argmax(-1, false).int64_value(&[0]);
+        Ok((top1, self.emulate(t.elapsed())))
+    }
+}
+
+impl Handler<Full> for Compute {
+    type Result = Result<i64, String>;
+    fn handle(&mut self, m: Full, _: &mut Self::Context) -> Self::Result {
+        let model = self.model.as_ref().map_err(|e| e.clone())?;
+        let y = model.forward(&m.x).map_err(|e| e.to_string())?;
+        Ok(y.argmax(-1, false).int64_value(&[0]))
+    }
+}
+
+/// One frame's record.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameResult {
+    pub request: u64,
+    pub candidate: Candidate,
+    pub top1: Option<i64>,
+    pub local_top1: Option<i64>,
+    /// Finished on the device because the cloud could not.
+    pub fallback: bool,
+    pub error: Option<String>,
+    pub stages: Stages,
+    pub latency_s: f64,
+}
+
+/// What an agent did.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct AgentSummary {
+    pub id: String,
+    pub frames: u64,
+    pub results: u64,
+    pub errors: u64,
+    pub fallbacks: u64,
+    pub onloaded: u64,
+    pub device_only: u64,
+    pub verified: u64,
+    pub mismatches: u64,
+    /// Requests answered more than once (must be 0).
+    pub duplicates: u64,
+    pub plans_received: u64,
+    pub splits: BTreeMap<u16, u64>,
+    pub mean_latency_ms: f64,
+    pub seconds: f64,
+    pub fps: f64,
+}
+
+/// A connection to one worker's data endpoint.
+#[derive(Clone)]
+struct DataConn {
+    tx: mpsc::UnboundedSender<Message>,
+    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Message>>>>,
+    alive: Arc<AtomicBool>,
+}
+
+struct Shared {
+    start: Instant,
+    plan: Mutex<Option<Assignment>>,
+    control: Mutex<Option<mpsc::UnboundedSender<Message>>>,
+    shaper: Mutex<Shaper>,
+    one_way: Duration,
+    conns: tokio::sync::Mutex<HashMap<String, DataConn>>,
+    me: Identity,
+    max_frame: usize,
+    plans: AtomicU64,
+    last_sent: Mutex<Instant>,
+}
+
+impl Shared {
+    /// Holds `bytes` back as the emulated uplink would: until they have crossed it.
+    async fn cross_uplink(&self, bytes: usize) {
+        let d = {
+            let now = self.start.elapsed().as_secs_f64();
+            self.shaper.lock().expect("not poisoned").send(now, bytes)
+        };
+        *self.last_sent.lock().expect("not poisoned") = Instant::now();
+        let at = self.start + Duration::from_secs_f64(d.arrives);
+        tokio::time::sleep_until(at.into()).await;
+    }
+
+    async fn data_conn(&self, addr: &str) -> Result<DataConn, String> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(addr) {
+            if c.alive.load(Ordering::Acquire) {
+                return Ok(c.clone());
+            }
+        }
+        let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("worker {addr}: connect timed out"))?
+            .map_err(|e| format!("worker {addr}: {e}"))?;
+        let conn = wire::connect(stream, &self.me, self.max_frame)
+            .await
+            .map_err(|e| format!("worker {addr}: {e}"))?;
+        let (mut tx, mut rx) = conn.split();
+        let (out, mut outq) = mpsc::unbounded_channel::<Message>();
+        let c = DataConn {
+            tx: out,
+            pending: Arc::new(Mutex::new(HashMap::new())),
+            alive: Arc::new(AtomicBool::new(true)),
+        };
+        let alive = c.alive.clone();
+        actix_rt::spawn(async move {
+            while let Some(m) = outq.recv().await {
+                if tx.send(&m).await.is_err() {
+                    break;
+                }
+            }
+            alive.store(false, Ordering::Release);
+        });
+        let (pending, alive) = (c.pending.clone(), c.alive.clone());
+        let addr_owned = addr.to_string();
+        actix_rt::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(m @ (Message::InferOk { .. } | Message::InferErr { .. })) => {
+                        let request = match &m {
+                            Message::InferOk { request, .. }
+                            | Message::InferErr { request, .. } => *request,
+                            _ => unreachable!("matched above"),
+                        };
+                        let waiter = pending.lock().expect("not poisoned").remove(&request);
+                        match waiter {
+                            Some(w) => {
+                                let _ = w.send(m);
+                            }
+                            None => {
+                                tracing::warn!(worker = %addr_owned, request, "an answer nobody waits for: ignored")
+                            }
+                        }
+                    }
+                    Ok(Message::HeartbeatAck { .. }) => {}
+                    Ok(m) => {
+                        tracing::warn!(worker = %addr_owned, "worker sent {}: dropping the connection", m.kind());
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::info!(worker = %addr_owned, "data connection ended: {e}");
+                        break;
+                    }
+                }
+            }
+            alive.store(false, Ordering::Release);
+            // Waiters see their sender dropped: their frames finish on the device.
+            pending.lock().expect("not poisoned").clear();
+        });
+        conns.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+/// The link configuration, the device class and the model, checked before anything runs.
+struct Setup {
+    model: Model,
+    slowdown: f64,
+    threads: u32,
+    class: String,
+    shaper: Shaper,
+    slo: String,
+    source: Inputs,
+}
+
+fn setup(cfg: &AgentConfig, home: &Home) -> anyhow::Result<Setup> {
+    let devices_path = cfg
+        .devices
+        .clone()
+        .unwrap_or_else(|| Devices::default_path(home));
+    let (mut slowdown, mut threads) = (1.0, 1);
+    if cfg.slowdown.is_none() || cfg.threads.is_none() {
+        let devices = Devices::load(&devices_path)?;
+        let c = devices.class(&cfg.class)?;
+        (slowdown, threads) = (c.slowdown, c.threads);
+    }
+    let slowdown = cfg.slowdown.unwrap_or(slowdown);
+    let threads = cfg.threads.unwrap_or(threads);
+    anyhow::ensure!(
+        slowdown.is_finite() && slowdown >= 1.0,
+        "slowdown = {slowdown}: an agent emulates a device at least as slow as this machine (>= 1)"
+    );
+    anyhow::ensure!(threads >= 1, "threads = 0: give at least 1");
+    let model = zoo::load(&cfg.model, home)?;
+    let shaper = Shaper::new(
+        cfg.link.trace()?,
+        cfg.link.rtt_ms / 1e3,
+        cfg.link.loss,
+        cfg.link.seed,
+    )?;
+    let slo = match &cfg.slo {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("SLO file {}", p.display()))?;
+            dyno::sched::slo::Slo::from_toml(&text)
+                .map_err(|e| anyhow::anyhow!("SLO file {}: {}", p.display(), e.0))?;
+            text
+        }
+        None => String::new(),
+    };
+    cfg.policy
+        .parse::<dyno::sched::Policy>()
+        .map_err(anyhow::Error::msg)?;
+    let source = match &cfg.source {
+        Source::Folder { path } => {
+            let images = data::list_images(path)?;
+            anyhow::ensure!(!images.is_empty(), "no images in {}", path.display());
+            let xs = images
+                .iter()
+                .map(|i| data::load_image(&i.path, model.input()).map(|x| x.unsqueeze(0)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Inputs::Images(xs, 0)
+        }
+        Source::FashionMnist => {
+            let d = data::fashion_mnist(&home.fashion_mnist_dir())?;
+            let n = d.test_images.size()[0].min(2000);
+            let xs = (0..n).map(|i| d.test_images.narrow(0, i, 1)).collect();
+            Inputs::Images(xs, 0)
+        }
+        Source::Synthetic { seed } => {
+            let mut shape = vec![1];
+            shape.extend(model.input().shape.iter().copied());
+            Inputs::Synthetic(*seed, 0, shape)
+        }
+    };
+    Ok(Setup {
+        model,
+        slowdown,
+        threads,
+        class: cfg.class.clone(),
+        shaper,
+        slo,
+        source,
+    })
+}
+
+/// Runs an agent inside the current actix system until its frames are done (forever
+/// with `frames = 0`).
+pub async fn run(cfg: AgentConfig, home: Home) -> anyhow::Result<AgentSummary> {
+    let key = cfg.fleet.key()?;
+    let s = setup(&cfg, &home)?;
+    let blocks = s.model.num_blocks();
+    let info = DeviceInfo {
+        id: cfg.id.clone(),
+        model: s.model.name().to_string(),
+        class: s.class.clone(),
+        slowdown: s.slowdown,
+        threads: s.threads,
+        slo: s.slo.clone(),
+        policy: cfg.policy.clone(),
+    };
+    let (slowdown, threads) = (s.slowdown, s.threads);
+    // A model is not Send: the compute thread loads its own copy (this one was checked).
+    let model_name = cfg.model.clone();
+    drop(s.model);
+    let cell = Mutex::new(Some((s.source, home.clone())));
+    let compute = SyncArbiter::start(1, move || {
+        tch::set_num_threads(threads as i32);
+        let (source, home) = cell
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .expect("one compute thread");
+        Compute {
+            model: zoo::load(&model_name, &home).map_err(|e| e.to_string()),
+            packer: Packer::default(),
+            slowdown,
+            source,
+        }
+    });
+    let shared = Arc::new(Shared {
+        start: Instant::now(),
+        plan: Mutex::new(None),
+        control: Mutex::new(None),
+        one_way: Duration::from_secs_f64(cfg.link.rtt_ms / 2e3),
+        shaper: Mutex::new(s.shaper),
+        conns: tokio::sync::Mutex::new(HashMap::new()),
+        me: Identity {
+            fleet: cfg.fleet.id.clone(),
+            name: cfg.id.clone(),
+            role: Role::Agent,
+            key,
+        },
+        max_frame: cfg.fleet.max_frame,
+        plans: AtomicU64::new(0),
+        last_sent: Mutex::new(Instant::now()),
+    });
+    let control = actix_rt::spawn(control_loop(shared.clone(), cfg.coordinators.clone(), info));
+    let results = Arc::new(Mutex::new(Vec::<FrameResult>::new()));
+    let gate = Arc::new(Semaphore::new(cfg.in_flight.max(1)));
+    let device_only = Candidate {
+        split: blocks as u16,
+        precision: Precision::Fp32,
+        codec: Codec::None,
+    };
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let mut request = 0u64;
+    loop {
+        if cfg.frames > 0 && request >= cfg.frames {
+            break;
+        }
+        if cfg.rate_fps > 0.0 {
+            let at = started + Duration::from_secs_f64(request as f64 / cfg.rate_fps);
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let permit = gate.clone().acquire_owned().await.expect("never closed");
+        request += 1;
+        let x = compute
+            .send(NextInput)
+            .await
+            .map_err(|e| anyhow::anyhow!("compute thread: {e}"))?
+            .map_err(anyhow::Error::msg)?;
+        let (shared, compute, results) = (shared.clone(), compute.clone(), results.clone());
+        let (verify, timeout) = (cfg.verify, Duration::from_secs_f64(cfg.timeout_s.max(0.01)));
+        tasks.push(actix_rt::spawn(async move {
+            let r = frame(&shared, &compute, request, x, device_only, verify, timeout).await;
+            if let Some(c) = shared.control.lock().expect("not poisoned").as_ref() {
+                let _ = c.send(Message::Report(FrameReport {
+                    request,
+                    candidate: r.candidate,
+                    stages: r.stages,
+                    bytes: r.bytes,
+                    transfer_s: r.stages.wire_s,
+                    fallback: r.result.fallback,
+                }));
+            }
+            results.lock().expect("not poisoned").push(r.result);
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    control.abort();
+    let seconds = started.elapsed().as_secs_f64();
+    let results = std::mem::take(&mut *results.lock().expect("not poisoned"));
+    if let Some(path) = &cfg.results {
+        let mut text = String::new();
+        for r in &results {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+        }
+        std::fs::write(path, text).with_context(|| format!("results file {}", path.display()))?;
+    }
+    Ok(summarize(
+        &cfg.id,
+        &results,
+        request,
+        seconds,
+        shared.plans.load(Ordering::Relaxed),
+        blocks,
+    ))
+}
+
+fn summarize(
+    id: &str,
+    results: &[FrameResult],
+    frames: u64,
+    seconds: f64,
+    plans: u64,
+    blocks: usize,
+) -> AgentSummary {
+    let mut s = AgentSummary {
+        id: id.to_string(),
+        frames,
+        plans_received: plans,
+        seconds,
+        ..AgentSummary::default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut latency = 0.0;
+    for r in results {
+        if !seen.insert(r.request) {
+            s.duplicates += 1;
+        }
+        if r.error.is_some() {
+            s.errors += 1;
+            continue;
+        }
+        s.results += 1;
+        latency += r.latency_s;
+        if r.fallback {
+            s.fallbacks += 1;
+        }
+        if r.candidate.split as usize == blocks {
+            s.device_only += 1;
+        } else if !r.fallback {
+            s.onloaded += 1;
+        }
+        *s.splits.entry(r.candidate.split).or_default() += 1;
+        if let (Some(a), Some(b)) = (r.top1, r.local_top1) {
+            s.verified += 1;
+            if a != b {
+                s.mismatches += 1;
+            }
+        }
+    }
+    s.mean_latency_ms = if s.results > 0 {
+        1e3 * latency / s.results as f64
+    } else {
+        0.0
+    };
+    s.fps = if seconds > 0.0 {
+        s.results as f64 / seconds
+    } else {
+        0.0
+    };
+    s
+}
+
+struct Done {
+    result: FrameResult,
+    candidate: Candidate,
+    stages: Stages,
+    bytes: u64,
+}
+
+/// One frame, start to end: exactly one result or one error.
+async fn frame(
+    shared: &Shared,
+    compute: &Addr<Compute>,
+    request: u64,
+    x: Tensor,
+    device_only: Candidate,
+    verify: bool,
+    timeout: Duration,
+) -> Done {
+    let t0 = Instant::now();
+    let plan = shared.plan.lock().expect("not poisoned").clone();
+    let (candidate, worker) = match &plan {
+        Some(a) if a.worker.is_some() => (a.candidate, a.worker.clone()),
+        _ => (device_only, None),
+    };
+    let local_top1 = if verify {
+        compute
+            .send(Full {
+                x: x.shallow_clone(),
+            })
+            .await
+            .ok()
+            .and_then(Result::ok)
+    } else {
+        None
+    };
+    let fail = |candidate, error: String| Done {
+        result: FrameResult {
+            request,
+            candidate,
+            top1: None,
+            local_top1,
+            fallback: false,
+            error: Some(error),
+            stages: Stages::default(),
+            latency_s: t0.elapsed().as_secs_f64(),
+        },
+        candidate,
+        stages: Stages::default(),
+        bytes: 0,
+    };
+    let head = match compute.send(Head { x, candidate }).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return fail(candidate, format!("head: {e}")),
+        Err(e) => return fail(candidate, format!("compute thread: {e}")),
+    };
+    let mut stages = Stages {
+        head_s: head.head_s,
+        pack_s: head.pack_s,
+        ..Stages::default()
+    };
+    let done = |top1, fallback, stages: Stages, bytes| Done {
+        result: FrameResult {
+            request,
+            candidate,
+            top1: Some(top1),
+            local_top1,
+            fallback,
+            error: None,
+            stages,
+            latency_s: t0.elapsed().as_secs_f64(),
+        },
+        candidate,
+        stages,
+        bytes,
+    };
+    if let Some(top1) = head.top1 {
+        return done(top1, false, stages, 0);
+    }
+    let bytes = head.packed.len() as u64;
+    let answer = match worker {
+        Some(addr) => send_to_worker(shared, &addr, request, head.packed, timeout).await,
+        None => Err("no worker assigned".to_string()),
+    };
+    match answer {
+        Ok((top1, worker_stages, wire_s)) => {
+            stages.queue_s = worker_stages.queue_s;
+            stages.unpack_s = worker_stages.unpack_s;
+            stages.tail_s = worker_stages.tail_s;
+            stages.wire_s = wire_s;
+            done(top1, false, stages, bytes)
+        }
+        Err(why) => {
+            tracing::info!(request, "finishing on the device: {why}");
+            match compute
+                .send(Tail {
+                    activation: head.activation,
+                    split: candidate.split,
+                })
+                .await
+            {
+                Ok(Ok((top1, tail_s))) => {
+                    stages.tail_s = tail_s;
+                    done(top1, true, stages, bytes)
+                }
+                Ok(Err(e)) => fail(
+                    candidate,
+                    format!("cloud failed ({why}), device tail failed: {e}"),
+                ),
+                Err(e) => fail(
+                    candidate,
+                    format!("cloud failed ({why}), compute thread: {e}"),
+                ),
+            }
+        }
+    }
+}
+
+/// Sends one activation and waits for its answer: (top1, the worker's stages, wire seconds).
+async fn send_to_worker(
+    shared: &Shared,
+    addr: &str,
+    request: u64,
+    packed: Vec<u8>,
+    timeout: Duration,
+) -> Result<(i64, Stages, f64), String> {
+    let conn = shared.data_conn(addr).await?;
+    let (tx, rx) = oneshot::channel();
+    conn.pending
+        .lock()
+        .expect("not poisoned")
+        .insert(request, tx);
+    let t = Instant::now();
+    shared.cross_uplink(packed.len()).await;
+    let sent = conn.tx.send(Message::Infer {
+        request,
+        device: shared.me.name.clone(),
+        packed,
+    });
+    if sent.is_err() {
+        conn.pending.lock().expect("not poisoned").remove(&request);
+        return Err("the data connection is closed".into());
+    }
+    let answer = tokio::time::timeout(timeout, rx).await;
+    conn.pending.lock().expect("not poisoned").remove(&request);
+    let m = match answer {
+        Err(_) => return Err(format!("no answer within {timeout:?}")),
+        Ok(Err(_)) => return Err("the data connection broke".into()),
+        Ok(Ok(m)) => m,
+    };
+    // The answer comes back over the downlink's delay.
+    tokio::time::sleep(shared.one_way).await;
+    match m {
+        Message::InferOk {
+            top1,
+            queue_s,
+            unpack_s,
+            tail_s,
+            ..
+        } => {
+            let worker = queue_s + unpack_s + tail_s;
+            let wire_s = (t.elapsed().as_secs_f64() - worker).max(0.0);
+            Ok((
+                top1,
+                Stages {
+                    queue_s,
+                    unpack_s,
+                    tail_s,
+                    ..Stages::default()
+                },
+                wire_s,
+            ))
+        }
+        Message::InferErr { busy, reason, .. } => Err(if busy {
+            format!("worker busy: {reason}")
+        } else {
+            format!("worker error: {reason}")
+        }),
+        m => Err(format!("unexpected {}", m.kind())),
+    }
+}
+
+/// Keeps a control connection to a coordinator: registers, takes plans, sends reports,
+/// heartbeats (which measure the RTT) and probes the uplink when it is idle. Without a
+/// coordinator the device runs device-only and keeps trying.
+async fn control_loop(shared: Arc<Shared>, coordinators: Vec<String>, info: DeviceInfo) {
+    let mut attempt = 0usize;
+    loop {
+        let addr = match coordinators.get(attempt % coordinators.len().max(1)) {
+            Some(a) => a.clone(),
+            None => return,
+        };
+        attempt += 1;
+        let conn =
+            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await {
+                Ok(Ok(s)) => wire::connect(s, &shared.me, shared.max_frame)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("connect timed out".into()),
+            };
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(coordinator = %addr, "not connected ({e}); device-only for now");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        tracing::info!(coordinator = %addr, "connected");
+        let (mut tx, mut rx) = conn.split();
+        if tx
+            .send(&Message::RegisterDevice(info.clone()))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        let (out, mut outq) = mpsc::unbounded_channel::<Message>();
+        *shared.control.lock().expect("not poisoned") = Some(out.clone());
+        let writer = actix_rt::spawn(async move {
+            while let Some(m) = outq.recv().await {
+                if tx.send(&m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+        let beats = {
+            let (out, shared, sent_at) = (out.clone(), shared.clone(), sent_at.clone());
+            actix_rt::spawn(async move {
+                let mut seq = 0u64;
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tick.tick().await;
+                    seq += 1;
+                    sent_at
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(seq, Instant::now());
+                    let idle = shared.last_sent.lock().expect("not poisoned").elapsed();
+                    if idle > Duration::from_secs(2) {
+                        // An active probe: 32 KB through the uplink.
+                        let t = Instant::now();
+                        shared.cross_uplink(32 << 10).await;
+                        sent_at
+                            .lock()
+                            .expect("not poisoned")
+                            .insert(u64::MAX - seq, t);
+                        if out
+                            .send(Message::Probe {
+                                seq,
+                                padding: vec![0; 32 << 10],
+                            })
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    if out.send(Message::Heartbeat { seq }).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        loop {
+            match rx.recv().await {
+                Ok(Message::Plan(a)) => {
+                    tracing::info!(plan = %a.candidate, worker = ?a.worker, "plan");
+                    shared.plans.fetch_add(1, Ordering::Relaxed);
+                    *shared.plan.lock().expect("not poisoned") = Some(a);
+                }
+                Ok(Message::HeartbeatAck { seq }) => {
+                    if let Some(t) = sent_at.lock().expect("not poisoned").remove(&seq) {
+                        // The emulated link's round trip on top of the real one.
+                        let rtt = t.elapsed() + 2 * shared.one_way;
+                        let _ = out.send(Message::LinkSample {
+                            bytes: 0,
+                            seconds: rtt.as_secs_f64(),
+                        });
+                    }
+                }
+                Ok(Message::ProbeAck { seq }) => {
+                    if let Some(t) = sent_at
+                        .lock()
+                        .expect("not poisoned")
+                        .remove(&(u64::MAX - seq))
+                    {
+                        let secs = t.elapsed() + shared.one_way;
+                        let _ = out.send(Message::LinkSample {
+                            bytes: 32 << 10,
+                            seconds: secs.as_secs_f64(),
+                        });
+                    }
+                }
+                Ok(Message::Refused { reason }) => {
+                    tracing::error!("the coordinator refused this device: {reason}");
+                    break;
+                }
+                Ok(m) => {
+                    tracing::warn!("coordinator sent {}: reconnecting", m.kind());
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!("lost the coordinator: {e}; device-only until it is back");
+                    break;
+                }
+            }
+        }
+        beats.abort();
+        writer.abort();
+        *shared.control.lock().expect("not poisoned") = None;
+        *shared.plan.lock().expect("not poisoned") = None;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

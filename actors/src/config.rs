@@ -1,0 +1,276 @@
+//! The processes' TOML configuration: one file each (`--config`), every key with a
+//! default (`--print-default-config` prints them), the fleet key from the file or the
+//! `DYNO_FLEET_KEY` environment variable, flags over both.
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use dyno::wire::Key;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// What every process shares: the fleet, its key, limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fleet {
+    /// Fleet id: peers of other fleets are refused (and ignored in discovery).
+    pub id: String,
+    /// Shared secret (prefer the DYNO_FLEET_KEY environment variable).
+    pub key: Option<String>,
+    /// No key, no authentication: local experiments only. Must be said explicitly.
+    pub insecure: bool,
+    /// Largest frame accepted, bytes.
+    pub max_frame: usize,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Fleet {
+            id: "dyno".into(),
+            key: None,
+            insecure: false,
+            max_frame: dyno::wire::DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+impl Fleet {
+    /// The key: the environment's over the file's; an error without one unless insecure.
+    pub fn key(&self) -> anyhow::Result<Key> {
+        let key = std::env::var("DYNO_FLEET_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
+            .or_else(|| self.key.clone());
+        match (key, self.insecure) {
+            (Some(_), true) => anyhow::bail!(
+                "a fleet key is set and --insecure too: drop one (insecure is for local \
+                 experiments without a key)"
+            ),
+            (Some(k), false) => {
+                anyhow::ensure!(
+                    k.len() >= 16,
+                    "the fleet key is {} bytes: use at least 16 (e.g. `openssl rand -hex 16`)",
+                    k.len()
+                );
+                Ok(Key::Secret(k.into_bytes()))
+            }
+            (None, true) => Ok(Key::Insecure),
+            (None, false) => anyhow::bail!(
+                "no fleet key: set DYNO_FLEET_KEY (or [fleet] key in the config), or run \
+                 with --insecure for a local experiment"
+            ),
+        }
+    }
+}
+
+/// `dyno coordinator`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorConfig {
+    pub fleet: Fleet,
+    /// Control endpoint (agents, workers, `dyno status`).
+    pub listen: String,
+    /// Data endpoint of the embedded workers.
+    pub data_listen: String,
+    /// Embedded cloud workers (threads, one inference each at a time); 0 allowed.
+    pub workers: usize,
+    /// Frames a worker queues beyond its busy slots before it says busy.
+    pub queue: usize,
+    /// The model the fleet serves.
+    pub model: String,
+    /// Device classes and the cloud (default: config/devices.toml in the project).
+    pub devices: Option<PathBuf>,
+    /// Re-plan at least this often, milliseconds.
+    pub replan_ms: u64,
+    /// A peer silent this long is gone, milliseconds.
+    pub heartbeat_timeout_ms: u64,
+    /// Advertise `_dyno._tcp` over mDNS.
+    pub mdns: bool,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            fleet: Fleet::default(),
+            listen: "0.0.0.0:7700".into(),
+            data_listen: "0.0.0.0:7701".into(),
+            workers: 1,
+            queue: 4,
+            model: "mobilenet_v2".into(),
+            devices: None,
+            replan_ms: 1000,
+            heartbeat_timeout_ms: 3000,
+            mdns: true,
+        }
+    }
+}
+
+/// `dyno worker`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    pub fleet: Fleet,
+    pub name: String,
+    /// Coordinator control addresses to try when mDNS finds none.
+    pub coordinators: Vec<String>,
+    /// Data endpoint.
+    pub listen: String,
+    /// The address agents should use for the data endpoint (default: the listen address).
+    pub advertise: Option<String>,
+    pub workers: usize,
+    pub queue: usize,
+    pub model: String,
+    pub mdns: bool,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            fleet: Fleet::default(),
+            name: "worker".into(),
+            coordinators: vec!["127.0.0.1:7700".into()],
+            listen: "0.0.0.0:7702".into(),
+            advertise: None,
+            workers: 1,
+            queue: 4,
+            model: "mobilenet_v2".into(),
+            mdns: true,
+        }
+    }
+}
+
+/// Where an agent's frames come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
+pub enum Source {
+    /// The images of a folder, in order, over and over.
+    Folder { path: PathBuf },
+    /// The Fashion-MNIST test set (for `fashion_cnn`).
+    FashionMnist,
+    /// Deterministic synthetic frames.
+    Synthetic { seed: u64 },
+}
+
+/// An agent's uplink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkConfig {
+    /// Constant Mbit/s (used when no trace file is given).
+    pub mbps: f64,
+    /// Steps `[[seconds, Mbit/s], ...]` (over `mbps`).
+    pub steps: Vec<(f64, f64)>,
+    /// A two-column trace file (over both).
+    pub trace: Option<PathBuf>,
+    /// Repeat the trace from its start after its last step.
+    pub repeat: bool,
+    pub rtt_ms: f64,
+    /// Packet loss probability.
+    pub loss: f64,
+    pub seed: u64,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            mbps: 100.0,
+            steps: Vec::new(),
+            trace: None,
+            repeat: false,
+            rtt_ms: 10.0,
+            loss: 0.0,
+            seed: 1,
+        }
+    }
+}
+
+impl LinkConfig {
+    pub fn trace(&self) -> anyhow::Result<dyno::link::Trace> {
+        Ok(if let Some(p) = &self.trace {
+            dyno::link::Trace::load(p, self.repeat)?
+        } else if !self.steps.is_empty() {
+            dyno::link::Trace::steps(self.steps.clone(), self.repeat).context("link.steps")?
+        } else {
+            dyno::link::Trace::constant(self.mbps).context("link.mbps")?
+        })
+    }
+}
+
+/// `dyno agent`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub fleet: Fleet,
+    /// This device's id (unique in the fleet).
+    pub id: String,
+    pub coordinators: Vec<String>,
+    pub model: String,
+    /// Device class name (from `devices`), or the slowdown and threads below.
+    pub class: String,
+    pub devices: Option<PathBuf>,
+    /// Over the class's, when set.
+    pub slowdown: Option<f64>,
+    pub threads: Option<u32>,
+    pub link: LinkConfig,
+    pub source: Source,
+    /// Frames per second to offer (0: as fast as the pipeline goes).
+    pub rate_fps: f64,
+    /// Stop after this many frames (0: run until stopped).
+    pub frames: u64,
+    /// Frames in flight at once.
+    pub in_flight: usize,
+    /// SLO file (default: within 1 point, max throughput).
+    pub slo: Option<PathBuf>,
+    pub policy: String,
+    /// Also run the whole model locally on each frame and count disagreements.
+    pub verify: bool,
+    /// Seconds to wait for a worker's answer before finishing the frame on the device.
+    pub timeout_s: f64,
+    /// JSON lines of every result.
+    pub results: Option<PathBuf>,
+    pub mdns: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            fleet: Fleet::default(),
+            id: "agent".into(),
+            coordinators: vec!["127.0.0.1:7700".into()],
+            model: "mobilenet_v2".into(),
+            class: "host".into(),
+            devices: None,
+            slowdown: None,
+            threads: None,
+            link: LinkConfig::default(),
+            source: Source::Synthetic { seed: 1 },
+            rate_fps: 0.0,
+            frames: 0,
+            in_flight: 2,
+            slo: None,
+            policy: "dyno".into(),
+            verify: false,
+            timeout_s: 2.0,
+            results: None,
+            mdns: true,
+        }
+    }
+}
+
+/// Reads a config file (or the defaults without one).
+pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("config file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "config file {}: {}; `--print-default-config` shows every key",
+            path.display(),
+            e.to_string().trim_end()
+        )
+    })
+}
+
+/// The defaults as TOML.
+pub fn print_default<T: Serialize + Default>() -> String {
+    toml::to_string_pretty(&T::default()).expect("defaults serialise")
+}

@@ -1,0 +1,746 @@
+//! `dyno coordinator`: the Scheduler and BandwidthMonitor actors, the control endpoint,
+//! and an embedded CloudWorker pool with its data endpoint.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use dyno::config::Devices;
+use dyno::home::Home;
+use dyno::profile::latency::LatencyProfile;
+use dyno::profile::{self, AccuracyProfile};
+use dyno::sched::bandwidth::Estimator;
+use dyno::sched::fleet::{self, FleetDevice, Status};
+use dyno::sched::perf::{Candidate, Conditions, Correction, Link, Tables};
+use dyno::sched::slo::Slo;
+use dyno::sched::{Policy, Scheduler as Planner};
+use dyno::wire::{self, Assignment, DeviceInfo, FrameReport, Identity, Message, Role};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::config::CoordinatorConfig;
+use crate::worker::{self, Pool};
+
+/// The link assumed for a device before anything was measured.
+pub const DEFAULT_LINK: Link = Link {
+    bandwidth_bps: 10e6,
+    rtt_s: 0.02,
+};
+
+struct DeviceState {
+    info: DeviceInfo,
+    slo: Slo,
+    policy: Policy,
+    link: Link,
+    correction: Correction,
+    tx: UnboundedSender<Message>,
+    plan: Option<Assignment>,
+    frames: u64,
+    fallbacks: u64,
+}
+
+struct WorkerState {
+    data_addr: String,
+    slots: u32,
+    queued: u32,
+}
+
+/// The Scheduler actor: fleet state, profiles, SLOs; computes and pushes plans.
+pub struct SchedulerActor {
+    tables: Tables,
+    cloud_slowdown: f64,
+    devices: HashMap<String, DeviceState>,
+    workers: HashMap<String, WorkerState>,
+    planner: Planner,
+    replan_every: Duration,
+    plans_sent: u64,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeviceJoined {
+    pub info: DeviceInfo,
+    pub tx: UnboundedSender<Message>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeviceLeft {
+    pub id: String,
+    /// The session's channel: a device that re-registered meanwhile is not removed.
+    pub tx: UnboundedSender<Message>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerJoined {
+    pub name: String,
+    pub data_addr: String,
+    pub slots: u32,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerLeft {
+    pub name: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerLoad {
+    pub name: String,
+    pub queued: u32,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkUpdate {
+    pub id: String,
+    pub link: Link,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FrameDone {
+    pub id: String,
+    pub report: FrameReport,
+}
+
+/// A snapshot of the fleet.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetStatus {
+    pub devices: Vec<DeviceStatus>,
+    pub workers: Vec<WorkerStatus>,
+    pub plans_sent: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceStatus {
+    pub id: String,
+    pub class: String,
+    pub plan: Option<Assignment>,
+    pub bandwidth_mbps: f64,
+    pub rtt_ms: f64,
+    pub frames: u64,
+    pub fallbacks: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    pub name: String,
+    pub data_addr: String,
+    pub slots: u32,
+    pub queued: u32,
+}
+
+#[derive(Message)]
+#[rtype(result = "FleetStatus")]
+pub struct GetStatus;
+
+impl Actor for SchedulerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.replan_every, |me, _| me.replan());
+    }
+}
+
+impl SchedulerActor {
+    /// Plans every device together and pushes the plans that changed.
+    fn replan(&mut self) {
+        let mut ids: Vec<String> = self.devices.keys().cloned().collect();
+        ids.sort();
+        if ids.is_empty() {
+            return;
+        }
+        let fleet_devices: Vec<FleetDevice> = ids
+            .iter()
+            .map(|id| {
+                let d = &self.devices[id];
+                let mut c = Conditions::new(d.info.slowdown, d.link);
+                c.cloud_slowdown = self.cloud_slowdown;
+                c.correction = d.correction;
+                FleetDevice {
+                    id: id.clone(),
+                    conditions: c,
+                    slo: d.slo.clone(),
+                    policy: d.policy,
+                    demand_fps: None,
+                }
+            })
+            .collect();
+        let capacity: f64 = self.workers.values().map(|w| f64::from(w.slots)).sum();
+        let plan = fleet::plan(&self.tables, &fleet_devices, capacity);
+        // Workers by spare slots, filled greedily by each device's cloud load.
+        let mut load: HashMap<&str, f64> = self.workers.keys().map(|k| (k.as_str(), 0.0)).collect();
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by(|&a, &b| {
+            plan.devices[b]
+                .cloud_load
+                .total_cmp(&plan.devices[a].cloud_load)
+        });
+        let mut chosen: Vec<(
+            Candidate,
+            Option<String>,
+            dyno::sched::perf::Prediction,
+            bool,
+        )> = vec![
+            (
+                plan.devices[0].candidate,
+                None,
+                plan.devices[0].prediction,
+                true
+            );
+            ids.len()
+        ];
+        for i in order {
+            let p = &plan.devices[i];
+            let d = &self.devices[&ids[i]];
+            let mut candidate = p.candidate;
+            let mut prediction = p.prediction;
+            // With room for everyone, hysteresis: keep a plan that is still good enough.
+            if plan.strategy == "individual" {
+                if let Some(cur) = &d.plan {
+                    let dec = self.planner.decide(
+                        &self.tables,
+                        &fleet_devices[i].conditions,
+                        &d.slo,
+                        d.policy,
+                        Some(cur.candidate),
+                    );
+                    candidate = dec.candidate;
+                    prediction = dec.prediction;
+                }
+            }
+            let onloads = (candidate.split as usize) < self.tables.blocks;
+            let worker = if onloads && !self.workers.is_empty() {
+                // Stay with the current worker if it is still there.
+                let keep = d
+                    .plan
+                    .as_ref()
+                    .and_then(|a| a.worker.clone())
+                    .and_then(|addr| {
+                        self.workers
+                            .iter()
+                            .find(|(_, w)| w.data_addr == addr)
+                            .map(|(k, _)| k.clone())
+                    });
+                let name = keep.unwrap_or_else(|| {
+                    self.workers
+                        .iter()
+                        .min_by(|a, b| {
+                            let la = load[a.0.as_str()] / f64::from(a.1.slots.max(1));
+                            let lb = load[b.0.as_str()] / f64::from(b.1.slots.max(1));
+                            la.total_cmp(&lb).then(a.0.cmp(b.0))
+                        })
+                        .map(|(k, _)| k.clone())
+                        .expect("workers is not empty")
+                });
+                *load.get_mut(name.as_str()).expect("a known worker") += p.cloud_load;
+                Some(self.workers[&name].data_addr.clone())
+            } else {
+                None
+            };
+            let (candidate, prediction) = if onloads && worker.is_none() {
+                let row = self.tables.device_only();
+                (row.candidate, row.predict(&fleet_devices[i].conditions))
+            } else {
+                (candidate, prediction)
+            };
+            chosen[i] = (candidate, worker, prediction, p.status != Status::SloUnmet);
+        }
+        for (id, (candidate, worker, prediction, feasible)) in ids.iter().zip(chosen) {
+            let d = self.devices.get_mut(id).expect("listed above");
+            let changed = d
+                .plan
+                .as_ref()
+                .is_none_or(|a| a.candidate != candidate || a.worker != worker);
+            if !changed {
+                continue;
+            }
+            let epoch = d.plan.as_ref().map_or(1, |a| a.epoch + 1);
+            let a = Assignment {
+                candidate,
+                worker,
+                prediction,
+                feasible,
+                epoch,
+            };
+            tracing::info!(device = %id, plan = %candidate, worker = ?a.worker, "new plan");
+            let _ = d.tx.send(Message::Plan(a.clone()));
+            d.plan = Some(a);
+            self.plans_sent += 1;
+        }
+    }
+}
+
+impl Handler<DeviceJoined> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, m: DeviceJoined, _: &mut Self::Context) {
+        let slo = if m.info.slo.trim().is_empty() {
+            Ok(Slo::default())
+        } else {
+            Slo::from_toml(&m.info.slo).map_err(|e| e.0)
+        };
+        let policy = m.info.policy.parse::<Policy>();
+        let (slo, policy) = match (slo, policy) {
+            (Ok(s), Ok(p)) => (s, p),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(device = %m.info.id, "refused a device: {e}");
+                let _ = m.tx.send(Message::Refused { reason: e });
+                return;
+            }
+        };
+        tracing::info!(device = %m.info.id, class = %m.info.class, "device joined");
+        let id = m.info.id.clone();
+        let old = self.devices.insert(
+            id,
+            DeviceState {
+                info: m.info,
+                slo,
+                policy,
+                link: DEFAULT_LINK,
+                correction: Correction::default(),
+                tx: m.tx,
+                plan: None,
+                frames: 0,
+                fallbacks: 0,
+            },
+        );
+        if old.is_some() {
+            tracing::info!("a device re-registered: its old session is replaced");
+        }
+        self.replan();
+    }
+}
+
+impl Handler<DeviceLeft> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, m: DeviceLeft, _: &mut Self::Context) {
+        if self
+            .devices
+            .get(&m.id)
+            .is_some_and(|d| d.tx.same_channel(&m.tx))
+        {
+            self.devices.remove(&m.id);
+            tracing::info!(device = %m.id, "device left");
+            self.replan();
+        }
+    }
+}
+
+impl Handler<WorkerJoined> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, m: WorkerJoined, _: &mut Self::Context) {
+        tracing::info!(worker = %m.name, data = %m.data_addr, slots = m.slots, "worker joined");
+        self.workers.insert(
+            m.name,
+            WorkerState {
+                data_addr: m.data_addr,
+                slots: m.slots,
+                queued: 0,
+            },
+        );
+        self.replan();
+    }
+}
+
+impl Handler<WorkerLeft> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, m: WorkerLeft, _: &mut Self::Context) {
+        if self.workers.remove(&m.name).is_some() {
+            tracing::info!(worker = %m.name, "worker left");
+            self.replan();
+        }
+    }
+}
+
+impl Handler<WorkerLoad> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, m: WorkerLoad, _: &mut Self::Context) {
+        if let Some(w) = self.workers.get_mut(&m.name) {
+            w.queued = m.queued;
+        }
+    }
+}
+
+impl Handler<LinkUpdate> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, m: LinkUpdate, _: &mut Self::Context) {
+        if let Some(d) = self.devices.get_mut(&m.id) {
+            d.link = m.link;
+            self.replan();
+        }
+    }
+}
+
+impl Handler<FrameDone> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, m: FrameDone, _: &mut Self::Context) {
+        let Some(d) = self.devices.get_mut(&m.id) else {
+            return;
+        };
+        d.frames += 1;
+        if m.report.fallback {
+            d.fallbacks += 1;
+            return;
+        }
+        let Some(row) = self.tables.row(&m.report.candidate) else {
+            return;
+        };
+        let mut c = Conditions::new(d.info.slowdown, d.link);
+        c.cloud_slowdown = self.cloud_slowdown;
+        c.correction = d.correction;
+        let p = row.predict(&c);
+        let s = m.report.stages;
+        d.correction
+            .observe_device(p.head_s + p.pack_s, s.head_s + s.pack_s);
+        if p.cloud_s > 0.0 {
+            d.correction.observe_cloud(p.cloud_s, s.unpack_s + s.tail_s);
+        }
+    }
+}
+
+impl Handler<GetStatus> for SchedulerActor {
+    type Result = MessageResult<GetStatus>;
+    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+        let mut devices: Vec<DeviceStatus> = self
+            .devices
+            .iter()
+            .map(|(id, d)| DeviceStatus {
+                id: id.clone(),
+                class: d.info.class.clone(),
+                plan: d.plan.clone(),
+                bandwidth_mbps: d.link.bandwidth_bps / 1e6,
+                rtt_ms: d.link.rtt_s * 1e3,
+                frames: d.frames,
+                fallbacks: d.fallbacks,
+            })
+            .collect();
+        devices.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut workers: Vec<WorkerStatus> = self
+            .workers
+            .iter()
+            .map(|(name, w)| WorkerStatus {
+                name: name.clone(),
+                data_addr: w.data_addr.clone(),
+                slots: w.slots,
+                queued: w.queued,
+            })
+            .collect();
+        workers.sort_by(|a, b| a.name.cmp(&b.name));
+        MessageResult(FleetStatus {
+            devices,
+            workers,
+            plans_sent: self.plans_sent,
+        })
+    }
+}
+
+/// The BandwidthMonitor actor: one estimator per device, fed by real transfers; tells
+/// the Scheduler when an estimate moves.
+pub struct BandwidthMonitor {
+    started: Instant,
+    estimators: HashMap<String, (Estimator, Option<Link>)>,
+    scheduler: Addr<SchedulerActor>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Sample {
+    pub id: String,
+    /// 0 for an RTT sample.
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Forget {
+    pub id: String,
+}
+
+impl Actor for BandwidthMonitor {
+    type Context = Context<Self>;
+}
+
+/// An estimate moved enough to re-plan for.
+fn moved(old: Option<Link>, new: Link) -> bool {
+    match old {
+        None => true,
+        Some(o) => {
+            (new.bandwidth_bps / o.bandwidth_bps - 1.0).abs() > 0.1
+                || (new.rtt_s - o.rtt_s).abs() > 0.2 * o.rtt_s.max(0.005)
+        }
+    }
+}
+
+impl Handler<Sample> for BandwidthMonitor {
+    type Result = ();
+    fn handle(&mut self, m: Sample, _: &mut Self::Context) {
+        let now = self.started.elapsed().as_secs_f64();
+        let (est, last) = self.estimators.entry(m.id.clone()).or_default();
+        if m.bytes == 0 {
+            est.observe_rtt(now, m.seconds);
+        } else {
+            est.observe_transfer(now, m.bytes, m.seconds);
+        }
+        let Some(mut link) = est.link() else { return };
+        if est.rtt_s().is_none() {
+            link.rtt_s = DEFAULT_LINK.rtt_s;
+        }
+        if moved(*last, link) {
+            *last = Some(link);
+            self.scheduler.do_send(LinkUpdate { id: m.id, link });
+        }
+    }
+}
+
+impl Handler<Forget> for BandwidthMonitor {
+    type Result = ();
+    fn handle(&mut self, m: Forget, _: &mut Self::Context) {
+        self.estimators.remove(&m.id);
+    }
+}
+
+/// A running coordinator.
+pub struct Coordinator {
+    pub control: SocketAddr,
+    pub data: Option<SocketAddr>,
+    pub scheduler: Addr<SchedulerActor>,
+}
+
+/// Loads the model's tables from its profiles and the device-classes file.
+pub fn tables(
+    home: &Home,
+    model: &str,
+    devices: Option<&std::path::Path>,
+) -> anyhow::Result<(Tables, f64)> {
+    let classes =
+        Devices::load(&devices.map_or_else(|| Devices::default_path(home), |p| p.to_path_buf()))?;
+    let acc = profile::find(home, model, "accuracy");
+    let lat = profile::find(home, model, "latency");
+    let accuracy = AccuracyProfile::load(&acc).with_context(|| {
+        format!("the coordinator plans {model} from its accuracy profile; run `dyno profile accuracy --model {model}`")
+    })?;
+    let latency = LatencyProfile::load(&lat).with_context(|| {
+        format!("the coordinator plans {model} from its latency profile; run `dyno profile latency --model {model}`")
+    })?;
+    let t = Tables::new(&accuracy, &latency, &latency)?;
+    Ok((t, classes.cloud.slowdown))
+}
+
+/// The host part agents should dial for a listener bound to `bound`.
+pub fn reachable(bound: SocketAddr) -> String {
+    if bound.ip().is_unspecified() {
+        format!("127.0.0.1:{}", bound.port())
+    } else {
+        bound.to_string()
+    }
+}
+
+/// Starts a coordinator inside the current actix system.
+pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coordinator> {
+    let key = cfg.fleet.key()?;
+    let (tables, cloud_slowdown) = tables(home, &cfg.model, cfg.devices.as_deref())?;
+    let scheduler = SchedulerActor {
+        tables,
+        cloud_slowdown,
+        devices: HashMap::new(),
+        workers: HashMap::new(),
+        planner: Planner::new(),
+        replan_every: Duration::from_millis(cfg.replan_ms.max(50)),
+        plans_sent: 0,
+    }
+    .start();
+    let monitor = BandwidthMonitor {
+        started: Instant::now(),
+        estimators: HashMap::new(),
+        scheduler: scheduler.clone(),
+    }
+    .start();
+    let me = Identity {
+        fleet: cfg.fleet.id.clone(),
+        name: "coordinator".into(),
+        role: Role::Worker,
+        key,
+    };
+    let mut data = None;
+    if cfg.workers > 0 {
+        let l = TcpListener::bind(&cfg.data_listen)
+            .await
+            .with_context(|| format!("data endpoint {}", cfg.data_listen))?;
+        let addr = l.local_addr()?;
+        let pool = Pool::start(home, &cfg.model, cfg.workers, cfg.queue);
+        actix_rt::spawn(worker::serve_data(
+            l,
+            pool.clone(),
+            me.clone(),
+            cfg.fleet.max_frame,
+        ));
+        scheduler.do_send(WorkerJoined {
+            name: "embedded".into(),
+            data_addr: reachable(addr),
+            slots: cfg.workers as u32,
+        });
+        data = Some(addr);
+        let s = scheduler.clone();
+        actix_rt::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                s.do_send(WorkerLoad {
+                    name: "embedded".into(),
+                    queued: pool.queued() as u32,
+                });
+            }
+        });
+    }
+    let l = TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("control endpoint {}", cfg.listen))?;
+    let control = l.local_addr()?;
+    let timeout = Duration::from_millis(cfg.heartbeat_timeout_ms.max(100));
+    actix_rt::spawn(serve_control(
+        l,
+        me,
+        cfg.fleet.max_frame,
+        timeout,
+        scheduler.clone(),
+        monitor,
+    ));
+    tracing::info!(%control, ?data, model = %cfg.model, "coordinator up");
+    Ok(Coordinator {
+        control,
+        data,
+        scheduler,
+    })
+}
+
+async fn serve_control(
+    listener: TcpListener,
+    me: Identity,
+    max_frame: usize,
+    timeout: Duration,
+    scheduler: Addr<SchedulerActor>,
+    monitor: Addr<BandwidthMonitor>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("control endpoint: accept failed: {e}");
+                continue;
+            }
+        };
+        let (me, scheduler, monitor) = (me.clone(), scheduler.clone(), monitor.clone());
+        actix_rt::spawn(async move {
+            let conn = match wire::accept(stream, &me, max_frame).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%peer, "control endpoint: refused a peer: {e}");
+                    return;
+                }
+            };
+            let role = conn.role;
+            let name = conn.peer.clone();
+            let (mut tx, mut rx) = conn.split();
+            let (out, mut outq) = tokio::sync::mpsc::unbounded_channel::<Message>();
+            let writer = actix_rt::spawn(async move {
+                while let Some(m) = outq.recv().await {
+                    if tx.send(&m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut device: Option<String> = None;
+            let mut worker: Option<String> = None;
+            loop {
+                let m = match tokio::time::timeout(timeout, rx.recv()).await {
+                    Err(_) => {
+                        tracing::warn!(%peer, %name, "control endpoint: silent for {timeout:?}: gone");
+                        break;
+                    }
+                    Ok(Err(wire::WireError::Closed)) => break,
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, %name, "control endpoint: dropped a peer: {e}");
+                        break;
+                    }
+                    Ok(Ok(m)) => m,
+                };
+                match (role, m) {
+                    (_, Message::Heartbeat { seq }) => {
+                        let _ = out.send(Message::HeartbeatAck { seq });
+                    }
+                    (Role::Agent, Message::RegisterDevice(info)) => {
+                        device = Some(info.id.clone());
+                        scheduler.do_send(DeviceJoined {
+                            info,
+                            tx: out.clone(),
+                        });
+                    }
+                    (Role::Agent, Message::Report(report)) => {
+                        let Some(id) = device.clone() else { break };
+                        if report.bytes > 0 && !report.fallback {
+                            monitor.do_send(Sample {
+                                id: id.clone(),
+                                bytes: report.bytes,
+                                seconds: report.transfer_s,
+                            });
+                        }
+                        scheduler.do_send(FrameDone { id, report });
+                    }
+                    (Role::Agent, Message::LinkSample { bytes, seconds }) => {
+                        let Some(id) = device.clone() else { break };
+                        monitor.do_send(Sample { id, bytes, seconds });
+                    }
+                    (Role::Agent, Message::Probe { seq, .. }) => {
+                        let _ = out.send(Message::ProbeAck { seq });
+                    }
+                    (
+                        Role::Worker,
+                        Message::RegisterWorker {
+                            name: wname,
+                            data_addr,
+                            slots,
+                            ..
+                        },
+                    ) => {
+                        worker = Some(wname.clone());
+                        scheduler.do_send(WorkerJoined {
+                            name: wname,
+                            data_addr,
+                            slots,
+                        });
+                    }
+                    (Role::Worker, Message::WorkerLoad { queued, .. }) => {
+                        if let Some(w) = &worker {
+                            scheduler.do_send(WorkerLoad {
+                                name: w.clone(),
+                                queued,
+                            });
+                        }
+                    }
+                    (_, m) => {
+                        tracing::warn!(%peer, %name, "control endpoint: dropped a peer that sent {}", m.kind());
+                        break;
+                    }
+                }
+            }
+            if let Some(id) = device {
+                scheduler.do_send(DeviceLeft {
+                    id: id.clone(),
+                    tx: out.clone(),
+                });
+                monitor.do_send(Forget { id });
+            }
+            if let Some(name) = worker {
+                scheduler.do_send(WorkerLeft { name });
+            }
+            drop(out);
+            writer.abort();
+        });
+    }
+}

@@ -1,0 +1,343 @@
+//! The runtime end to end: all actors in one process; real processes on loopback; bad
+//! peers. `fashion_cnn` on its real test images keeps these fast.
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dyno::home::Home;
+use dyno_actors::agent::{self, AgentSummary};
+use dyno_actors::config::{
+    AgentConfig, CoordinatorConfig, Fleet, LinkConfig, Source, WorkerConfig,
+};
+use dyno_actors::{coordinator, worker};
+
+/// One lossless policy that always onloads, one that chooses, and DynO.
+const POLICIES: [&str; 3] = ["cloud-only", "neurosurgeon", "dyno"];
+
+fn insecure() -> Fleet {
+    Fleet {
+        id: "test-fleet".into(),
+        insecure: true,
+        ..Fleet::default()
+    }
+}
+
+/// Three devices of different classes, links and policies.
+fn agents(coordinator: &str, frames: u64, policies: [&str; 3]) -> Vec<AgentConfig> {
+    [
+        ("cam-fast", "host", 100.0),
+        ("cam-mid", "gateway", 5.0),
+        ("cam-slow", "slow10x", 0.5),
+    ]
+    .iter()
+    .zip(policies)
+    .map(|(&(id, class, mbps), policy)| AgentConfig {
+        fleet: insecure(),
+        id: id.into(),
+        coordinators: vec![coordinator.into()],
+        model: "fashion_cnn".into(),
+        class: class.into(),
+        link: LinkConfig {
+            mbps,
+            rtt_ms: 10.0,
+            ..LinkConfig::default()
+        },
+        source: Source::FashionMnist,
+        frames,
+        verify: true,
+        policy: policy.into(),
+        mdns: false,
+        ..AgentConfig::default()
+    })
+    .collect()
+}
+
+/// Plans that send fp32 (or nothing) must answer exactly as the local model.
+fn lossless(policy: &str) -> bool {
+    matches!(policy, "cloud-only" | "neurosurgeon" | "device-only")
+}
+
+fn check(s: &AgentSummary, frames: u64, exact: bool) {
+    assert_eq!(s.frames, frames, "{s:?}");
+    assert_eq!(s.results + s.errors, frames, "every frame ends once: {s:?}");
+    assert_eq!(s.errors, 0, "{s:?}");
+    assert_eq!(s.duplicates, 0, "{s:?}");
+    assert_eq!(s.verified, frames, "{s:?}");
+    if exact {
+        assert_eq!(
+            s.mismatches, 0,
+            "lossless plans answer as the local model: {s:?}"
+        );
+    } else {
+        assert!(
+            s.mismatches * 50 <= frames,
+            "at most 2 % disagree within 1 point: {s:?}"
+        );
+    }
+}
+
+#[test]
+fn all_actors_in_one_process() {
+    let home = Home::discover();
+    let summaries: Vec<(AgentSummary, &str)> = actix::System::new().block_on(async move {
+        let cfg = CoordinatorConfig {
+            fleet: insecure(),
+            listen: "127.0.0.1:0".into(),
+            data_listen: "127.0.0.1:0".into(),
+            workers: 1,
+            model: "fashion_cnn".into(),
+            replan_ms: 200,
+            mdns: false,
+            ..CoordinatorConfig::default()
+        };
+        let c = coordinator::start(&cfg, &home).await.unwrap();
+        let control = c.control.to_string();
+        worker::start(
+            &WorkerConfig {
+                fleet: insecure(),
+                name: "w2".into(),
+                coordinators: vec![control.clone()],
+                listen: "127.0.0.1:0".into(),
+                model: "fashion_cnn".into(),
+                mdns: false,
+                ..WorkerConfig::default()
+            },
+            &home,
+        )
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        for policies in [POLICIES, ["dyno", "dyno", "dyno"]] {
+            let runs = agents(&control, 150, policies)
+                .into_iter()
+                .map(|a| agent::run(a, home.clone()));
+            for (s, p) in futures_util::future::join_all(runs)
+                .await
+                .into_iter()
+                .zip(policies)
+            {
+                out.push((s.unwrap(), p));
+            }
+        }
+        let status = c.scheduler.send(coordinator::GetStatus).await.unwrap();
+        assert_eq!(status.workers.len(), 2, "{status:?}");
+        out
+    });
+    let mut onloaded = 0;
+    for (s, policy) in &summaries {
+        check(s, 150, lossless(policy));
+        onloaded += s.onloaded;
+        eprintln!(
+            "{} ({policy}): {} frames, splits {:?}, {:.1} fps, {} of {} differ from the local model",
+            s.id, s.frames, s.splits, s.fps, s.mismatches, s.verified
+        );
+    }
+    assert!(onloaded > 0, "some frames went to the cloud");
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `dyno args` and returns it with the JSON line it prints when ready.
+fn spawn_ready(args: &[&str]) -> (Proc, serde_json::Value) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dyno"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{args:?}: `{line}`: {e}"));
+    (Proc(child), v)
+}
+
+#[test]
+fn real_processes_on_loopback() {
+    let (_c, ready) = spawn_ready(&[
+        "coordinator",
+        "--insecure",
+        "--fleet",
+        "test-fleet",
+        "--model",
+        "fashion_cnn",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "0",
+        "--ready-json",
+    ]);
+    let control = ready["control"].as_str().unwrap().to_string();
+    let _workers: Vec<Proc> = (1..=2)
+        .map(|i| {
+            spawn_ready(&[
+                "worker",
+                "--insecure",
+                "--fleet",
+                "test-fleet",
+                "--model",
+                "fashion_cnn",
+                "--name",
+                &format!("w{i}"),
+                "--coordinator",
+                &control,
+                "--listen",
+                "127.0.0.1:0",
+                "--ready-json",
+            ])
+            .0
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let dir = tempfile::tempdir().unwrap();
+    let frames = 120;
+    let children: Vec<(String, Child)> = agents(&control, frames, POLICIES)
+        .into_iter()
+        .map(|a| {
+            let path = dir.path().join(format!("{}.toml", a.id));
+            std::fs::write(&path, toml::to_string(&a).unwrap()).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_dyno"))
+                .args(["agent", "--config", path.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            (a.id, child)
+        })
+        .collect();
+    let mut onloaded = 0;
+    for ((id, child), policy) in children.into_iter().zip(POLICIES) {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{id} failed");
+        let s: AgentSummary = serde_json::from_slice(&out.stdout).unwrap();
+        check(&s, frames, lossless(policy));
+        onloaded += s.onloaded;
+        eprintln!(
+            "{} ({policy}): {} frames, splits {:?}, {:.1} fps, {} of {} differ from the local model",
+            s.id, s.frames, s.splits, s.fps, s.mismatches, s.verified
+        );
+    }
+    assert!(onloaded > 0);
+}
+
+#[test]
+fn bad_peers_are_refused_and_the_fleet_keeps_working() {
+    let key = "0123456789abcdef-test";
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dyno"))
+        .args([
+            "coordinator",
+            "--fleet",
+            "test-fleet",
+            "--model",
+            "fashion_cnn",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--ready-json",
+        ])
+        .env("DYNO_FLEET_KEY", key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let control = ready["control"].as_str().unwrap().to_string();
+    let mut stderr = c.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let guard = Proc(c);
+    // Garbage, an oversized frame, a wrong version, a wrong key.
+    let mut g = TcpStream::connect(&control).unwrap();
+    g.write_all(b"\x00\x00\x00\x0cGET / HTTP/1").unwrap();
+    let mut o = TcpStream::connect(&control).unwrap();
+    o.write_all(&(1u32 << 31).to_be_bytes()).unwrap();
+    let hello = dyno::wire::encode(&dyno::wire::Message::Hello {
+        version: 99,
+        role: dyno::wire::Role::Agent,
+        fleet: "test-fleet".into(),
+        name: "old".into(),
+        nonce: [0; 32],
+        insecure: false,
+    });
+    let mut v = TcpStream::connect(&control).unwrap();
+    v.write_all(&(hello.len() as u32).to_be_bytes()).unwrap();
+    v.write_all(&hello).unwrap();
+    let wrong = Command::new(env!("CARGO_BIN_EXE_dyno"))
+        .args([
+            "agent",
+            "--fleet",
+            "test-fleet",
+            "--model",
+            "fashion_cnn",
+            "--coordinator",
+            &control,
+            "--frames",
+            "5",
+            "--id",
+            "intruder",
+        ])
+        .env("DYNO_FLEET_KEY", "not-the-key-at-all-xx")
+        .output()
+        .unwrap();
+    // An agent with the wrong key still answers its frames, on the device.
+    assert!(wrong.status.success());
+    let s: AgentSummary = serde_json::from_slice(&wrong.stdout).unwrap();
+    assert_eq!((s.results, s.onloaded), (5, 0), "{s:?}");
+    // The fleet keeps working: a good agent onloads.
+    let good = Command::new(env!("CARGO_BIN_EXE_dyno"))
+        .args([
+            "agent",
+            "--fleet",
+            "test-fleet",
+            "--model",
+            "fashion_cnn",
+            "--coordinator",
+            &control,
+            "--frames",
+            "60",
+            "--id",
+            "good",
+            "--verify",
+        ])
+        .env("DYNO_FLEET_KEY", key)
+        .output()
+        .unwrap();
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    let s: AgentSummary = serde_json::from_slice(&good.stdout).unwrap();
+    assert_eq!(s.results, 60);
+    assert!(s.onloaded > 0, "{s:?}");
+    drop((g, o, v));
+    drop(guard); // kills the coordinator, which closes its log
+    let log = log.join().unwrap();
+    for needle in [
+        "does not decode",
+        "frame size too big",
+        "protocol version 99",
+        "does not know the fleet key",
+    ] {
+        assert!(log.contains(needle), "`{needle}` not logged:\n{log}");
+    }
+}
