@@ -198,6 +198,8 @@ pub struct FrameResult {
     pub error: Option<String>,
     pub stages: Stages,
     pub latency_s: f64,
+    /// Bytes sent to the worker.
+    pub bytes: u64,
 }
 
 /// What an agent did.
@@ -244,14 +246,16 @@ struct Shared {
 
 impl Shared {
     /// Holds `bytes` back as the emulated uplink would: until they have crossed it.
-    async fn cross_uplink(&self, bytes: usize) {
-        let d = {
-            let now = self.start.elapsed().as_secs_f64();
-            self.shaper.lock().expect("not poisoned").send(now, bytes)
-        };
+    /// Returns the seconds it held them (queueing on the link, serialisation, delay,
+    /// loss, and the timer's rounding).
+    async fn cross_uplink(&self, bytes: usize) -> f64 {
+        let t = Instant::now();
+        let now = self.start.elapsed().as_secs_f64();
+        let d = self.shaper.lock().expect("not poisoned").send(now, bytes);
         *self.last_sent.lock().expect("not poisoned") = Instant::now();
         let at = self.start + Duration::from_secs_f64(d.arrives);
         tokio::time::sleep_until(at.into()).await;
+        t.elapsed().as_secs_f64()
     }
 
     async fn data_conn(&self, addr: &str) -> Result<DataConn, String> {
@@ -410,6 +414,14 @@ fn setup(cfg: &AgentConfig, home: &Home) -> anyhow::Result<Setup> {
 /// Runs an agent inside the current actix system until its frames are done (forever
 /// with `frames = 0`).
 pub async fn run(cfg: AgentConfig, home: Home) -> anyhow::Result<AgentSummary> {
+    Ok(run_with_results(cfg, home).await?.0)
+}
+
+/// Like [`run`], with every frame's record.
+pub async fn run_with_results(
+    cfg: AgentConfig,
+    home: Home,
+) -> anyhow::Result<(AgentSummary, Vec<FrameResult>)> {
     let key = cfg.fleet.key()?;
     let s = setup(&cfg, &home)?;
     let blocks = s.model.num_blocks();
@@ -486,8 +498,19 @@ pub async fn run(cfg: AgentConfig, home: Home) -> anyhow::Result<AgentSummary> {
             .map_err(anyhow::Error::msg)?;
         let (shared, compute, results) = (shared.clone(), compute.clone(), results.clone());
         let (verify, timeout) = (cfg.verify, Duration::from_secs_f64(cfg.timeout_s.max(0.01)));
+        let pin = cfg.pin;
         tasks.push(actix_rt::spawn(async move {
-            let r = frame(&shared, &compute, request, x, device_only, verify, timeout).await;
+            let r = frame(
+                &shared,
+                &compute,
+                request,
+                x,
+                device_only,
+                pin,
+                verify,
+                timeout,
+            )
+            .await;
             if let Some(c) = shared.control.lock().expect("not poisoned").as_ref() {
                 let _ = c.send(Message::Report(FrameReport {
                     request,
@@ -516,14 +539,15 @@ pub async fn run(cfg: AgentConfig, home: Home) -> anyhow::Result<AgentSummary> {
         }
         std::fs::write(path, text).with_context(|| format!("results file {}", path.display()))?;
     }
-    Ok(summarize(
+    let summary = summarize(
         &cfg.id,
         &results,
         request,
         seconds,
         shared.plans.load(Ordering::Relaxed),
         blocks,
-    ))
+    );
+    Ok((summary, results))
 }
 
 fn summarize(
@@ -596,15 +620,19 @@ async fn frame(
     request: u64,
     x: Tensor,
     device_only: Candidate,
+    pin: Option<Candidate>,
     verify: bool,
     timeout: Duration,
 ) -> Done {
     let t0 = Instant::now();
     let plan = shared.plan.lock().expect("not poisoned").clone();
-    let (candidate, worker) = match &plan {
+    let (mut candidate, worker) = match &plan {
         Some(a) if a.worker.is_some() => (a.candidate, a.worker.clone()),
         _ => (device_only, None),
     };
+    if let (Some(p), Some(_)) = (pin, &worker) {
+        candidate = p;
+    }
     let local_top1 = if verify {
         compute
             .send(Full {
@@ -626,6 +654,7 @@ async fn frame(
             error: Some(error),
             stages: Stages::default(),
             latency_s: t0.elapsed().as_secs_f64(),
+            bytes: 0,
         },
         candidate,
         stages: Stages::default(),
@@ -651,6 +680,7 @@ async fn frame(
             error: None,
             stages,
             latency_s: t0.elapsed().as_secs_f64(),
+            bytes,
         },
         candidate,
         stages,
@@ -669,6 +699,7 @@ async fn frame(
             stages.queue_s = worker_stages.queue_s;
             stages.unpack_s = worker_stages.unpack_s;
             stages.tail_s = worker_stages.tail_s;
+            stages.link_s = worker_stages.link_s;
             stages.wire_s = wire_s;
             done(top1, false, stages, bytes)
         }
@@ -713,7 +744,7 @@ async fn send_to_worker(
         .expect("not poisoned")
         .insert(request, tx);
     let t = Instant::now();
-    shared.cross_uplink(packed.len()).await;
+    let uplink_s = shared.cross_uplink(packed.len()).await;
     let sent = conn.tx.send(Message::Infer {
         request,
         device: shared.me.name.clone(),
@@ -731,7 +762,9 @@ async fn send_to_worker(
         Ok(Ok(m)) => m,
     };
     // The answer comes back over the downlink's delay.
+    let down = Instant::now();
     tokio::time::sleep(shared.one_way).await;
+    let downlink_s = down.elapsed().as_secs_f64();
     match m {
         Message::InferOk {
             top1,
@@ -748,6 +781,7 @@ async fn send_to_worker(
                     queue_s,
                     unpack_s,
                     tail_s,
+                    link_s: uplink_s + downlink_s,
                     ..Stages::default()
                 },
                 wire_s,

@@ -226,6 +226,9 @@ pub struct AgentConfig {
     /// JSON lines of every result.
     pub results: Option<PathBuf>,
     pub mdns: bool,
+    /// Pin the plan (split, precision, codec) whatever the coordinator decides; its
+    /// worker assignment still applies. For measurements.
+    pub pin: Option<dyno::sched::perf::Candidate>,
 }
 
 impl Default for AgentConfig {
@@ -250,6 +253,7 @@ impl Default for AgentConfig {
             timeout_s: 2.0,
             results: None,
             mdns: true,
+            pin: None,
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct Stages {
     pub pack_s: f64,
     /// From the first byte sent to the answer, minus the worker's own time.
     pub wire_s: f64,
+    /// Of which the emulated link's share (uplink serialisation, delay and loss, and the
+    /// downlink delay): the network a real link would add.
+    pub link_s: f64,
     pub queue_s: f64,
     pub unpack_s: f64,
     pub tail_s: f64,
