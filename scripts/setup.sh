@@ -4,7 +4,8 @@
 # Idempotent: each step checks whether its result is already there and skips
 # itself if so, so a rerun on a set-up machine takes well under a second.
 #
-#   1. apt packages (Fashion-MNIST dataset)
+#   1. apt packages (Fashion-MNIST, fonts for plots, Avahi and its build dependencies,
+#      iproute2 for the multi-host test)
 #   2. lean libtorch: the torch 2.13.0 wheel with its CUDA libraries removed,
 #      plus the two small CUDA runtime wheels libtorch_cpu.so links against
 #   3. real data: 20 labeled ImageNet images (pip foolbox==3.3.4), Fashion-MNIST
@@ -27,7 +28,7 @@ pip_target() { # pip_target DIR PKG... : install wheels into DIR, nothing else
 }
 
 # 1. apt packages -----------------------------------------------------------------
-apt_pkgs=(dataset-fashion-mnist fonts-dejavu-core)
+apt_pkgs=(dataset-fashion-mnist fonts-dejavu-core avahi-daemon libavahi-client-dev libclang-dev clang dbus iproute2)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::config::{AgentConfig, Source};
+use crate::discovery;
 
 /// One frame's input.
 #[derive(Message)]
@@ -470,7 +471,12 @@ pub async fn run_with_results(
         plans: AtomicU64::new(0),
         last_sent: Mutex::new(Instant::now()),
     });
-    let control = actix_rt::spawn(control_loop(shared.clone(), cfg.coordinators.clone(), info));
+    let control = actix_rt::spawn(control_loop(
+        shared.clone(),
+        cfg.coordinators.clone(),
+        info,
+        cfg.mdns,
+    ));
     let results = Arc::new(Mutex::new(Vec::<FrameResult>::new()));
     let gate = Arc::new(Semaphore::new(cfg.in_flight.max(1)));
     let device_only = Candidate {
@@ -796,32 +802,47 @@ async fn send_to_worker(
     }
 }
 
+/// Connects and shakes hands, within 2 s for the connection.
+pub(crate) async fn dial(
+    addr: &str,
+    me: &Identity,
+    max_frame: usize,
+) -> Result<wire::Conn, String> {
+    match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => wire::connect(s, me, max_frame)
+            .await
+            .map_err(|e| e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("connect timed out".into()),
+    }
+}
+
 /// Keeps a control connection to a coordinator: registers, takes plans, sends reports,
 /// heartbeats (which measure the RTT) and probes the uplink when it is idle. Without a
 /// coordinator the device runs device-only and keeps trying.
-async fn control_loop(shared: Arc<Shared>, coordinators: Vec<String>, info: DeviceInfo) {
-    let mut attempt = 0usize;
+async fn control_loop(
+    shared: Arc<Shared>,
+    coordinators: Vec<String>,
+    info: DeviceInfo,
+    mdns: bool,
+) {
     loop {
-        let addr = match coordinators.get(attempt % coordinators.len().max(1)) {
-            Some(a) => a.clone(),
-            None => return,
-        };
-        attempt += 1;
-        let conn =
-            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await {
-                Ok(Ok(s)) => wire::connect(s, &shared.me, shared.max_frame)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("connect timed out".into()),
-            };
-        let conn = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::info!(coordinator = %addr, "not connected ({e}); device-only for now");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
+        let addrs = discovery::candidates(&shared.me.fleet, mdns, &coordinators).await;
+        let mut found = None;
+        for addr in addrs {
+            match dial(&addr, &shared.me, shared.max_frame).await {
+                Ok(c) => {
+                    found = Some((addr, c));
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!(coordinator = %addr, "not connected ({e}); device-only for now")
+                }
             }
+        }
+        let Some((addr, conn)) = found else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
         };
         tracing::info!(coordinator = %addr, "connected");
         let (mut tx, mut rx) = conn.split();

@@ -510,6 +510,8 @@ pub struct Coordinator {
     pub control: SocketAddr,
     pub data: Option<SocketAddr>,
     pub scheduler: Addr<SchedulerActor>,
+    /// The mDNS advertisement, withdrawn when this is dropped.
+    pub advert: Option<crate::discovery::Advert>,
 }
 
 /// Loads the model's tables from its profiles and the device-classes file.
@@ -611,11 +613,27 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
         scheduler.clone(),
         monitor,
     ));
+    let advert = if cfg.mdns {
+        let instance = format!("dyno-{}-{}", cfg.fleet.id, control.port());
+        match crate::discovery::advertise(&cfg.fleet.id, &instance, control.port()) {
+            Ok(a) => {
+                tracing::info!(%instance, "advertised over mDNS");
+                Some(a)
+            }
+            Err(e) => {
+                tracing::warn!("not advertised: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     tracing::info!(%control, ?data, model = %cfg.model, "coordinator up");
     Ok(Coordinator {
         control,
         data,
         scheduler,
+        advert,
     })
 }
 

@@ -49,6 +49,9 @@ struct Common {
     /// Log lines as JSON.
     #[arg(long)]
     log_json: bool,
+    /// No mDNS: neither advertise nor browse (static addresses only).
+    #[arg(long)]
+    no_mdns: bool,
 }
 
 #[derive(Debug, Args)]
@@ -165,6 +168,9 @@ fn run_coordinator(global: &dyno::cli::Global, a: CoordinatorArgs) -> anyhow::Re
     if common::<CoordinatorConfig>(&a.common, &mut cfg.fleet)?.is_none() {
         return Ok(());
     }
+    if a.common.no_mdns {
+        cfg.mdns = false;
+    }
     if let Some(v) = a.listen {
         cfg.listen = v;
     }
@@ -197,6 +203,9 @@ fn run_worker(global: &dyno::cli::Global, a: WorkerArgs) -> anyhow::Result<()> {
     if common::<WorkerConfig>(&a.common, &mut cfg.fleet)?.is_none() {
         return Ok(());
     }
+    if a.common.no_mdns {
+        cfg.mdns = false;
+    }
     if let Some(v) = a.name {
         cfg.name = v;
     }
@@ -228,6 +237,9 @@ fn run_agent(global: &dyno::cli::Global, a: AgentArgs) -> anyhow::Result<()> {
     let mut cfg: AgentConfig = config::load(a.common.config.as_deref())?;
     if common::<AgentConfig>(&a.common, &mut cfg.fleet)?.is_none() {
         return Ok(());
+    }
+    if a.common.no_mdns {
+        cfg.mdns = false;
     }
     if let Some(v) = a.id {
         cfg.id = v;

@@ -244,30 +244,23 @@ pub async fn start(cfg: &crate::config::WorkerConfig, home: &Home) -> anyhow::Re
         slots: cfg.workers.max(1) as u32,
         models: vec![cfg.model.clone()],
     };
-    let (coordinators, max_frame) = (cfg.coordinators.clone(), cfg.fleet.max_frame);
+    let (coordinators, max_frame, mdns) = (cfg.coordinators.clone(), cfg.fleet.max_frame, cfg.mdns);
     actix_rt::spawn(async move {
-        let mut attempt = 0usize;
         loop {
-            let Some(addr) = coordinators
-                .get(attempt % coordinators.len().max(1))
-                .cloned()
-            else {
-                return;
-            };
-            attempt += 1;
-            let conn = match tokio::net::TcpStream::connect(&addr).await {
-                Ok(s) => wire::connect(s, &me, max_frame)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let mut conn = match conn {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::info!(coordinator = %addr, "not registered ({e}); retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    continue;
+            let addrs = crate::discovery::candidates(&me.fleet, mdns, &coordinators).await;
+            let mut found = None;
+            for addr in addrs {
+                match crate::agent::dial(&addr, &me, max_frame).await {
+                    Ok(c) => {
+                        found = Some((addr, c));
+                        break;
+                    }
+                    Err(e) => tracing::info!(coordinator = %addr, "not registered ({e}); retrying"),
                 }
+            }
+            let Some((addr, mut conn)) = found else {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
             };
             if conn.send(&register).await.is_err() {
                 continue;

@@ -175,6 +175,7 @@ fn real_processes_on_loopback() {
         "--workers",
         "0",
         "--ready-json",
+        "--no-mdns",
     ]);
     let control = ready["control"].as_str().unwrap().to_string();
     let _workers: Vec<Proc> = (1..=2)
@@ -193,6 +194,7 @@ fn real_processes_on_loopback() {
                 "--listen",
                 "127.0.0.1:0",
                 "--ready-json",
+                "--no-mdns",
             ])
             .0
         })
@@ -236,7 +238,7 @@ fn bad_peers_are_refused_and_the_fleet_keeps_working() {
         .args([
             "coordinator",
             "--fleet",
-            "test-fleet",
+            "test-peers",
             "--model",
             "fashion_cnn",
             "--listen",
@@ -246,6 +248,7 @@ fn bad_peers_are_refused_and_the_fleet_keeps_working() {
             "--workers",
             "1",
             "--ready-json",
+            "--no-mdns",
         ])
         .env("DYNO_FLEET_KEY", key)
         .stdout(Stdio::piped())
@@ -273,7 +276,7 @@ fn bad_peers_are_refused_and_the_fleet_keeps_working() {
     let hello = dyno::wire::encode(&dyno::wire::Message::Hello {
         version: 99,
         role: dyno::wire::Role::Agent,
-        fleet: "test-fleet".into(),
+        fleet: "test-peers".into(),
         name: "old".into(),
         nonce: [0; 32],
         insecure: false,
@@ -284,8 +287,9 @@ fn bad_peers_are_refused_and_the_fleet_keeps_working() {
     let wrong = Command::new(env!("CARGO_BIN_EXE_dyno"))
         .args([
             "agent",
+            "--no-mdns",
             "--fleet",
-            "test-fleet",
+            "test-peers",
             "--model",
             "fashion_cnn",
             "--coordinator",
@@ -306,8 +310,9 @@ fn bad_peers_are_refused_and_the_fleet_keeps_working() {
     let good = Command::new(env!("CARGO_BIN_EXE_dyno"))
         .args([
             "agent",
+            "--no-mdns",
             "--fleet",
-            "test-fleet",
+            "test-peers",
             "--model",
             "fashion_cnn",
             "--coordinator",
