@@ -48,7 +48,6 @@ if [[ ! -f "$dir/avahi.pid" ]] || ! kill -0 "$(cat "$dir/avahi.pid")" 2>/dev/nul
 [server]
 use-ipv4=yes
 use-ipv6=no
-allow-interfaces=
 enable-dbus=yes
 disallow-other-stacks=no
 [publish]

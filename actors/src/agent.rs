@@ -710,7 +710,7 @@ async fn frame(
             done(top1, false, stages, bytes)
         }
         Err(why) => {
-            tracing::info!(request, "finishing on the device: {why}");
+            tracing::debug!(request, "finishing on the device: {why}");
             match compute
                 .send(Tail {
                     activation: head.activation,
