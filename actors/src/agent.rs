@@ -1,4 +1,4 @@
-//! `dyno agent`: one device. The Device runs heads and packs on its own compute thread
+//! `dyno agent`: one device. The Device runs heads and packs on its own device thread
 //! (a `SyncArbiter` of one), sends activations straight to its assigned worker through
 //! the emulated uplink, and finishes a frame on the device whenever the cloud cannot:
 //! every frame ends with exactly one result (or one explicit error).
@@ -63,8 +63,9 @@ struct Full {
     x: Tensor,
 }
 
-/// The device's compute thread: its model, its packer, its input source.
-struct Compute {
+/// The Device actor: its own thread (a SyncArbiter of one) with its model, its packer and
+/// its input source; runs heads, packing, and tails when the cloud cannot.
+struct Device {
     model: Result<Model, String>,
     packer: Packer,
     slowdown: f64,
@@ -96,11 +97,11 @@ impl Inputs {
     }
 }
 
-impl Actor for Compute {
+impl Actor for Device {
     type Context = SyncContext<Self>;
 }
 
-impl Compute {
+impl Device {
     /// Makes the stage last `slowdown` times what this machine took.
     fn emulate(&self, took: Duration) -> f64 {
         if self.slowdown > 1.0 {
@@ -110,14 +111,14 @@ impl Compute {
     }
 }
 
-impl Handler<NextInput> for Compute {
+impl Handler<NextInput> for Device {
     type Result = Result<Tensor, String>;
     fn handle(&mut self, _: NextInput, _: &mut Self::Context) -> Self::Result {
         Ok(self.source.next())
     }
 }
 
-impl Handler<Head> for Compute {
+impl Handler<Head> for Device {
     type Result = Result<HeadOut, String>;
     fn handle(&mut self, m: Head, _: &mut Self::Context) -> Self::Result {
         let c = m.candidate;
@@ -165,7 +166,7 @@ impl Handler<Head> for Compute {
     }
 }
 
-impl Handler<Tail> for Compute {
+impl Handler<Tail> for Device {
     type Result = Result<(i64, f64), String>;
     fn handle(&mut self, m: Tail, _: &mut Self::Context) -> Self::Result {
         let model = self.model.as_ref().map_err(|e| e.clone())?;
@@ -178,7 +179,7 @@ impl Handler<Tail> for Compute {
     }
 }
 
-impl Handler<Full> for Compute {
+impl Handler<Full> for Device {
     type Result = Result<i64, String>;
     fn handle(&mut self, m: Full, _: &mut Self::Context) -> Self::Result {
         let model = self.model.as_ref().map_err(|e| e.clone())?;
@@ -436,7 +437,7 @@ pub async fn run_with_results(
         policy: cfg.policy.clone(),
     };
     let (slowdown, threads) = (s.slowdown, s.threads);
-    // A model is not Send: the compute thread loads its own copy (this one was checked).
+    // A model is not Send: the device thread loads its own copy (this one was checked).
     let model_name = cfg.model.clone();
     drop(s.model);
     let cell = Mutex::new(Some((s.source, home.clone())));
@@ -446,8 +447,8 @@ pub async fn run_with_results(
             .lock()
             .expect("not poisoned")
             .take()
-            .expect("one compute thread");
-        Compute {
+            .expect("one device thread");
+        Device {
             model: zoo::load(&model_name, &home).map_err(|e| e.to_string()),
             packer: Packer::default(),
             slowdown,
@@ -500,7 +501,7 @@ pub async fn run_with_results(
         let x = compute
             .send(NextInput)
             .await
-            .map_err(|e| anyhow::anyhow!("compute thread: {e}"))?
+            .map_err(|e| anyhow::anyhow!("device thread: {e}"))?
             .map_err(anyhow::Error::msg)?;
         let (shared, compute, results) = (shared.clone(), compute.clone(), results.clone());
         let (verify, timeout) = (cfg.verify, Duration::from_secs_f64(cfg.timeout_s.max(0.01)));
@@ -622,7 +623,7 @@ struct Done {
 /// One frame, start to end: exactly one result or one error.
 async fn frame(
     shared: &Shared,
-    compute: &Addr<Compute>,
+    compute: &Addr<Device>,
     request: u64,
     x: Tensor,
     device_only: Candidate,
@@ -669,7 +670,7 @@ async fn frame(
     let head = match compute.send(Head { x, candidate }).await {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => return fail(candidate, format!("head: {e}")),
-        Err(e) => return fail(candidate, format!("compute thread: {e}")),
+        Err(e) => return fail(candidate, format!("device thread: {e}")),
     };
     let mut stages = Stages {
         head_s: head.head_s,
@@ -728,7 +729,7 @@ async fn frame(
                 ),
                 Err(e) => fail(
                     candidate,
-                    format!("cloud failed ({why}), compute thread: {e}"),
+                    format!("cloud failed ({why}), device thread: {e}"),
                 ),
             }
         }

@@ -1,0 +1,71 @@
+//! The processes' configuration: defaults that parse back, overrides, and bad files that
+//! say which key is wrong.
+mod common;
+use common::{assert_clean_failure, dyno};
+
+#[test]
+fn default_configs_print_and_parse_back() {
+    for process in ["coordinator", "worker", "agent"] {
+        let (ok, out, err) = dyno(&[process, "--print-default-config"]);
+        assert!(ok, "{process}: {err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, &out).unwrap();
+        match process {
+            "coordinator" => {
+                let c: dyno_actors::config::CoordinatorConfig =
+                    dyno_actors::config::load(Some(&path)).unwrap();
+                assert_eq!(c, Default::default());
+            }
+            "worker" => {
+                let c: dyno_actors::config::WorkerConfig =
+                    dyno_actors::config::load(Some(&path)).unwrap();
+                assert_eq!(c, Default::default());
+            }
+            _ => {
+                let c: dyno_actors::config::AgentConfig =
+                    dyno_actors::config::load(Some(&path)).unwrap();
+                assert_eq!(c, Default::default());
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_configs_and_keys_are_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, "workerz = 3\n").unwrap();
+    assert_clean_failure(
+        &["coordinator", "--config", typo.to_str().unwrap()],
+        &["unknown field `workerz`", "--print-default-config"],
+    );
+    let trace = dir.path().join("agent.toml");
+    std::fs::write(
+        &trace,
+        "[link]\nsteps = [[1.0, 5.0]]\n[fleet]\ninsecure = true\n",
+    )
+    .unwrap();
+    assert_clean_failure(
+        &["agent", "--config", trace.to_str().unwrap(), "--no-mdns"],
+        &["link.steps", "time 0"],
+    );
+    // No key and no --insecure: refused, naming both ways out.
+    assert_clean_failure(
+        &["coordinator", "--no-mdns", "--listen", "127.0.0.1:0"],
+        &["DYNO_FLEET_KEY", "--insecure"],
+    );
+    let (ok, _, err) = {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dyno"))
+            .args(["agent", "--no-mdns", "--frames", "1"])
+            .env("DYNO_FLEET_KEY", "short")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            (),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(!ok && err.contains("at least 16"), "{err}");
+}
