@@ -902,7 +902,16 @@ async fn control_loop(
             })
         };
         loop {
-            match rx.recv().await {
+            // Heartbeats are answered every 500 ms: three seconds of silence is a
+            // coordinator that hangs, not one that is slow.
+            let m = match tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    tracing::info!("the coordinator is silent; device-only until it answers");
+                    break;
+                }
+            };
+            match m {
                 Ok(Message::Plan(a)) => {
                     tracing::info!(plan = %a.candidate, worker = ?a.worker, "plan");
                     shared.plans.fetch_add(1, Ordering::Relaxed);
