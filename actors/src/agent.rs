@@ -504,20 +504,14 @@ pub async fn run_with_results(
             .map_err(|e| anyhow::anyhow!("device thread: {e}"))?
             .map_err(anyhow::Error::msg)?;
         let (shared, compute, results) = (shared.clone(), compute.clone(), results.clone());
-        let (verify, timeout) = (cfg.verify, Duration::from_secs_f64(cfg.timeout_s.max(0.01)));
-        let pin = cfg.pin;
+        let rules = FrameRules {
+            device_only,
+            pin: cfg.pin,
+            verify: cfg.verify,
+            timeout: Duration::from_secs_f64(cfg.timeout_s.max(0.01)),
+        };
         tasks.push(actix_rt::spawn(async move {
-            let r = frame(
-                &shared,
-                &compute,
-                request,
-                x,
-                device_only,
-                pin,
-                verify,
-                timeout,
-            )
-            .await;
+            let r = frame(&shared, &compute, request, x, rules).await;
             if let Some(c) = shared.control.lock().expect("not poisoned").as_ref() {
                 let _ = c.send(Message::Report(FrameReport {
                     request,
@@ -620,17 +614,29 @@ struct Done {
     bytes: u64,
 }
 
+/// How every frame of an agent is run.
+#[derive(Clone, Copy)]
+struct FrameRules {
+    device_only: Candidate,
+    pin: Option<Candidate>,
+    verify: bool,
+    timeout: Duration,
+}
+
 /// One frame, start to end: exactly one result or one error.
 async fn frame(
     shared: &Shared,
     compute: &Addr<Device>,
     request: u64,
     x: Tensor,
-    device_only: Candidate,
-    pin: Option<Candidate>,
-    verify: bool,
-    timeout: Duration,
+    rules: FrameRules,
 ) -> Done {
+    let FrameRules {
+        device_only,
+        pin,
+        verify,
+        timeout,
+    } = rules;
     let t0 = Instant::now();
     let plan = shared.plan.lock().expect("not poisoned").clone();
     let (mut candidate, worker) = match &plan {

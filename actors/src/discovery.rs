@@ -102,10 +102,13 @@ pub struct Found {
     pub name: String,
 }
 
+/// A browse event's name, address, port and TXT record.
+type Seen = (String, String, u16, Option<TxtRecord>);
+
 /// Browses for `window` and returns the coordinators of `fleet` speaking this protocol
 /// version, each once.
 pub fn browse(fleet: &str, window: Duration) -> anyhow::Result<Vec<Found>> {
-    let seen: Arc<Mutex<Vec<(String, String, u16, Option<TxtRecord>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let errors: Arc<Mutex<Vec<String>>> = Arc::default();
     let (s, e) = (seen.clone(), errors.clone());
     let handle = std::thread::spawn(move || -> Result<(), String> {
