@@ -17,6 +17,8 @@
 //! - [`sched`]: the performance model, SLOs, the bandwidth estimator, the scheduler
 //!   (DynO and the baselines) and fleet planning. Pure: plain data in and out.
 //! - [`config`]: device classes and the cloud, from TOML.
+//! - [`experiment`]: TOML experiments; the simulated mode (a discrete-event run on the
+//!   profiles, with the same scheduler and estimator).
 //! - [`link`]: user-space link emulation: bandwidth traces, a token bucket, delay, loss.
 //! - [`wire`]: the wire protocol: framed bincode messages, the authenticated handshake.
 //! - [`plot`]: pictures (the accuracy-drop heat map).
@@ -34,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod experiment;
 pub mod home;
 pub mod link;
 pub mod model;

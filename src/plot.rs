@@ -21,7 +21,7 @@ fn plot_error(path: &Path, e: impl std::fmt::Display) -> ModelError {
 }
 
 /// Registers the font for plotters' "sans-serif" family (once per process).
-fn register_font(path: &Path) -> Result<()> {
+pub(crate) fn register_font(path: &Path) -> Result<()> {
     static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {

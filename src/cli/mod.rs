@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::home::Home;
 
+mod experiment;
 mod models;
 mod plan;
 mod profile;
@@ -61,6 +62,27 @@ pub enum Command {
     Profile(ProfileCommand),
     /// One explained scheduling decision: the plan, its predicted figures, the runners-up.
     Plan(PlanArgs),
+    /// TOML experiments: policies compared on a fleet, with a table, files and plots.
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExperimentCommand {
+    /// Runs an experiment file (simulated: a discrete-event run on the profiles).
+    Run(ExperimentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExperimentArgs {
+    /// The experiment's TOML file.
+    pub file: PathBuf,
+    /// Output folder [default: out/experiments/<name> in the project folder].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,6 +288,7 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<()> {
         Command::Profile(ProfileCommand::Latency(a)) => profile::latency(&home, a),
         Command::Profile(ProfileCommand::Validate(a)) => plan::validate(&home, a),
         Command::Plan(a) => plan::plan(&home, a),
+        Command::Experiment(ExperimentCommand::Run(a)) => experiment::run(&home, a),
     }
 }
 

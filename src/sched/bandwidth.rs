@@ -2,8 +2,8 @@
 //!
 //! Each transfer gives a sample `(bytes, seconds)`, timed by the sender from the first
 //! byte out to the receiver's acknowledgement, so one RTT is inside it. Its rate is
-//! `8 * bytes / (seconds - rtt)`; a transfer so small that the RTT is most of it says
-//! little about bandwidth and is used for the RTT only. The estimate is the **median of
+//! `8 * bytes / (seconds - rtt)`; a transfer so small that the RTT is more than 90 % of
+//! it says little about bandwidth and is used for the RTT only. The estimate is the **median of
 //! the last `window` rates** no older than `max_age_s`: one outlier in a window of five
 //! moves nothing, and after a step the estimate follows within `window / 2 + 1` samples.
 //! RTT is the median of recent RTT samples (pings, heartbeats, small transfers).
@@ -90,7 +90,7 @@ impl Estimator {
         self.last_sample_s = Some(now_s);
         let rtt = self.rtt_s().unwrap_or(0.0);
         let wire = seconds - rtt;
-        if wire < 0.25 * seconds {
+        if wire < 0.1 * seconds {
             // RTT-dominated: its whole time bounds the RTT from above.
             if self.rtts.is_empty() || seconds < rtt {
                 self.observe_rtt(now_s, seconds);

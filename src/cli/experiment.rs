@@ -1,0 +1,56 @@
+//! `dyno experiment run`.
+use super::{print_json, ExperimentArgs};
+use crate::experiment::{self, plots, Experiment};
+use crate::home::Home;
+
+pub fn run(home: &Home, a: ExperimentArgs) -> anyhow::Result<()> {
+    let e = Experiment::load(&a.file).map_err(anyhow::Error::msg)?;
+    let out = experiment::simulate(&e, home, !a.json)?;
+    let dir = a
+        .out
+        .unwrap_or_else(|| home.root().join("out").join("experiments").join(&e.name));
+    let mut files = experiment::write(&out, &dir)?;
+    files.extend(plots::write(&out, &dir)?);
+    if a.json {
+        return print_json(&out);
+    }
+    println!(
+        "{} ({} mode): {} on {} devices, {} cloud workers, {} s per run",
+        out.name, out.mode, out.model, out.devices, out.workers, out.duration_s
+    );
+    println!(
+        "\n{:<14} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>9} {:>7} {:>7}",
+        "policy",
+        "Mbit/s",
+        "inf/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "bytes/inf",
+        "drop",
+        "cloud ms",
+        "device",
+        "changes"
+    );
+    for r in &out.rows {
+        println!(
+            "{:<14} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.0} {:>7.2} {:>9.2} {:>6.0}% {:>7}",
+            r.policy,
+            r.mbps.map_or("-".into(), |m| format!("{m}")),
+            r.throughput,
+            r.latency_p50_ms,
+            r.latency_p95_ms,
+            r.latency_p99_ms,
+            r.bytes_per_inference,
+            r.accuracy_drop_points,
+            r.cloud_ms_per_inference,
+            100.0 * r.device_share,
+            r.plan_changes
+        );
+    }
+    println!("\nwrote:");
+    for f in files {
+        println!("  {}", f.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,455 @@
+//! TOML-configured experiments: a fleet, its links, its SLO, the policies to compare and a
+//! sweep; a table, `summary.json`, per-frame CSV and plots.
+//!
+//! ```toml
+//! name = "quickstart"
+//! model = "mobilenet_v2"
+//! duration_s = 60.0          # virtual seconds per run
+//! seed = 1
+//! policies = ["device-only", "cloud-only", "neurosurgeon", "fixed-8bit", "dyno", "dyno-fleet"]
+//! slo = "config/slo/throughput.toml"   # optional, relative to the project folder
+//! replan_s = 1.0
+//!
+//! [cloud]
+//! workers = 2
+//! slowdown = 1.0
+//!
+//! [[devices]]
+//! class = "slow10x"          # from config/devices.toml
+//! count = 2
+//! mbps = 10.0                # or steps = [[0, 50], [30, 2]], or trace = "FILE"
+//! rtt_ms = 20.0
+//! in_flight = 2
+//!
+//! [sweep]
+//! mbps = [1, 5, 10, 50]      # every device's bandwidth, one run per value
+//! ```
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Devices;
+use crate::home::Home;
+use crate::link::{Shaper, Trace};
+use crate::profile::latency::LatencyProfile;
+use crate::profile::{self, AccuracyProfile};
+use crate::sched::perf::Tables;
+use crate::sched::slo::Slo;
+use crate::sched::Policy;
+
+pub mod plots;
+pub mod sim;
+
+use sim::{Planning, SimDevice, SimFrame, SimTick};
+
+/// An experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    pub name: String,
+    pub model: String,
+    #[serde(default = "default_duration")]
+    pub duration_s: f64,
+    #[serde(default)]
+    pub seed: u64,
+    pub policies: Vec<String>,
+    pub slo: Option<PathBuf>,
+    #[serde(default = "default_replan")]
+    pub replan_s: f64,
+    /// Device classes file (default config/devices.toml).
+    pub devices_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cloud: CloudSpec,
+    pub devices: Vec<DeviceSpec>,
+    #[serde(default)]
+    pub sweep: Sweep,
+}
+
+fn default_duration() -> f64 {
+    60.0
+}
+
+fn default_replan() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudSpec {
+    pub workers: usize,
+    #[serde(default = "one")]
+    pub slowdown: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for CloudSpec {
+    fn default() -> Self {
+        CloudSpec {
+            workers: 1,
+            slowdown: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSpec {
+    pub class: String,
+    #[serde(default = "one_count")]
+    pub count: usize,
+    pub mbps: Option<f64>,
+    pub steps: Option<Vec<(f64, f64)>>,
+    pub trace: Option<PathBuf>,
+    #[serde(default)]
+    pub repeat: bool,
+    #[serde(default = "default_rtt")]
+    pub rtt_ms: f64,
+    #[serde(default)]
+    pub loss: f64,
+    #[serde(default = "default_in_flight")]
+    pub in_flight: usize,
+}
+
+fn one_count() -> usize {
+    1
+}
+
+fn default_rtt() -> f64 {
+    20.0
+}
+
+fn default_in_flight() -> usize {
+    2
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    /// Every device's bandwidth, one run per value.
+    #[serde(default)]
+    pub mbps: Vec<f64>,
+}
+
+/// A policy as experiments name them: the scheduler's policies, and `dyno-fleet`.
+pub fn planning(name: &str) -> Result<Planning, String> {
+    if name == "dyno-fleet" {
+        return Ok(Planning::Fleet);
+    }
+    name.parse::<Policy>()
+        .map(Planning::PerDevice)
+        .map_err(|e| format!("{e}, dyno-fleet"))
+}
+
+impl Experiment {
+    /// Parses and checks an experiment; errors name the key and the allowed values.
+    pub fn from_toml(text: &str) -> Result<Experiment, String> {
+        let e: Experiment =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        e.validate()?;
+        Ok(e)
+    }
+
+    pub fn load(path: &Path) -> Result<Experiment, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Experiment::from_toml(&text).map_err(|e| format!("experiment {}: {e}", path.display()))
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let pos = |key: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{key} = {v}: give a number > 0"))
+            }
+        };
+        pos("duration_s", self.duration_s)?;
+        pos("replan_s", self.replan_s)?;
+        pos("cloud.slowdown", self.cloud.slowdown)?;
+        if self.policies.is_empty() {
+            return Err(
+                "policies is empty: name at least one of device-only, cloud-only, \
+                        neurosurgeon, fixed-8bit, dyno, dyno-fleet"
+                    .into(),
+            );
+        }
+        for p in &self.policies {
+            planning(p).map_err(|e| format!("policies: {e}"))?;
+        }
+        if self.devices.is_empty() {
+            return Err("no [[devices]]: describe at least one".into());
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            if d.count == 0 {
+                return Err(format!("devices[{i}].count = 0: give at least 1"));
+            }
+            if d.in_flight == 0 {
+                return Err(format!("devices[{i}].in_flight = 0: give at least 1"));
+            }
+            let links = [d.mbps.is_some(), d.steps.is_some(), d.trace.is_some()]
+                .iter()
+                .filter(|x| **x)
+                .count();
+            if links != 1 && self.sweep.mbps.is_empty() {
+                return Err(format!(
+                    "devices[{i}]: give exactly one of mbps, steps, trace (or a [sweep] mbps)"
+                ));
+            }
+            if !(d.rtt_ms.is_finite() && d.rtt_ms >= 0.0) {
+                return Err(format!(
+                    "devices[{i}].rtt_ms = {}: give a number >= 0",
+                    d.rtt_ms
+                ));
+            }
+        }
+        for (i, &m) in self.sweep.mbps.iter().enumerate() {
+            pos(&format!("sweep.mbps[{i}]"), m)?;
+        }
+        Ok(())
+    }
+}
+
+/// One (policy, sweep point) result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub policy: String,
+    /// The swept bandwidth (None without a sweep).
+    pub mbps: Option<f64>,
+    pub frames: usize,
+    /// Inferences per second, the whole fleet.
+    pub throughput: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub latency_p99_ms: f64,
+    pub bytes_per_inference: f64,
+    /// Mean accuracy (or agreement) points lost to packing, from the profile.
+    pub accuracy_drop_points: f64,
+    pub cloud_ms_per_inference: f64,
+    /// Share of the model's compute done on the devices.
+    pub device_share: f64,
+    pub plan_changes: u64,
+}
+
+/// Everything an experiment produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub name: String,
+    pub model: String,
+    pub mode: &'static str,
+    pub devices: usize,
+    pub workers: usize,
+    pub duration_s: f64,
+    pub rows: Vec<Row>,
+    #[serde(skip)]
+    pub frames: Vec<(String, Option<f64>, SimFrame)>,
+    #[serde(skip)]
+    pub ticks: Vec<(String, Option<f64>, SimTick)>,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+/// Runs an experiment in simulated mode (a progress bar on stderr with `progress`).
+pub fn simulate(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outcome> {
+    let acc = AccuracyProfile::load(&profile::find(home, &e.model, "accuracy"))?;
+    let lat = LatencyProfile::load(&profile::find(home, &e.model, "latency"))?;
+    let tables = Tables::new(&acc, &lat, &lat)?;
+    let classes = Devices::load(
+        &e.devices_file
+            .as_ref()
+            .map(|p| home.root().join(p))
+            .unwrap_or_else(|| Devices::default_path(home)),
+    )?;
+    let slo = match &e.slo {
+        Some(p) => Slo::load(&home.root().join(p))?,
+        None => Slo::default(),
+    };
+    let points: Vec<Option<f64>> = if e.sweep.mbps.is_empty() {
+        vec![None]
+    } else {
+        e.sweep.mbps.iter().map(|m| Some(*m)).collect()
+    };
+    let mut out = Outcome {
+        name: e.name.clone(),
+        model: e.model.clone(),
+        mode: "simulated",
+        devices: e.devices.iter().map(|d| d.count).sum(),
+        workers: e.cloud.workers,
+        duration_s: e.duration_s,
+        rows: Vec::new(),
+        frames: Vec::new(),
+        ticks: Vec::new(),
+    };
+    let bar = if progress {
+        let b = indicatif::ProgressBar::new((points.len() * e.policies.len()) as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg:>24} [{bar:40}] {pos}/{len}")
+                .expect("a fixed template")
+                .progress_chars("=> "),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    for point in &points {
+        for name in &e.policies {
+            bar.set_message(match point {
+                Some(m) => format!("{name} at {m} Mbit/s"),
+                None => name.clone(),
+            });
+            let planning = planning(name).map_err(anyhow::Error::msg)?;
+            let mut devices = Vec::new();
+            for (k, spec) in e.devices.iter().enumerate() {
+                let class = classes.class(&spec.class)?;
+                for c in 0..spec.count {
+                    let trace = match (point, &spec.mbps, &spec.steps, &spec.trace) {
+                        (Some(m), ..) => Trace::constant(*m)?,
+                        (None, Some(m), _, _) => Trace::constant(*m)?,
+                        (None, None, Some(s), _) => Trace::steps(s.clone(), spec.repeat)?,
+                        (None, None, None, Some(p)) => {
+                            Trace::load(&home.root().join(p), spec.repeat)?
+                        }
+                        _ => anyhow::bail!("devices[{k}] has no link"),
+                    };
+                    let seed = e.seed ^ ((k as u64) << 32) ^ c as u64;
+                    devices.push(SimDevice {
+                        id: format!("{}-{k}-{c}", spec.class),
+                        class: spec.class.clone(),
+                        slowdown: class.slowdown,
+                        shaper: Shaper::new(trace, spec.rtt_ms / 1e3, spec.loss, seed)?,
+                        rtt_s: spec.rtt_ms / 1e3,
+                        in_flight: spec.in_flight,
+                    });
+                }
+            }
+            let run = sim::run(
+                &tables,
+                &mut devices,
+                e.cloud.workers,
+                e.cloud.slowdown,
+                &slo,
+                planning,
+                e.duration_s,
+                e.replan_s,
+            );
+            let n = run.frames.len().max(1) as f64;
+            let mut lat: Vec<f64> = run
+                .frames
+                .iter()
+                .map(|f| (f.end_s - f.start_s) * 1e3)
+                .collect();
+            lat.sort_by(f64::total_cmp);
+            out.rows.push(Row {
+                policy: name.clone(),
+                mbps: *point,
+                frames: run.frames.len(),
+                throughput: run.frames.len() as f64 / e.duration_s,
+                latency_p50_ms: percentile(&lat, 0.5),
+                latency_p95_ms: percentile(&lat, 0.95),
+                latency_p99_ms: percentile(&lat, 0.99),
+                bytes_per_inference: run.frames.iter().map(|f| f.bytes).sum::<f64>() / n,
+                accuracy_drop_points: run.frames.iter().map(|f| f.drop_points).sum::<f64>() / n,
+                cloud_ms_per_inference: 1e3 * run.frames.iter().map(|f| f.cloud_s).sum::<f64>() / n,
+                device_share: run.frames.iter().map(|f| f.device_share).sum::<f64>() / n,
+                plan_changes: run.plan_changes,
+            });
+            out.frames
+                .extend(run.frames.into_iter().map(|f| (name.clone(), *point, f)));
+            out.ticks
+                .extend(run.ticks.into_iter().map(|t| (name.clone(), *point, t)));
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// Writes `summary.json`, `frames.csv` and `ticks.csv` into `dir`.
+pub fn write(out: &Outcome, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let summary = dir.join("summary.json");
+    std::fs::write(&summary, serde_json::to_string_pretty(out)?)?;
+    let mut csv = String::from(
+        "policy,mbps,device,start_s,end_s,latency_ms,split,precision,codec,bytes,drop_points,device_share\n",
+    );
+    for (p, m, f) in &out.frames {
+        csv.push_str(&format!(
+            "{p},{},{},{:.6},{:.6},{:.3},{},{},{},{:.0},{:.3},{:.4}\n",
+            m.map_or(String::new(), |m| m.to_string()),
+            f.device,
+            f.start_s,
+            f.end_s,
+            (f.end_s - f.start_s) * 1e3,
+            f.split,
+            f.precision,
+            f.codec,
+            f.bytes,
+            f.drop_points,
+            f.device_share
+        ));
+    }
+    let frames = dir.join("frames.csv");
+    std::fs::write(&frames, csv)?;
+    let mut csv =
+        String::from("policy,mbps,time_s,device,true_mbps,estimated_mbps,split,precision\n");
+    for (p, m, t) in &out.ticks {
+        csv.push_str(&format!(
+            "{p},{},{:.3},{},{:.4},{:.4},{},{}\n",
+            m.map_or(String::new(), |m| m.to_string()),
+            t.time_s,
+            t.device,
+            t.true_mbps,
+            t.estimated_mbps,
+            t.split,
+            t.precision
+        ));
+    }
+    let ticks = dir.join("ticks.csv");
+    std::fs::write(&ticks, csv)?;
+    Ok(vec![summary, frames, ticks])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+model = "fashion_cnn"
+policies = ["dyno", "dyno-fleet"]
+[[devices]]
+class = "host"
+mbps = 10.0
+"#;
+
+    #[test]
+    fn experiments_parse_and_bad_values_name_the_key() {
+        let e = Experiment::from_toml(GOOD).unwrap();
+        assert_eq!(e.duration_s, 60.0);
+        assert_eq!(e.devices[0].count, 1);
+        let bad = GOOD.replace("\"dyno-fleet\"", "\"fastest\"");
+        let err = Experiment::from_toml(&bad).unwrap_err();
+        assert!(
+            err.contains("fastest") && err.contains("dyno-fleet"),
+            "{err}"
+        );
+        let bad = GOOD.replace("mbps = 10.0", "mbps = 10.0\nspeed = 3");
+        let err = Experiment::from_toml(&bad).unwrap_err();
+        assert!(err.contains("speed") && err.contains("line"), "{err}");
+        let bad = GOOD.replace("mbps = 10.0", "");
+        assert!(Experiment::from_toml(&bad)
+            .unwrap_err()
+            .contains("exactly one of mbps"));
+        let bad = format!("{GOOD}\n[sweep]\nmbps = [1, -2]\n");
+        assert!(Experiment::from_toml(&bad)
+            .unwrap_err()
+            .contains("sweep.mbps[1]"));
+    }
+}
