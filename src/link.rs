@@ -173,6 +173,8 @@ pub struct Shaper {
 /// When a frame leaves and arrives.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Delivery {
+    /// Its first bit goes on the wire (after the frames queued before it).
+    pub start: f64,
     /// Its last bit is on the wire.
     pub sent: f64,
     /// It has arrived (propagation and retransmissions included).
@@ -219,6 +221,7 @@ impl Shaper {
             0
         };
         Delivery {
+            start,
             sent,
             arrives: sent + self.one_way_s + lost_packets as f64 * self.rtt_s,
             lost_packets,

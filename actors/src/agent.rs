@@ -192,6 +192,8 @@ impl Handler<Full> for Device {
 #[derive(Debug, Clone, Serialize)]
 pub struct FrameResult {
     pub request: u64,
+    /// When the frame started, seconds since the agent did.
+    pub start_s: f64,
     pub candidate: Candidate,
     pub top1: Option<i64>,
     pub local_top1: Option<i64>,
@@ -249,15 +251,16 @@ struct Shared {
 impl Shared {
     /// Holds `bytes` back as the emulated uplink would: until they have crossed it.
     /// Returns the seconds it held them (queueing on the link, serialisation, delay,
-    /// loss, and the timer's rounding).
-    async fn cross_uplink(&self, bytes: usize) -> f64 {
+    /// loss, and the timer's rounding) and, of those, the seconds they waited behind
+    /// this device's earlier frames.
+    async fn cross_uplink(&self, bytes: usize) -> (f64, f64) {
         let t = Instant::now();
         let now = self.start.elapsed().as_secs_f64();
         let d = self.shaper.lock().expect("not poisoned").send(now, bytes);
         *self.last_sent.lock().expect("not poisoned") = Instant::now();
         let at = self.start + Duration::from_secs_f64(d.arrives);
         tokio::time::sleep_until(at.into()).await;
-        t.elapsed().as_secs_f64()
+        (t.elapsed().as_secs_f64(), d.start - now)
     }
 
     async fn data_conn(&self, addr: &str) -> Result<DataConn, String> {
@@ -492,6 +495,9 @@ pub async fn run_with_results(
         if cfg.frames > 0 && request >= cfg.frames {
             break;
         }
+        if cfg.duration_s > 0.0 && started.elapsed().as_secs_f64() >= cfg.duration_s {
+            break;
+        }
         if cfg.rate_fps > 0.0 {
             let at = started + Duration::from_secs_f64(request as f64 / cfg.rate_fps);
             tokio::time::sleep_until(at.into()).await;
@@ -660,6 +666,7 @@ async fn frame(
     let fail = |candidate, error: String| Done {
         result: FrameResult {
             request,
+            start_s: t0.duration_since(shared.start).as_secs_f64(),
             candidate,
             top1: None,
             local_top1,
@@ -686,6 +693,7 @@ async fn frame(
     let done = |top1, fallback, stages: Stages, bytes| Done {
         result: FrameResult {
             request,
+            start_s: t0.duration_since(shared.start).as_secs_f64(),
             candidate,
             top1: Some(top1),
             local_top1,
@@ -757,7 +765,7 @@ async fn send_to_worker(
         .expect("not poisoned")
         .insert(request, tx);
     let t = Instant::now();
-    let uplink_s = shared.cross_uplink(packed.len()).await;
+    let (uplink_s, queued_s) = shared.cross_uplink(packed.len()).await;
     let sent = conn.tx.send(Message::Infer {
         request,
         device: shared.me.name.clone(),
@@ -787,7 +795,9 @@ async fn send_to_worker(
             ..
         } => {
             let worker = queue_s + unpack_s + tail_s;
-            let wire_s = (t.elapsed().as_secs_f64() - worker).max(0.0);
+            // Timed from the first bit out: waiting behind its own earlier frames says
+            // nothing about the link's rate.
+            let wire_s = (t.elapsed().as_secs_f64() - worker - queued_s).max(0.0);
             Ok((
                 top1,
                 Stages {
@@ -886,7 +896,7 @@ async fn control_loop(
                     if idle > Duration::from_secs(2) {
                         // An active probe: 32 KB through the uplink.
                         let t = Instant::now();
-                        shared.cross_uplink(32 << 10).await;
+                        let _ = shared.cross_uplink(32 << 10).await;
                         sent_at
                             .lock()
                             .expect("not poisoned")

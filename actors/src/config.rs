@@ -84,6 +84,9 @@ pub struct CoordinatorConfig {
     pub heartbeat_timeout_ms: u64,
     /// Advertise `_dyno._tcp` over mDNS.
     pub mdns: bool,
+    /// Plan the fleet together against the pool's capacity (false: each device alone,
+    /// as DynO does for one device).
+    pub fleet_aware: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -99,6 +102,7 @@ impl Default for CoordinatorConfig {
             replan_ms: 1000,
             heartbeat_timeout_ms: 3000,
             mdns: true,
+            fleet_aware: true,
         }
     }
 }
@@ -214,6 +218,8 @@ pub struct AgentConfig {
     pub rate_fps: f64,
     /// Stop after this many frames (0: run until stopped).
     pub frames: u64,
+    /// Stop starting frames after this many seconds (0: no limit).
+    pub duration_s: f64,
     /// Frames in flight at once.
     pub in_flight: usize,
     /// SLO file (default: within 1 point, max throughput).
@@ -246,6 +252,7 @@ impl Default for AgentConfig {
             source: Source::Synthetic { seed: 1 },
             rate_fps: 0.0,
             frames: 0,
+            duration_s: 0.0,
             in_flight: 2,
             slo: None,
             policy: "dyno".into(),

@@ -56,6 +56,7 @@ pub struct SchedulerActor {
     planner: Planner,
     replan_every: Duration,
     plans_sent: u64,
+    fleet_aware: bool,
 }
 
 #[derive(Message)]
@@ -171,7 +172,11 @@ impl SchedulerActor {
                 }
             })
             .collect();
-        let capacity: f64 = self.workers.values().map(|w| f64::from(w.slots)).sum();
+        let capacity: f64 = if self.fleet_aware {
+            self.workers.values().map(|w| f64::from(w.slots)).sum()
+        } else {
+            f64::INFINITY // each device alone: its individual optimum
+        };
         let plan = fleet::plan(&self.tables, &fleet_devices, capacity);
         // Workers by spare slots, filled greedily by each device's cloud load.
         let mut load: HashMap<&str, f64> = self.workers.keys().map(|k| (k.as_str(), 0.0)).collect();
@@ -524,13 +529,16 @@ pub fn tables(
         Devices::load(&devices.map_or_else(|| Devices::default_path(home), |p| p.to_path_buf()))?;
     let acc = profile::find(home, model, "accuracy");
     let lat = profile::find(home, model, "latency");
+    let cloud_lat =
+        dyno::config::latency_profile_path(classes.cloud.profile.as_deref(), home, model);
     let accuracy = AccuracyProfile::load(&acc).with_context(|| {
         format!("the coordinator plans {model} from its accuracy profile; run `dyno profile accuracy --model {model}`")
     })?;
     let latency = LatencyProfile::load(&lat).with_context(|| {
         format!("the coordinator plans {model} from its latency profile; run `dyno profile latency --model {model}`")
     })?;
-    let t = Tables::new(&accuracy, &latency, &latency)?;
+    let cloud = LatencyProfile::load(&cloud_lat)?;
+    let t = Tables::new(&accuracy, &latency, &cloud)?;
     Ok((t, classes.cloud.slowdown))
 }
 
@@ -555,6 +563,7 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
         planner: Planner::new(),
         replan_every: Duration::from_millis(cfg.replan_ms.max(50)),
         plans_sent: 0,
+        fleet_aware: cfg.fleet_aware,
     }
     .start();
     let monitor = BandwidthMonitor {

@@ -13,10 +13,12 @@
 //! - [`agent`]: the Device: heads and packing on its compute thread, the emulated uplink,
 //!   the fallback to the device, the control connection.
 //! - [`discovery`]: mDNS advertisement and browsing (`_dyno._tcp`, zeroconf on Avahi).
+//! - [`experiment`]: the live mode of `dyno experiment run`.
 //! - [`config`]: the processes' TOML files.
 
 pub mod agent;
 pub mod config;
 pub mod coordinator;
 pub mod discovery;
+pub mod experiment;
 pub mod worker;

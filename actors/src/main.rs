@@ -283,9 +283,21 @@ fn run_agent(global: &dyno::cli::Global, a: AgentArgs) -> anyhow::Result<()> {
     })
 }
 
+fn run_live(global: &dyno::cli::Global, a: dyno::cli::ExperimentArgs) -> anyhow::Result<()> {
+    let home = global.setup()?;
+    let e = dyno::experiment::Experiment::load(&a.file).map_err(anyhow::Error::msg)?;
+    let out = dyno_actors::experiment::live(&e, &home, !a.json)?;
+    dyno::cli::experiment::report(&home, &a, &e, &out)
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Base(dyno::cli::Command::Experiment(dyno::cli::ExperimentCommand::Run(a)))
+            if a.mode == dyno::cli::Mode::Live =>
+        {
+            run_live(&cli.global, a)
+        }
         Command::Base(c) => dyno::cli::run(&cli.global, c),
         Command::Coordinator(a) => run_coordinator(&cli.global, a),
         Command::Worker(a) => run_worker(&cli.global, a),

@@ -346,3 +346,42 @@ fn bad_peers_are_refused_and_the_fleet_keeps_working() {
         assert!(log.contains(needle), "`{needle}` not logged:\n{log}");
     }
 }
+
+#[test]
+fn an_experiment_runs_live_through_the_runtime() {
+    let home = Home::discover();
+    let e = dyno::experiment::Experiment::from_toml(
+        r#"
+name = "live-test"
+model = "fashion_cnn"
+duration_s = 3.0
+policies = ["device-only", "cloud-only", "dyno-fleet"]
+[cloud]
+workers = 1
+[[devices]]
+class = "gateway"
+count = 2
+mbps = 50.0
+rtt_ms = 5.0
+"#,
+    )
+    .unwrap();
+    let out = dyno_actors::experiment::live(&e, &home, false).unwrap();
+    assert_eq!(out.rows.len(), 3);
+    let row = |p: &str| out.rows.iter().find(|r| r.policy == p).unwrap();
+    assert!(row("device-only").frames > 0 && row("cloud-only").frames > 0);
+    assert_eq!(row("device-only").bytes_per_inference, 0.0);
+    assert!(row("cloud-only").bytes_per_inference > 0.0);
+    assert!((row("device-only").device_share - 1.0).abs() < 1e-9);
+    assert!(
+        row("cloud-only").device_share < 0.5,
+        "{:?}",
+        row("cloud-only")
+    );
+    for r in &out.rows {
+        eprintln!(
+            "{}: {:.1} inf/s, p50 {:.1} ms, {:.0} bytes",
+            r.policy, r.throughput, r.latency_p50_ms, r.bytes_per_inference
+        );
+    }
+}

@@ -3,16 +3,33 @@ use super::{print_json, ExperimentArgs};
 use crate::experiment::{self, plots, Experiment};
 use crate::home::Home;
 
+/// Runs a simulated experiment (the live mode runs from the `dyno` binary, which has the
+/// runtime).
 pub fn run(home: &Home, a: ExperimentArgs) -> anyhow::Result<()> {
     let e = Experiment::load(&a.file).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        a.mode == super::Mode::Simulated,
+        "--mode live needs the runtime: run it with the `dyno` binary"
+    );
     let out = experiment::simulate(&e, home, !a.json)?;
+    report(home, &a, &e, &out)
+}
+
+/// Writes an outcome's files and plots, and prints its table (or JSON).
+pub fn report(
+    home: &Home,
+    a: &ExperimentArgs,
+    e: &Experiment,
+    out: &experiment::Outcome,
+) -> anyhow::Result<()> {
     let dir = a
         .out
+        .clone()
         .unwrap_or_else(|| home.root().join("out").join("experiments").join(&e.name));
-    let mut files = experiment::write(&out, &dir)?;
-    files.extend(plots::write(&out, &dir)?);
+    let mut files = experiment::write(out, &dir)?;
+    files.extend(plots::write(out, &dir)?);
     if a.json {
-        return print_json(&out);
+        return print_json(out);
     }
     println!(
         "{} ({} mode): {} on {} devices, {} cloud workers, {} s per run",

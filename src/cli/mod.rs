@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::home::Home;
 
-mod experiment;
+pub mod experiment;
 mod models;
 mod plan;
 mod profile;
@@ -69,14 +69,25 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ExperimentCommand {
-    /// Runs an experiment file (simulated: a discrete-event run on the profiles).
+    /// Runs an experiment file, simulated or live.
     Run(ExperimentArgs),
+}
+
+/// How an experiment runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// A discrete-event run on a virtual clock, from the profiles (seconds per sweep).
+    Simulated,
+    /// The runtime's actors in one process, real compute and TCP, the wall clock.
+    Live,
 }
 
 #[derive(Debug, Args)]
 pub struct ExperimentArgs {
     /// The experiment's TOML file.
     pub file: PathBuf,
+    #[arg(long, value_enum, default_value_t = Mode::Simulated)]
+    pub mode: Mode,
     /// Output folder [default: out/experiments/<name> in the project folder].
     #[arg(long)]
     pub out: Option<PathBuf>,

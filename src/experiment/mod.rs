@@ -256,17 +256,28 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
-/// Runs an experiment in simulated mode (a progress bar on stderr with `progress`).
-pub fn simulate(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outcome> {
+/// The model's tables: the accuracy profile, the devices' latency profile and the
+/// cloud's (`[cloud] profile` of the device-classes file).
+pub fn tables(e: &Experiment, home: &Home, classes: &Devices) -> anyhow::Result<Tables> {
     let acc = AccuracyProfile::load(&profile::find(home, &e.model, "accuracy"))?;
     let lat = LatencyProfile::load(&profile::find(home, &e.model, "latency"))?;
-    let tables = Tables::new(&acc, &lat, &lat)?;
+    let cloud = LatencyProfile::load(&crate::config::latency_profile_path(
+        classes.cloud.profile.as_deref(),
+        home,
+        &e.model,
+    ))?;
+    Ok(Tables::new(&acc, &lat, &cloud)?)
+}
+
+/// Runs an experiment in simulated mode (a progress bar on stderr with `progress`).
+pub fn simulate(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outcome> {
     let classes = Devices::load(
         &e.devices_file
             .as_ref()
             .map(|p| home.root().join(p))
             .unwrap_or_else(|| Devices::default_path(home)),
     )?;
+    let tables = tables(e, home, &classes)?;
     let slo = match &e.slo {
         Some(p) => Slo::load(&home.root().join(p))?,
         None => Slo::default(),

@@ -244,7 +244,9 @@ pub fn run(
                     push(&mut heap, t, Kind::Answer(f));
                 } else {
                     let d = devices[i].shaper.send(t, flights[f].bytes as usize);
-                    flights[f].sent = t;
+                    // The transfer is timed from when its first bit leaves, not from when
+                    // it joined the device's own queue (as the agent does).
+                    flights[f].sent = d.start;
                     flights[f].arrives = d.arrives;
                     push(&mut heap, d.arrives, Kind::Arrive(f));
                 }

@@ -232,12 +232,13 @@ fn next_move(menu: &Menu, cur: &Opt, device: usize) -> Option<Move> {
         .min_by(|a, b| a.cost.total_cmp(&b.cost))
 }
 
-/// Plans the fleet against a pool of `capacity` cloud seconds per second.
+/// Plans the fleet against a pool of `capacity` cloud seconds per second (infinite: no
+/// limit, each device its own optimum; NaN or negative: no pool).
 pub fn plan(tables: &Tables, devices: &[FleetDevice], capacity: f64) -> FleetPlan {
-    let capacity = if capacity.is_finite() {
-        capacity.max(0.0)
-    } else {
+    let capacity = if capacity.is_nan() {
         0.0
+    } else {
+        capacity.max(0.0)
     };
     let menus = menus(tables, devices);
     // 1. Individual optima.
