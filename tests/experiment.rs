@@ -19,8 +19,14 @@ fn the_quickstart_runs_simulated_and_writes_its_files() {
     for &m in &e.sweep.mbps {
         // Fleet-aware DynO never loses to running everything on the device or in the
         // cloud, nor to DynO planning each device as if the one worker were its own.
-        assert!(thr("dyno-fleet", m) >= 0.99 * thr("device-only", m), "{m} Mbit/s");
-        assert!(thr("dyno-fleet", m) >= 0.99 * thr("cloud-only", m), "{m} Mbit/s");
+        assert!(
+            thr("dyno-fleet", m) >= 0.99 * thr("device-only", m),
+            "{m} Mbit/s"
+        );
+        assert!(
+            thr("dyno-fleet", m) >= 0.99 * thr("cloud-only", m),
+            "{m} Mbit/s"
+        );
         assert!(thr("dyno-fleet", m) >= 0.99 * thr("dyno", m), "{m} Mbit/s");
         let device_only = out
             .rows
