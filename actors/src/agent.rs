@@ -70,6 +70,10 @@ struct Device {
     packer: Packer,
     slowdown: f64,
     source: Inputs,
+    /// This machine's profile of the model: a stage is made to last `slowdown` times its
+    /// profiled time, whatever else runs on this machine meanwhile (without one, `slowdown`
+    /// times what the work took).
+    reference: Option<dyno::profile::latency::LatencyProfile>,
 }
 
 enum Inputs {
@@ -102,12 +106,35 @@ impl Actor for Device {
 }
 
 impl Device {
-    /// Makes the stage last `slowdown` times what this machine took.
-    fn emulate(&self, took: Duration) -> f64 {
-        if self.slowdown > 1.0 {
-            std::thread::sleep(took.mul_f64(self.slowdown - 1.0));
+    /// Makes a stage that took `took` last `slowdown` times its reference time (its
+    /// profiled time, or what it took); returns how long it lasted.
+    fn emulate(&self, took: Duration, reference: Option<f64>) -> f64 {
+        let took_s = took.as_secs_f64();
+        let target = self.slowdown * reference.unwrap_or(took_s);
+        if target > took_s {
+            std::thread::sleep(Duration::from_secs_f64(target - took_s));
         }
-        took.as_secs_f64() * self.slowdown.max(1.0)
+        target.max(took_s)
+    }
+
+    fn head_ref(&self, split: usize) -> Option<f64> {
+        let p = self.reference.as_ref()?;
+        Some(p.blocks.get(..split)?.iter().map(|b| b.seconds).sum())
+    }
+
+    fn tail_ref(&self, split: usize) -> Option<f64> {
+        let p = self.reference.as_ref()?;
+        Some(p.blocks.get(split..)?.iter().map(|b| b.seconds).sum())
+    }
+
+    fn pack_ref(&self, c: &Candidate) -> Option<f64> {
+        let p = self.reference.as_ref()?;
+        p.codecs
+            .iter()
+            .find(|r| {
+                r.split == c.split as usize && r.precision == c.precision && r.codec == c.codec
+            })
+            .map(|r| r.pack_s)
     }
 }
 
@@ -127,7 +154,7 @@ impl Handler<Head> for Device {
         let a = model
             .head(&m.x, c.split as usize)
             .map_err(|e| e.to_string())?;
-        let head_s = self.emulate(t.elapsed());
+        let head_s = self.emulate(t.elapsed(), self.head_ref(c.split as usize));
         if c.split as usize == model.num_blocks() {
             let top1 = a.argmax(-1, false).int64_value(&[0]);
             return Ok(HeadOut {
@@ -155,7 +182,7 @@ impl Handler<Head> for Device {
                 &mut packed,
             )
             .map_err(|e| e.to_string())?;
-        let pack_s = self.emulate(t.elapsed());
+        let pack_s = self.emulate(t.elapsed(), self.pack_ref(&c));
         Ok(HeadOut {
             activation: a,
             packed,
@@ -175,7 +202,10 @@ impl Handler<Tail> for Device {
             .tail(&m.activation, m.split as usize)
             .map_err(|e| e.to_string())?;
         let top1 = y.argmax(-1, false).int64_value(&[0]);
-        Ok((top1, self.emulate(t.elapsed())))
+        Ok((
+            top1,
+            self.emulate(t.elapsed(), self.tail_ref(m.split as usize)),
+        ))
     }
 }
 
@@ -337,6 +367,7 @@ impl Shared {
 /// The link configuration, the device class and the model, checked before anything runs.
 struct Setup {
     model: Model,
+    reference: Option<dyno::profile::latency::LatencyProfile>,
     slowdown: f64,
     threads: u32,
     class: String,
@@ -364,6 +395,23 @@ fn setup(cfg: &AgentConfig, home: &Home) -> anyhow::Result<Setup> {
     );
     anyhow::ensure!(threads >= 1, "threads = 0: give at least 1");
     let model = zoo::load(&cfg.model, home)?;
+    let reference_path = match Devices::load(&devices_path)
+        .ok()
+        .and_then(|d| d.classes.get(&cfg.class).and_then(|c| c.profile.clone()))
+    {
+        Some(t) => dyno::config::latency_profile_path(Some(&t), home, &cfg.model),
+        None => dyno::profile::find(home, &cfg.model, "latency"),
+    };
+    let reference = match dyno::profile::latency::LatencyProfile::load(&reference_path) {
+        Ok(p) if p.model == model.name() && p.blocks.len() == model.num_blocks() => Some(p),
+        Ok(_) | Err(_) => {
+            tracing::warn!(
+                profile = %reference_path.display(),
+                "no usable latency profile: the device's slowdown applies to what each stage takes"
+            );
+            None
+        }
+    };
     let shaper = Shaper::new(
         cfg.link.trace()?,
         cfg.link.rtt_ms / 1e3,
@@ -407,6 +455,7 @@ fn setup(cfg: &AgentConfig, home: &Home) -> anyhow::Result<Setup> {
     };
     Ok(Setup {
         model,
+        reference,
         slowdown,
         threads,
         class: cfg.class.clone(),
@@ -443,10 +492,10 @@ pub async fn run_with_results(
     // A model is not Send: the device thread loads its own copy (this one was checked).
     let model_name = cfg.model.clone();
     drop(s.model);
-    let cell = Mutex::new(Some((s.source, home.clone())));
+    let cell = Mutex::new(Some((s.source, home.clone(), s.reference)));
     let compute = SyncArbiter::start(1, move || {
         tch::set_num_threads(threads as i32);
-        let (source, home) = cell
+        let (source, home, reference) = cell
             .lock()
             .expect("not poisoned")
             .take()
@@ -456,6 +505,7 @@ pub async fn run_with_results(
             packer: Packer::default(),
             slowdown,
             source,
+            reference,
         }
     });
     let shared = Arc::new(Shared {

@@ -49,6 +49,14 @@ pub fn live(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outco
         indicatif::ProgressBar::hidden()
     };
     let slo = e.slo.as_ref().map(|p| home.root().join(p));
+    // Real inputs, as the profiles' packed bytes come from real inputs.
+    let source = if e.model == "fashion_cnn" {
+        Source::FashionMnist
+    } else {
+        Source::Folder {
+            path: home.imagenet_dir(),
+        }
+    };
     for point in &points {
         for name in &e.policies {
             bar.set_message(name.clone());
@@ -87,9 +95,7 @@ pub fn live(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outco
                         class: spec.class.clone(),
                         devices: e.devices_file.as_ref().map(|p| home.root().join(p)),
                         link,
-                        source: Source::Synthetic {
-                            seed: e.seed + c as u64,
-                        },
+                        source: source.clone(),
                         duration_s: e.duration_s,
                         in_flight: spec.in_flight,
                         slo: slo.clone(),
@@ -163,6 +169,7 @@ pub fn live(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outco
                 mbps: *point,
                 frames: frames.len(),
                 throughput: frames.len() as f64 / e.duration_s,
+                latency_mean_ms: lat.iter().sum::<f64>() / n,
                 latency_p50_ms: percentile(&lat, 0.5),
                 latency_p95_ms: percentile(&lat, 0.95),
                 latency_p99_ms: percentile(&lat, 0.99),

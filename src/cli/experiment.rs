@@ -51,10 +51,11 @@ pub fn report(
     );
     for r in &out.rows {
         println!(
-            "{:<14} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.0} {:>7.2} {:>9.2} {:>6.0}% {:>7}",
+            "{:<14} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.0} {:>7.2} {:>9.2} {:>6.0}% {:>7}",
             r.policy,
             r.mbps.map_or("-".into(), |m| format!("{m}")),
             r.throughput,
+            r.latency_mean_ms,
             r.latency_p50_ms,
             r.latency_p95_ms,
             r.latency_p99_ms,

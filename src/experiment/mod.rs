@@ -220,6 +220,7 @@ pub struct Row {
     pub frames: usize,
     /// Inferences per second, the whole fleet.
     pub throughput: f64,
+    pub latency_mean_ms: f64,
     pub latency_p50_ms: f64,
     pub latency_p95_ms: f64,
     pub latency_p99_ms: f64,
@@ -362,6 +363,7 @@ pub fn simulate(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<O
                 mbps: *point,
                 frames: run.frames.len(),
                 throughput: run.frames.len() as f64 / e.duration_s,
+                latency_mean_ms: lat.iter().sum::<f64>() / n,
                 latency_p50_ms: percentile(&lat, 0.5),
                 latency_p95_ms: percentile(&lat, 0.95),
                 latency_p99_ms: percentile(&lat, 0.99),
