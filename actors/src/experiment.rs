@@ -3,19 +3,12 @@
 //! packing, real loopback TCP through each device's emulated uplink, the wall clock.
 //! The same experiment file and the same summary as the simulated mode.
 use dyno::experiment::sim::{Planning, SimFrame};
-use dyno::experiment::{planning, Experiment, Outcome, Row};
+use dyno::experiment::{planning, row, Experiment, Outcome};
 use dyno::home::Home;
 
 use crate::agent::{self, FrameResult};
 use crate::config::{AgentConfig, CoordinatorConfig, Fleet, LinkConfig, Source};
 use crate::coordinator;
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
 
 /// Runs every (sweep point, policy) of `e` live, one after the other.
 pub fn live(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outcome> {
@@ -161,24 +154,8 @@ pub fn live(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outco
                     });
                 }
             }
-            let n = frames.len().max(1) as f64;
-            let mut lat: Vec<f64> = frames.iter().map(|f| (f.end_s - f.start_s) * 1e3).collect();
-            lat.sort_by(f64::total_cmp);
-            out.rows.push(Row {
-                policy: name.clone(),
-                mbps: *point,
-                frames: frames.len(),
-                throughput: frames.len() as f64 / e.duration_s,
-                latency_mean_ms: lat.iter().sum::<f64>() / n,
-                latency_p50_ms: percentile(&lat, 0.5),
-                latency_p95_ms: percentile(&lat, 0.95),
-                latency_p99_ms: percentile(&lat, 0.99),
-                bytes_per_inference: frames.iter().map(|f| f.bytes).sum::<f64>() / n,
-                accuracy_drop_points: frames.iter().map(|f| f.drop_points).sum::<f64>() / n,
-                cloud_ms_per_inference: 1e3 * frames.iter().map(|f| f.cloud_s).sum::<f64>() / n,
-                device_share: frames.iter().map(|f| f.device_share).sum::<f64>() / n,
-                plan_changes,
-            });
+            out.rows
+                .push(row(name, *point, &frames, e.duration_s, plan_changes));
             out.frames
                 .extend(frames.into_iter().map(|f| (name.clone(), *point, f)));
             bar.inc(1);

@@ -249,6 +249,34 @@ pub struct Outcome {
     pub ticks: Vec<(String, Option<f64>, SimTick)>,
 }
 
+/// One (policy, point) row from its frames.
+pub fn row(
+    policy: &str,
+    mbps: Option<f64>,
+    frames: &[SimFrame],
+    duration_s: f64,
+    plan_changes: u64,
+) -> Row {
+    let n = frames.len().max(1) as f64;
+    let mut lat: Vec<f64> = frames.iter().map(|f| (f.end_s - f.start_s) * 1e3).collect();
+    lat.sort_by(f64::total_cmp);
+    Row {
+        policy: policy.to_string(),
+        mbps,
+        frames: frames.len(),
+        throughput: frames.len() as f64 / duration_s,
+        latency_mean_ms: lat.iter().sum::<f64>() / n,
+        latency_p50_ms: percentile(&lat, 0.5),
+        latency_p95_ms: percentile(&lat, 0.95),
+        latency_p99_ms: percentile(&lat, 0.99),
+        bytes_per_inference: frames.iter().map(|f| f.bytes).sum::<f64>() / n,
+        accuracy_drop_points: frames.iter().map(|f| f.drop_points).sum::<f64>() / n,
+        cloud_ms_per_inference: 1e3 * frames.iter().map(|f| f.cloud_s).sum::<f64>() / n,
+        device_share: frames.iter().map(|f| f.device_share).sum::<f64>() / n,
+        plan_changes,
+    }
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -351,28 +379,13 @@ pub fn simulate(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<O
                 e.duration_s,
                 e.replan_s,
             );
-            let n = run.frames.len().max(1) as f64;
-            let mut lat: Vec<f64> = run
-                .frames
-                .iter()
-                .map(|f| (f.end_s - f.start_s) * 1e3)
-                .collect();
-            lat.sort_by(f64::total_cmp);
-            out.rows.push(Row {
-                policy: name.clone(),
-                mbps: *point,
-                frames: run.frames.len(),
-                throughput: run.frames.len() as f64 / e.duration_s,
-                latency_mean_ms: lat.iter().sum::<f64>() / n,
-                latency_p50_ms: percentile(&lat, 0.5),
-                latency_p95_ms: percentile(&lat, 0.95),
-                latency_p99_ms: percentile(&lat, 0.99),
-                bytes_per_inference: run.frames.iter().map(|f| f.bytes).sum::<f64>() / n,
-                accuracy_drop_points: run.frames.iter().map(|f| f.drop_points).sum::<f64>() / n,
-                cloud_ms_per_inference: 1e3 * run.frames.iter().map(|f| f.cloud_s).sum::<f64>() / n,
-                device_share: run.frames.iter().map(|f| f.device_share).sum::<f64>() / n,
-                plan_changes: run.plan_changes,
-            });
+            out.rows.push(row(
+                name,
+                *point,
+                &run.frames,
+                e.duration_s,
+                run.plan_changes,
+            ));
             out.frames
                 .extend(run.frames.into_iter().map(|f| (name.clone(), *point, f)));
             out.ticks
