@@ -8,8 +8,6 @@ use actix::prelude::*;
 use anyhow::Context as _;
 use dyno::config::Devices;
 use dyno::home::Home;
-use dyno::profile::latency::LatencyProfile;
-use dyno::profile::{self, AccuracyProfile};
 use dyno::sched::bandwidth::Estimator;
 use dyno::sched::fleet::{self, FleetDevice, Status};
 use dyno::sched::perf::{Candidate, Conditions, Correction, Link, Tables};
@@ -519,7 +517,8 @@ pub struct Coordinator {
     pub advert: Option<crate::discovery::Advert>,
 }
 
-/// Loads the model's tables from its profiles and the device-classes file.
+/// Loads the model's tables from its profiles and the device-classes file; also the
+/// cloud's slowdown.
 pub fn tables(
     home: &Home,
     model: &str,
@@ -527,19 +526,7 @@ pub fn tables(
 ) -> anyhow::Result<(Tables, f64)> {
     let classes =
         Devices::load(&devices.map_or_else(|| Devices::default_path(home), |p| p.to_path_buf()))?;
-    let acc = profile::find(home, model, "accuracy");
-    let lat = profile::find(home, model, "latency");
-    let cloud_lat =
-        dyno::config::latency_profile_path(classes.cloud.profile.as_deref(), home, model);
-    let accuracy = AccuracyProfile::load(&acc).with_context(|| {
-        format!("the coordinator plans {model} from its accuracy profile; run `dyno profile accuracy --model {model}`")
-    })?;
-    let latency = LatencyProfile::load(&lat).with_context(|| {
-        format!("the coordinator plans {model} from its latency profile; run `dyno profile latency --model {model}`")
-    })?;
-    let cloud = LatencyProfile::load(&cloud_lat)?;
-    let t = Tables::new(&accuracy, &latency, &cloud)?;
-    Ok((t, classes.cloud.slowdown))
+    Ok((classes.tables(home, model)?, classes.cloud.slowdown))
 }
 
 /// The host part agents should dial for a listener bound to `bound`.

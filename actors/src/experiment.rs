@@ -12,30 +12,11 @@ use crate::coordinator;
 
 /// Runs every (sweep point, policy) of `e` live, one after the other.
 pub fn live(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outcome> {
-    let classes = dyno::config::Devices::load(
-        &e.devices_file
-            .as_ref()
-            .map(|p| home.root().join(p))
-            .unwrap_or_else(|| dyno::config::Devices::default_path(home)),
-    )?;
-    let tables = dyno::experiment::tables(e, home, &classes)?;
+    let tables = dyno::config::Devices::load_or_default(e.devices_file.as_deref(), home)?
+        .tables(home, &e.model)?;
     let total_ref = tables.device_only().head_s.max(1e-12);
-    let points: Vec<Option<f64>> = if e.sweep.mbps.is_empty() {
-        vec![None]
-    } else {
-        e.sweep.mbps.iter().map(|m| Some(*m)).collect()
-    };
-    let mut out = Outcome {
-        name: e.name.clone(),
-        model: e.model.clone(),
-        mode: "live",
-        devices: e.devices.iter().map(|d| d.count).sum(),
-        workers: e.cloud.workers,
-        duration_s: e.duration_s,
-        rows: Vec::new(),
-        frames: Vec::new(),
-        ticks: Vec::new(),
-    };
+    let points = e.points();
+    let mut out = Outcome::empty(e, "live");
     let bar = if progress {
         indicatif::ProgressBar::new((points.len() * e.policies.len()) as u64)
     } else {

@@ -167,6 +167,27 @@ impl Devices {
     }
 }
 
+impl Devices {
+    /// `model`'s tables: its accuracy profile, the devices' latency profile and the
+    /// cloud's (`[cloud] profile`, default the same as the devices').
+    pub fn tables(&self, home: &Home, model: &str) -> anyhow::Result<crate::sched::perf::Tables> {
+        use crate::profile::{self, latency::LatencyProfile, AccuracyProfile};
+        let accuracy = AccuracyProfile::load(&profile::find(home, model, "accuracy"))?;
+        let device = LatencyProfile::load(&profile::find(home, model, "latency"))?;
+        let cloud = LatencyProfile::load(&latency_profile_path(
+            self.cloud.profile.as_deref(),
+            home,
+            model,
+        ))?;
+        Ok(crate::sched::perf::Tables::new(&accuracy, &device, &cloud)?)
+    }
+
+    /// The device-classes file `path` names (relative to the project), or the shipped one.
+    pub fn load_or_default(path: Option<&Path>, home: &Home) -> Result<Devices, ConfigError> {
+        Devices::load(&path.map_or_else(|| Devices::default_path(home), |p| home.root().join(p)))
+    }
+}
+
 /// A profile path from a class's `profile` template, or the model's default.
 pub fn latency_profile_path(template: Option<&str>, home: &Home, model: &str) -> PathBuf {
     match template {

@@ -31,9 +31,6 @@ use serde::{Deserialize, Serialize};
 use crate::config::Devices;
 use crate::home::Home;
 use crate::link::{Shaper, Trace};
-use crate::profile::latency::LatencyProfile;
-use crate::profile::{self, AccuracyProfile};
-use crate::sched::perf::Tables;
 use crate::sched::slo::Slo;
 use crate::sched::Policy;
 
@@ -249,6 +246,34 @@ pub struct Outcome {
     pub ticks: Vec<(String, Option<f64>, SimTick)>,
 }
 
+impl Experiment {
+    /// The sweep's bandwidths, or one run without a sweep.
+    pub fn points(&self) -> Vec<Option<f64>> {
+        if self.sweep.mbps.is_empty() {
+            vec![None]
+        } else {
+            self.sweep.mbps.iter().map(|m| Some(*m)).collect()
+        }
+    }
+}
+
+impl Outcome {
+    /// An outcome of `e` in `mode` with no rows yet.
+    pub fn empty(e: &Experiment, mode: &'static str) -> Outcome {
+        Outcome {
+            name: e.name.clone(),
+            model: e.model.clone(),
+            mode,
+            devices: e.devices.iter().map(|d| d.count).sum(),
+            workers: e.cloud.workers,
+            duration_s: e.duration_s,
+            rows: Vec::new(),
+            frames: Vec::new(),
+            ticks: Vec::new(),
+        }
+    }
+}
+
 /// One (policy, point) row from its frames.
 pub fn row(
     policy: &str,
@@ -285,48 +310,16 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[i]
 }
 
-/// The model's tables: the accuracy profile, the devices' latency profile and the
-/// cloud's (`[cloud] profile` of the device-classes file).
-pub fn tables(e: &Experiment, home: &Home, classes: &Devices) -> anyhow::Result<Tables> {
-    let acc = AccuracyProfile::load(&profile::find(home, &e.model, "accuracy"))?;
-    let lat = LatencyProfile::load(&profile::find(home, &e.model, "latency"))?;
-    let cloud = LatencyProfile::load(&crate::config::latency_profile_path(
-        classes.cloud.profile.as_deref(),
-        home,
-        &e.model,
-    ))?;
-    Ok(Tables::new(&acc, &lat, &cloud)?)
-}
-
 /// Runs an experiment in simulated mode (a progress bar on stderr with `progress`).
 pub fn simulate(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outcome> {
-    let classes = Devices::load(
-        &e.devices_file
-            .as_ref()
-            .map(|p| home.root().join(p))
-            .unwrap_or_else(|| Devices::default_path(home)),
-    )?;
-    let tables = tables(e, home, &classes)?;
+    let classes = Devices::load_or_default(e.devices_file.as_deref(), home)?;
+    let tables = classes.tables(home, &e.model)?;
     let slo = match &e.slo {
         Some(p) => Slo::load(&home.root().join(p))?,
         None => Slo::default(),
     };
-    let points: Vec<Option<f64>> = if e.sweep.mbps.is_empty() {
-        vec![None]
-    } else {
-        e.sweep.mbps.iter().map(|m| Some(*m)).collect()
-    };
-    let mut out = Outcome {
-        name: e.name.clone(),
-        model: e.model.clone(),
-        mode: "simulated",
-        devices: e.devices.iter().map(|d| d.count).sum(),
-        workers: e.cloud.workers,
-        duration_s: e.duration_s,
-        rows: Vec::new(),
-        frames: Vec::new(),
-        ticks: Vec::new(),
-    };
+    let points = e.points();
+    let mut out = Outcome::empty(e, "simulated");
     let bar = if progress {
         let b = indicatif::ProgressBar::new((points.len() * e.policies.len()) as u64);
         b.set_style(

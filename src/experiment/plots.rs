@@ -44,40 +44,37 @@ where
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(64);
+    let labels = (x_label, y_label);
     if log_x {
         let mut chart = b
             .build_cartesian_2d((x0..x1).log_scale(), 0.0..y1)
             .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .draw()
-            .map_err(|e| e.to_string())?;
-        draw_series(&mut chart, series)
+        draw_series(&mut chart, labels, series)
     } else {
         let mut chart = b
             .build_cartesian_2d(x0..x1, 0.0..y1)
             .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .draw()
-            .map_err(|e| e.to_string())?;
-        draw_series(&mut chart, series)
+        draw_series(&mut chart, labels, series)
     }
 }
 
+/// The mesh with its axis labels, then every series with its legend.
 fn draw_series<'a, DB, X>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>,
+    (x_label, y_label): (&str, &str),
     series: &Series,
 ) -> Result<(), String>
 where
     DB: DrawingBackend + 'a,
     DB::ErrorType: 'static,
-    X: Ranged<ValueType = f64>,
+    X: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
 {
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| e.to_string())?;
     for (i, (name, pts)) in series.iter().enumerate() {
         let c = Palette99::pick(i).to_rgba();
         chart
