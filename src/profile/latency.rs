@@ -240,11 +240,7 @@ impl LatencyProfile {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-        }
-        let text = serde_json::to_string_pretty(self).expect("a profile always serialises");
-        std::fs::write(path, text).map_err(|e| ModelError::io(path, e))
+        super::save_json(self, path)
     }
 
     pub fn load(path: &Path) -> Result<LatencyProfile> {

@@ -18,6 +18,15 @@ pub mod accuracy;
 pub mod latency;
 pub mod validate;
 
+/// Writes a profile as pretty JSON, making its folder.
+pub(crate) fn save_json<T: Serialize>(profile: &T, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    }
+    let text = serde_json::to_string_pretty(profile).expect("a profile always serialises");
+    std::fs::write(path, text).map_err(|e| ModelError::io(path, e))
+}
+
 /// `out/profiles/<model>.<kind>.json`: where the profile commands write.
 pub fn out_path(home: &Home, model: &str, kind: &str) -> PathBuf {
     home.root()
@@ -173,11 +182,7 @@ impl AccuracyProfile {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-        }
-        let text = serde_json::to_string_pretty(self).expect("a profile always serialises");
-        std::fs::write(path, text).map_err(|e| ModelError::io(path, e))
+        save_json(self, path)
     }
 
     pub fn load(path: &Path) -> Result<AccuracyProfile> {
