@@ -5,7 +5,8 @@
 //! Pure: [`Shaper::send`] takes the time now and a frame size and says when the frame
 //! has crossed the link; the agent sleeps until then before it writes to the socket.
 //! Traces are piecewise constant: `(time in seconds, Mbit/s)` steps, from a constant, a
-//! list of steps, or a file of two columns (`#` comments, blank lines ignored).
+//! list of steps, or a file ([`Trace::parse`]: `seconds Mbit/s` lines, or the one-per-second
+//! `value,unit` lines of iPerf logs; `#` comments and blank lines ignored).
 use std::path::Path;
 
 use rand::rngs::StdRng;
@@ -67,9 +68,14 @@ impl Trace {
         Ok(Trace { steps, repeat })
     }
 
-    /// Parses a two-column file: `seconds Mbit/s` per line (whitespace or comma).
+    /// Parses a trace file, in either of two formats (the first data line decides):
+    /// - `seconds Mbit/s` per line (whitespace or comma), e.g. the Pensieve-cooked 3G
+    ///   traces;
+    /// - `value,unit` per line, one line per second, with an iPerf unit (`Mbits/sec`,
+    ///   `Kbits/sec`, `bits/sec`), as the NYU-METS LTE traces are written.
     pub fn parse(text: &str, repeat: bool) -> Result<Trace, TraceError> {
         let mut steps = Vec::new();
+        let mut per_second: Option<bool> = None;
         for (n, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -79,12 +85,32 @@ impl Trace {
                 .split(|c: char| c == ',' || c.is_whitespace())
                 .filter(|c| !c.is_empty())
                 .collect();
-            let nums: Option<Vec<f64>> = cols.iter().map(|c| c.parse().ok()).collect();
-            match nums.as_deref() {
-                Some(&[t, r]) => steps.push((t, r)),
-                _ => {
+            let unit = match cols.as_slice() {
+                [_, u] => iperf_unit(u),
+                _ => None,
+            };
+            let this_per_second = unit.is_some();
+            if *per_second.get_or_insert(this_per_second) != this_per_second {
+                return Err(TraceError(format!(
+                    "line {}: `{line}` mixes the two formats: every line is `seconds Mbit/s`, \
+                     or every line is `value,unit` (one per second)",
+                    n + 1
+                )));
+            }
+            let step = match (unit, cols.as_slice()) {
+                (Some(scale), [v, _]) => v
+                    .parse::<f64>()
+                    .ok()
+                    .map(|v| (steps.len() as f64, v * scale)),
+                (None, [t, r]) => t.parse().ok().zip(r.parse().ok()),
+                _ => None,
+            };
+            match step {
+                Some(s) => steps.push(s),
+                None => {
                     return Err(TraceError(format!(
-                        "line {}: `{line}` is not two numbers (seconds, Mbit/s)",
+                        "line {}: `{line}` is neither `seconds Mbit/s` nor `value,unit` \
+                         (units Mbits/sec, Kbits/sec, bits/sec)",
                         n + 1
                     )))
                 }
@@ -92,10 +118,26 @@ impl Trace {
         }
         if steps.is_empty() {
             return Err(TraceError(
-                "no steps: give lines of `seconds Mbit/s`".into(),
+                "no steps: give lines of `seconds Mbit/s` or `value,Mbits/sec`".into(),
             ));
         }
         Trace::steps(steps, repeat)
+    }
+
+    /// The mean rate over `[0, until_s)`, Mbit/s.
+    pub fn mean_mbps(&self, until_s: f64) -> f64 {
+        if until_s <= 0.0 {
+            return self.mbps_at(0.0);
+        }
+        let mut t = 0.0;
+        let mut bits = 0.0;
+        while t < until_s {
+            let (rate, end) = self.segment(t);
+            let end = end.min(until_s);
+            bits += rate * (end - t);
+            t = end;
+        }
+        bits / until_s
     }
 
     pub fn load(path: &Path, repeat: bool) -> Result<Trace, TraceError> {
@@ -107,13 +149,13 @@ impl Trace {
 
     /// The step index in force at `t`, and the time the step ends (infinite for the last
     /// one of a non-repeating trace).
-    fn segment(&self, t: f64) -> (f64, f64) {
+    fn segment(&self, at: f64) -> (f64, f64) {
         let (t, offset) = if self.repeat {
             let period = self.steps.last().expect("validated").0;
-            let k = (t / period).floor();
-            (t - k * period, k * period)
+            let k = (at / period).floor();
+            (at - k * period, k * period)
         } else {
-            (t, 0.0)
+            (at, 0.0)
         };
         let i = self.steps.partition_point(|s| s.0 <= t).saturating_sub(1);
         let end = match self.steps.get(i + 1) {
@@ -126,7 +168,9 @@ impl Trace {
         } else {
             self.steps[i].1
         };
-        (rate, end + offset)
+        // In a repeating trace `at - k * period` can round to just before the step `at`
+        // starts: the end is then `at` itself; step past it so that callers move on.
+        (rate, (end + offset).max(at + 1e-9))
     }
 
     /// Mbit/s at time `t` (seconds).
@@ -154,6 +198,17 @@ impl Trace {
             t = end;
         }
         f64::INFINITY
+    }
+}
+
+/// Mbit/s per unit of an iPerf-style rate unit.
+fn iperf_unit(unit: &str) -> Option<f64> {
+    match unit {
+        "Gbits/sec" => Some(1e3),
+        "Mbits/sec" => Some(1.0),
+        "Kbits/sec" => Some(1e-3),
+        "bits/sec" => Some(1e-6),
+        _ => None,
     }
 }
 
@@ -272,7 +327,7 @@ mod tests {
     #[test]
     fn bad_traces_say_where() {
         let e = Trace::parse("0 10\n1 x\n", false).unwrap_err().0;
-        assert!(e.contains("line 2") && e.contains("two numbers"), "{e}");
+        assert!(e.contains("line 2") && e.contains("seconds Mbit/s"), "{e}");
         let e = Trace::parse("# comment\n0 5\n3 1\n2 4\n", false)
             .unwrap_err()
             .0;
@@ -285,5 +340,35 @@ mod tests {
         assert!(Shaper::new(Trace::constant(1.0).unwrap(), 0.0, 1.5, 0).is_err());
         let t = Trace::parse("0, 50\n\n5, 2 # the cut\n", false).unwrap();
         assert_eq!(t.mbps_at(6.0), 2.0);
+        let e = Trace::parse("1.5,Mbits/sec\n0 4\n", false).unwrap_err().0;
+        assert!(e.contains("line 2") && e.contains("mixes"), "{e}");
+        let e = Trace::parse("1.5,Mbytes/sec\n", false).unwrap_err().0;
+        assert!(e.contains("Kbits/sec"), "{e}");
+    }
+
+    #[test]
+    fn iperf_per_second_traces_parse_with_their_units() {
+        let t = Trace::parse(
+            "0.57,Mbits/sec\r\n192,Kbits/sec\r\n43,bits/sec\r\n2,Mbits/sec\r\n",
+            false,
+        )
+        .unwrap();
+        assert_eq!(t.mbps_at(0.5), 0.57);
+        assert!((t.mbps_at(1.2) - 0.192).abs() < 1e-12);
+        assert!((t.mbps_at(2.0) - 43e-6).abs() < 1e-15);
+        assert_eq!(t.mbps_at(99.0), 2.0);
+        let mean = t.mean_mbps(4.0);
+        assert!(
+            (mean - (0.57 + 0.192 + 43e-6 + 2.0) / 4.0).abs() < 1e-9,
+            "{mean}"
+        );
+        // Repeating, with step times that do not add up exactly in floating point.
+        let r = Trace::steps(vec![(0.0, 1.0), (0.1, 3.0), (0.3, 2.0)], true).unwrap();
+        let mean = r.mean_mbps(3000.0);
+        assert!(
+            (mean - (0.1 * 1.0 + 0.2 * 3.0) / 0.3).abs() < 1e-6,
+            "{mean}"
+        );
+        assert!(r.finish(1234.5, 8e6).is_finite());
     }
 }

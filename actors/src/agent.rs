@@ -219,7 +219,7 @@ impl Handler<Full> for Device {
 }
 
 /// One frame's record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct FrameResult {
     pub request: u64,
     /// When the frame started, seconds since the agent did.

@@ -2,6 +2,15 @@
 //! coordinator with the pool's workers, one agent per device), real compute, real
 //! packing, real loopback TCP through each device's emulated uplink, the wall clock.
 //! The same experiment file and the same summary as the simulated mode.
+//!
+//! With [`Runner::Processes`], the coordinator (with the pool's workers) and every agent
+//! are separate processes of the `dyno` binary instead, started with config files and
+//! talking TCP over loopback, as a fleet on one host would.
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
 use dyno::experiment::sim::{Planning, SimFrame};
 use dyno::experiment::{planning, row, Experiment, Outcome};
 use dyno::home::Home;
@@ -10,19 +19,47 @@ use crate::agent::{self, FrameResult};
 use crate::config::{AgentConfig, CoordinatorConfig, Fleet, LinkConfig, Source};
 use crate::coordinator;
 
+/// How the live fleet runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runner {
+    /// The actors in this process.
+    InProcess,
+    /// Each actor group in its own process of this `dyno` binary.
+    Processes { exe: PathBuf },
+}
+
 /// Runs every (sweep point, policy) of `e` live, one after the other.
 pub fn live(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outcome> {
+    live_with(e, home, progress, &Runner::InProcess)
+}
+
+/// [`live`], with the runner given.
+pub fn live_with(
+    e: &Experiment,
+    home: &Home,
+    progress: bool,
+    runner: &Runner,
+) -> anyhow::Result<Outcome> {
     let tables = dyno::config::Devices::load_or_default(e.devices_file.as_deref(), home)?
         .tables(home, &e.model)?;
     let total_ref = tables.device_only().head_s.max(1e-12);
     let points = e.points();
-    let mut out = Outcome::empty(e, "live");
+    let mode = match runner {
+        Runner::InProcess => "live",
+        Runner::Processes { .. } => "live (processes)",
+    };
+    let mut out = Outcome::empty(e, mode);
     let bar = if progress {
         indicatif::ProgressBar::new((points.len() * e.policies.len()) as u64)
     } else {
         indicatif::ProgressBar::hidden()
     };
     let slo = e.slo.as_ref().map(|p| home.root().join(p));
+    let slo_rules = match &slo {
+        Some(p) => dyno::sched::slo::Slo::load(p)?,
+        None => dyno::sched::slo::Slo::default(),
+    };
+    let n_devices: usize = e.devices.iter().map(|d| d.count).sum();
     // Real inputs, as the profiles' packed bytes come from real inputs.
     let source = if e.model == "fashion_cnn" {
         Source::FashionMnist
@@ -91,20 +128,10 @@ pub fn live(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outco
                 fleet_aware,
                 ..CoordinatorConfig::default()
             };
-            let home2 = home.clone();
-            let results: Vec<(agent::AgentSummary, Vec<FrameResult>)> = actix::System::new()
-                .block_on(async move {
-                    let c = coordinator::start(&cfg, &home2).await?;
-                    let control = c.control.to_string();
-                    let runs = agents.into_iter().map(|mut a| {
-                        a.coordinators = vec![control.clone()];
-                        agent::run_with_results(a, home2.clone())
-                    });
-                    futures_util::future::join_all(runs)
-                        .await
-                        .into_iter()
-                        .collect::<anyhow::Result<Vec<_>>>()
-                })?;
+            let results = match runner {
+                Runner::InProcess => in_process(cfg, agents, home)?,
+                Runner::Processes { exe } => processes(exe, &cfg, agents, home)?,
+            };
             let mut frames: Vec<SimFrame> = Vec::new();
             let mut plan_changes = 0;
             for (i, (s, rs)) in results.iter().enumerate() {
@@ -135,13 +162,137 @@ pub fn live(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outco
                     });
                 }
             }
-            out.rows
-                .push(row(name, *point, &frames, e.duration_s, plan_changes));
+            out.rows.push(row(
+                name,
+                *point,
+                &frames,
+                n_devices,
+                e.duration_s,
+                plan_changes,
+                &slo_rules,
+            ));
             out.frames
                 .extend(frames.into_iter().map(|f| (name.clone(), *point, f)));
             bar.inc(1);
         }
     }
     bar.finish_and_clear();
+    Ok(out)
+}
+
+/// The coordinator and the agents as actors of one actix system in this process.
+fn in_process(
+    cfg: CoordinatorConfig,
+    agents: Vec<AgentConfig>,
+    home: &Home,
+) -> anyhow::Result<Vec<(agent::AgentSummary, Vec<FrameResult>)>> {
+    let home = home.clone();
+    actix::System::new().block_on(async move {
+        let c = coordinator::start(&cfg, &home).await?;
+        let control = c.control.to_string();
+        let runs = agents.into_iter().map(|mut a| {
+            a.coordinators = vec![control.clone()];
+            agent::run_with_results(a, home.clone())
+        });
+        futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+}
+
+/// A child process killed when dropped (the coordinator outlives no experiment).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The coordinator (with its embedded workers) and every agent as processes of `exe`,
+/// configured by files in a temporary folder; each agent's results come back as its
+/// summary on stdout and its per-frame JSON lines.
+fn processes(
+    exe: &Path,
+    cfg: &CoordinatorConfig,
+    agents: Vec<AgentConfig>,
+    home: &Home,
+) -> anyhow::Result<Vec<(agent::AgentSummary, Vec<FrameResult>)>> {
+    let dir = tempfile::Builder::new().prefix("dyno-live-").tempdir()?;
+    let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    let log = |name: &str| -> anyhow::Result<Stdio> {
+        Ok(std::fs::File::create(dir.path().join(name))?.into())
+    };
+    let coordinator_toml = write("coordinator.toml", toml::to_string(cfg)?)?;
+    let mut c = Command::new(exe)
+        .arg("--home")
+        .arg(home.root())
+        .args(["coordinator", "--ready-json", "--config"])
+        .arg(&coordinator_toml)
+        .stdout(Stdio::piped())
+        .stderr(log("coordinator.log")?)
+        .spawn()
+        .with_context(|| format!("starting {} coordinator", exe.display()))?;
+    let stdout = c.stdout.take();
+    let c = Killed(c);
+    let mut line = String::new();
+    if let Some(out) = stdout {
+        BufReader::new(out).read_line(&mut line)?;
+    }
+    let ready: serde_json::Value = serde_json::from_str(&line).with_context(|| {
+        format!(
+            "the coordinator process did not report its addresses (its log: {})",
+            dir.path().join("coordinator.log").display()
+        )
+    })?;
+    let control = ready["control"]
+        .as_str()
+        .context("the coordinator's ready line has no control address")?
+        .to_string();
+    let mut children = Vec::new();
+    for mut a in agents {
+        a.coordinators = vec![control.clone()];
+        let results = dir.path().join(format!("{}.jsonl", a.id));
+        a.results = Some(results.clone());
+        let path = write(&format!("{}.toml", a.id), toml::to_string(&a)?)?;
+        let child = Command::new(exe)
+            .arg("--home")
+            .arg(home.root())
+            .args(["agent", "--config"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(log(&format!("{}.log", a.id))?)
+            .spawn()
+            .with_context(|| format!("starting agent {}", a.id))?;
+        children.push((a.id, results, child));
+    }
+    let mut out = Vec::new();
+    for (id, results, child) in children {
+        let o = child.wait_with_output()?;
+        anyhow::ensure!(
+            o.status.success(),
+            "agent {id} exited with {} (its log: {})",
+            o.status,
+            dir.path().join(format!("{id}.log")).display()
+        );
+        let summary: agent::AgentSummary =
+            serde_json::from_slice(&o.stdout).with_context(|| format!("agent {id}'s summary"))?;
+        let text = std::fs::read_to_string(&results)
+            .with_context(|| format!("agent {id}'s results {}", results.display()))?;
+        let frames = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<Vec<FrameResult>, _>>()
+            .with_context(|| format!("agent {id}'s results {}", results.display()))?;
+        out.push((summary, frames));
+    }
+    drop(c);
     Ok(out)
 }

@@ -286,7 +286,14 @@ fn run_agent(global: &dyno::cli::Global, a: AgentArgs) -> anyhow::Result<()> {
 fn run_live(global: &dyno::cli::Global, a: dyno::cli::ExperimentArgs) -> anyhow::Result<()> {
     let home = global.setup()?;
     let e = dyno::experiment::Experiment::load(&a.file).map_err(anyhow::Error::msg)?;
-    let out = dyno_actors::experiment::live(&e, &home, !a.json)?;
+    let runner = if a.processes {
+        dyno_actors::experiment::Runner::Processes {
+            exe: std::env::current_exe()?,
+        }
+    } else {
+        dyno_actors::experiment::Runner::InProcess
+    };
+    let out = dyno_actors::experiment::live_with(&e, &home, !a.json, &runner)?;
     dyno::cli::experiment::report(&home, &a, &e, &out)
 }
 

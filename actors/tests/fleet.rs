@@ -349,6 +349,17 @@ fn bad_peers_are_refused_and_the_fleet_keeps_working() {
 
 #[test]
 fn an_experiment_runs_live_through_the_runtime() {
+    live_experiment(&dyno_actors::experiment::Runner::InProcess);
+}
+
+#[test]
+fn an_experiment_runs_live_as_real_processes() {
+    live_experiment(&dyno_actors::experiment::Runner::Processes {
+        exe: env!("CARGO_BIN_EXE_dyno").into(),
+    });
+}
+
+fn live_experiment(runner: &dyno_actors::experiment::Runner) {
     let home = Home::discover();
     let e = dyno::experiment::Experiment::from_toml(
         r#"
@@ -366,7 +377,7 @@ rtt_ms = 5.0
 "#,
     )
     .unwrap();
-    let out = dyno_actors::experiment::live(&e, &home, false).unwrap();
+    let out = dyno_actors::experiment::live_with(&e, &home, false, runner).unwrap();
     assert_eq!(out.rows.len(), 3);
     let row = |p: &str| out.rows.iter().find(|r| r.policy == p).unwrap();
     assert!(row("device-only").frames > 0 && row("cloud-only").frames > 0);

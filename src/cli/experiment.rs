@@ -11,6 +11,10 @@ pub fn run(home: &Home, a: ExperimentArgs) -> anyhow::Result<()> {
         a.mode == super::Mode::Simulated,
         "--mode live needs the runtime: run it with the `dyno` binary"
     );
+    anyhow::ensure!(
+        !a.processes,
+        "--processes is for --mode live: a simulated run has no processes"
+    );
     let out = experiment::simulate(&e, home, !a.json)?;
     report(home, &a, &e, &out)
 }
@@ -36,10 +40,11 @@ pub fn report(
         out.name, out.mode, out.model, out.devices, out.workers, out.duration_s
     );
     println!(
-        "\n{:<14} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>9} {:>7} {:>7}",
+        "\n{:<14} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>6} {:>8} {:>6} {:>7} {:>8} {:>5}",
         "policy",
         "Mbit/s",
         "inf/s",
+        "mean ms",
         "p50 ms",
         "p95 ms",
         "p99 ms",
@@ -47,11 +52,13 @@ pub fn report(
         "drop",
         "cloud ms",
         "device",
-        "changes"
+        "changes",
+        "SLO miss",
+        "<fps"
     );
     for r in &out.rows {
         println!(
-            "{:<14} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.0} {:>7.2} {:>9.2} {:>6.0}% {:>7}",
+            "{:<14} {:>7} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>10.0} {:>6.2} {:>8.2} {:>5.0}% {:>7} {:>7.1}% {:>5}",
             r.policy,
             r.mbps.map_or("-".into(), |m| format!("{m}")),
             r.throughput,
@@ -63,9 +70,16 @@ pub fn report(
             r.accuracy_drop_points,
             r.cloud_ms_per_inference,
             100.0 * r.device_share,
-            r.plan_changes
+            r.plan_changes,
+            100.0 * r.slo_violations,
+            r.devices_below_min_fps
         );
     }
+    println!(
+        "\n(drop: accuracy points lost to packing; device: share of the compute done on the \
+         devices;\n SLO miss: frames that broke a per-frame constraint of the SLO; <fps: devices \
+         below its min_throughput_fps)"
+    );
     println!("\nwrote:");
     for f in files {
         println!("  {}", f.display());

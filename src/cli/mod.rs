@@ -78,7 +78,8 @@ pub enum ExperimentCommand {
 pub enum Mode {
     /// A discrete-event run on a virtual clock, from the profiles (seconds per sweep).
     Simulated,
-    /// The runtime's actors in one process, real compute and TCP, the wall clock.
+    /// The runtime's actors (in one process, or in several with --processes), real
+    /// compute and TCP, the wall clock.
     Live,
 }
 
@@ -86,7 +87,8 @@ pub enum Mode {
 pub struct ExperimentArgs {
     /// The experiment's TOML file.
     pub file: PathBuf,
-    #[arg(long, value_enum, default_value_t = Mode::Simulated)]
+    /// How to run (given twice, the last one counts).
+    #[arg(long, value_enum, default_value_t = Mode::Simulated, overrides_with = "mode")]
     pub mode: Mode,
     /// Output folder [default: out/experiments/<name> in the project folder].
     #[arg(long)]
@@ -94,6 +96,10 @@ pub struct ExperimentArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Live mode: run the coordinator and each device's agent as separate processes of
+    /// the `dyno` binary (default: the actors in one process).
+    #[arg(long)]
+    pub processes: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -228,6 +228,11 @@ pub struct Row {
     /// Share of the model's compute done on the devices.
     pub device_share: f64,
     pub plan_changes: u64,
+    /// Share of frames that broke a per-frame constraint of the SLO (latency, accuracy
+    /// drop, bytes, cloud time).
+    pub slo_violations: f64,
+    /// Devices whose own throughput fell below the SLO's `min_throughput_fps`.
+    pub devices_below_min_fps: usize,
 }
 
 /// Everything an experiment produced.
@@ -274,14 +279,38 @@ impl Outcome {
     }
 }
 
-/// One (policy, point) row from its frames.
+/// Whether a finished frame broke one of `slo`'s per-frame constraints.
+pub fn violates(slo: &Slo, f: &SimFrame) -> bool {
+    let c = &slo.constraints;
+    let over = |limit: Option<f64>, v: f64| limit.is_some_and(|l| v > l);
+    over(c.max_latency_ms, (f.end_s - f.start_s) * 1e3)
+        || over(c.max_accuracy_drop, f.drop_points)
+        || over(c.max_bytes, f.bytes)
+        || over(c.max_cloud_ms, f.cloud_s * 1e3)
+}
+
+/// One (policy, point) row from the frames of `devices` devices.
 pub fn row(
     policy: &str,
     mbps: Option<f64>,
     frames: &[SimFrame],
+    devices: usize,
     duration_s: f64,
     plan_changes: u64,
+    slo: &Slo,
 ) -> Row {
+    let mut per_device = vec![0usize; devices];
+    for f in frames {
+        if let Some(c) = per_device.get_mut(f.device) {
+            *c += 1;
+        }
+    }
+    let devices_below_min_fps = slo.constraints.min_throughput_fps.map_or(0, |min| {
+        per_device
+            .iter()
+            .filter(|&&c| (c as f64 / duration_s) < min)
+            .count()
+    });
     let n = frames.len().max(1) as f64;
     let mut lat: Vec<f64> = frames.iter().map(|f| (f.end_s - f.start_s) * 1e3).collect();
     lat.sort_by(f64::total_cmp);
@@ -299,6 +328,8 @@ pub fn row(
         cloud_ms_per_inference: 1e3 * frames.iter().map(|f| f.cloud_s).sum::<f64>() / n,
         device_share: frames.iter().map(|f| f.device_share).sum::<f64>() / n,
         plan_changes,
+        slo_violations: frames.iter().filter(|f| violates(slo, f)).count() as f64 / n,
+        devices_below_min_fps,
     }
 }
 
@@ -376,8 +407,10 @@ pub fn simulate(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<O
                 name,
                 *point,
                 &run.frames,
+                devices.len(),
                 e.duration_s,
                 run.plan_changes,
+                &slo,
             ));
             out.frames
                 .extend(run.frames.into_iter().map(|f| (name.clone(), *point, f)));

@@ -15,6 +15,12 @@ use crate::sched::perf::{Candidate, Conditions, Link, Tables};
 use crate::sched::slo::Slo;
 use crate::sched::{Policy, Scheduler};
 
+/// The agents' heartbeat period, the idle time after which they probe, and the probe's
+/// size (`dyno_actors::agent`'s control loop).
+const BEAT_S: f64 = 0.5;
+const PROBE_IDLE_S: f64 = 2.0;
+const PROBE_BYTES: usize = 32 << 10;
+
 /// One simulated device.
 #[derive(Debug, Clone)]
 pub struct SimDevice {
@@ -73,6 +79,9 @@ pub struct SimRun {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     Replan,
+    /// The agents' half-second heartbeat: an idle uplink gets a probe.
+    Beat,
+    ProbeDone(usize),
     Answer(usize),
     CloudDone(usize),
     Arrive(usize),
@@ -192,6 +201,10 @@ pub fn run(
     };
     replan(&mut plans, &mut sched, &estimators, devices, &mut out, 0.0);
     push(&mut heap, replan_s, Kind::Replan);
+    push(&mut heap, BEAT_S, Kind::Beat);
+    // When each uplink last started a transfer, and the probes on their way.
+    let mut last_sent = vec![0.0f64; n];
+    let mut probes: Vec<(usize, f64, f64)> = Vec::new();
     for i in 0..n {
         push(&mut heap, 0.0, Kind::Start(i));
     }
@@ -210,6 +223,28 @@ pub fn run(
             Kind::Replan => {
                 replan(&mut plans, &mut sched, &estimators, devices, &mut out, t);
                 push(&mut heap, t + replan_s, Kind::Replan);
+            }
+            Kind::Beat => {
+                // As the agent does: 32 KB through an uplink idle for 2 s, timed from when
+                // it was handed to the link until its acknowledgement.
+                for (i, d) in devices.iter_mut().enumerate() {
+                    if t - last_sent[i] >= PROBE_IDLE_S {
+                        let delivery = d.shaper.send(t, PROBE_BYTES);
+                        last_sent[i] = t;
+                        probes.push((i, t, delivery.arrives));
+                        push(
+                            &mut heap,
+                            delivery.arrives,
+                            Kind::ProbeDone(probes.len() - 1),
+                        );
+                    }
+                }
+                push(&mut heap, t + BEAT_S, Kind::Beat);
+            }
+            Kind::ProbeDone(p) => {
+                let (i, sent, arrives) = probes[p];
+                let one_way = devices[i].rtt_s / 2.0;
+                estimators[i].observe_transfer(t, PROBE_BYTES as u64, arrives - sent + one_way);
             }
             Kind::Start(i) => {
                 if device_busy[i] || in_flight[i] >= devices[i].in_flight.max(1) {
@@ -244,6 +279,7 @@ pub fn run(
                     push(&mut heap, t, Kind::Answer(f));
                 } else {
                     let d = devices[i].shaper.send(t, flights[f].bytes as usize);
+                    last_sent[i] = t;
                     // The transfer is timed from when its first bit leaves, not from when
                     // it joined the device's own queue (as the agent does).
                     flights[f].sent = d.start;
