@@ -176,6 +176,24 @@ impl SchedulerActor {
             f64::INFINITY // each device alone: its individual optimum
         };
         let plan = fleet::plan(&self.tables, &fleet_devices, capacity);
+        if plan.strategy != "individual" {
+            // The pool is shared: keep the fleet's plans while they hold, as long as
+            // every device's worker is still there.
+            let current: Vec<Option<Candidate>> = ids
+                .iter()
+                .map(|id| {
+                    let a = self.devices[id].plan.as_ref()?;
+                    let alive = a
+                        .worker
+                        .as_ref()
+                        .is_none_or(|addr| self.workers.values().any(|w| &w.data_addr == addr));
+                    alive.then_some(a.candidate)
+                })
+                .collect();
+            if fleet::keep_current(&self.tables, &fleet_devices, &current, capacity, &plan) {
+                return;
+            }
+        }
         // Workers by spare slots, filled greedily by each device's cloud load.
         let mut load: HashMap<&str, f64> = self.workers.keys().map(|k| (k.as_str(), 0.0)).collect();
         let mut order: Vec<usize> = (0..ids.len()).collect();

@@ -298,6 +298,12 @@ fn run_live(global: &dyno::cli::Global, a: dyno::cli::ExperimentArgs) -> anyhow:
 }
 
 fn main() -> std::process::ExitCode {
+    // Output piped into `head` and the like ends quietly when the reader goes, as other
+    // command-line tools do, instead of a panic on the broken pipe.
+    // SAFETY: at the start of main, before any thread: resets one signal's disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Base(dyno::cli::Command::Experiment(dyno::cli::ExperimentCommand::Run(a)))

@@ -177,11 +177,14 @@ pub fn run(
                         demand_fps: None,
                     })
                     .collect();
-                fleet::plan(tables, &fd, workers as f64)
-                    .devices
-                    .into_iter()
-                    .map(|p| p.candidate)
-                    .collect()
+                let new = fleet::plan(tables, &fd, workers as f64);
+                if new.strategy != "individual"
+                    && fleet::keep_current(tables, &fd, plans, workers as f64, &new)
+                {
+                    plans.iter().map(|p| p.expect("kept plans exist")).collect()
+                } else {
+                    new.devices.into_iter().map(|p| p.candidate).collect()
+                }
             }
         };
         for (i, c) in new.into_iter().enumerate() {

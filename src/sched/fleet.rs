@@ -74,6 +74,49 @@ pub struct FleetPlan {
     pub strategy: &'static str,
 }
 
+/// Fleet-level hysteresis: whether the devices' current plans (all of them planned) are
+/// still worth keeping against `new`: every one still meets its SLO's constraints, and
+/// `new` is not better by more than the SLOs' hysteresis (their mean) in total predicted
+/// throughput, the current plans' onloading rates scaled down to fit `capacity` where
+/// their load exceeds it. Without it, a fleet plan that moves with every new link or
+/// correction sample flaps.
+pub fn keep_current(
+    tables: &Tables,
+    devices: &[FleetDevice],
+    current: &[Option<Candidate>],
+    capacity: f64,
+    new: &FleetPlan,
+) -> bool {
+    if devices.is_empty() || current.len() != devices.len() {
+        return false;
+    }
+    let (mut load, mut local, mut onloading, mut hysteresis) = (0.0, 0.0, 0.0, 0.0);
+    for (d, c) in devices.iter().zip(current) {
+        let Some(row) = c.as_ref().and_then(|c| tables.row(c)) else {
+            return false;
+        };
+        let p = row.predict(&d.conditions);
+        if !d.slo.constraints.allows(&p) {
+            return false;
+        }
+        let rate = d.demand_fps.map_or(p.throughput, |f| f.min(p.throughput));
+        if p.cloud_s > 0.0 {
+            load += rate * p.cloud_s;
+            onloading += rate;
+        } else {
+            local += rate;
+        }
+        hysteresis += d.slo.objectives.hysteresis;
+    }
+    let hysteresis = hysteresis / devices.len() as f64;
+    let scale = if load > capacity {
+        capacity / load
+    } else {
+        1.0
+    };
+    new.throughput <= (local + scale * onloading) * (1.0 + hysteresis)
+}
+
 /// A plan a device may take, at full rate.
 #[derive(Debug, Clone, Copy)]
 struct Opt {
@@ -468,6 +511,41 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_fleet_keeps_its_plans_unless_the_new_one_is_clearly_better() {
+        let tables = toy();
+        let slo = Slo::default();
+        let devices = mixed(12, &slo);
+        let capacity = 1.0;
+        let new = plan(&tables, &devices, capacity);
+        let current: Vec<Option<Candidate>> =
+            new.devices.iter().map(|p| Some(p.candidate)).collect();
+        // The plan itself is kept against itself...
+        assert!(keep_current(&tables, &devices, &current, capacity, &new));
+        // ...not when a device has no plan yet, when the pool shrank under the plans'
+        // load, or when the alternative is more than the hysteresis better.
+        let mut missing = current.clone();
+        missing[3] = None;
+        assert!(!keep_current(&tables, &devices, &missing, capacity, &new));
+        assert!(!keep_current(
+            &tables,
+            &devices,
+            &current,
+            capacity * 0.2,
+            &new
+        ));
+        let mut better = new.clone();
+        better.throughput *= 1.0 + slo.objectives.hysteresis + 0.05;
+        assert!(!keep_current(
+            &tables, &devices, &current, capacity, &better
+        ));
+        let mut slightly = new.clone();
+        slightly.throughput *= 1.0 + slo.objectives.hysteresis / 2.0;
+        assert!(keep_current(
+            &tables, &devices, &current, capacity, &slightly
+        ));
     }
 
     #[test]
