@@ -154,6 +154,11 @@ impl SchedulerActor {
         if ids.is_empty() {
             return;
         }
+        let slots = self
+            .workers
+            .values()
+            .map(|w| f64::from(w.slots))
+            .fold(1.0, f64::max);
         let fleet_devices: Vec<FleetDevice> = ids
             .iter()
             .map(|id| {
@@ -161,6 +166,8 @@ impl SchedulerActor {
                 let mut c = Conditions::new(d.info.slowdown, d.link);
                 c.cloud_slowdown = self.cloud_slowdown;
                 c.correction = d.correction;
+                // A device gets one worker; its slots serve the device's frames at once.
+                c.cloud_slots = slots;
                 FleetDevice {
                     id: id.clone(),
                     conditions: c,

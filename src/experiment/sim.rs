@@ -132,6 +132,8 @@ pub fn run(
     let cond = |d: &SimDevice, link: Link| {
         let mut c = Conditions::new(d.slowdown, link);
         c.cloud_slowdown = cloud_slowdown;
+        // The pool serves any device's frames on any of its workers.
+        c.cloud_slots = workers.max(1) as f64;
         c
     };
     let mut sched = Scheduler::new();

@@ -10,7 +10,8 @@
 //! - `T_cloud(s)   = k_cloud * slowdown_cloud * sum of block times for blocks >= s`
 //! - latency = the sum (plus the cloud's queueing delay); throughput = 1 / the slowest of
 //!   the three pipelined stages (device: head and pack; network: the bytes at the
-//!   link's rate; cloud: unpack and tail); cloud cost = cloud seconds per inference;
+//!   link's rate; cloud: unpack and tail, over the worker's slots that serve frames at
+//!   once); cloud cost = cloud seconds per inference;
 //!   energy = `compute_watts * (T_dev + T_pack) + radio_joules_per_mb * S / 1e6`.
 //!
 //! [`Tables`] holds everything that depends only on the model and its profiles, laid out
@@ -98,6 +99,9 @@ pub struct Conditions {
     pub correction: Correction,
     /// Expected wait in a cloud worker's queue, seconds.
     pub cloud_queue_s: f64,
+    /// Inferences the device's cloud worker runs at once (its slots): the cloud stage
+    /// limits throughput to `cloud_slots / cloud_s`.
+    pub cloud_slots: f64,
 }
 
 impl Conditions {
@@ -109,6 +113,7 @@ impl Conditions {
             energy: EnergyModel::default(),
             correction: Correction::default(),
             cloud_queue_s: 0.0,
+            cloud_slots: 1.0,
         }
     }
 }
@@ -210,7 +215,9 @@ impl Row {
         };
         let cloud_s = unpack_s + tail_s;
         let queue = if cloud_s > 0.0 { c.cloud_queue_s } else { 0.0 };
-        let slowest = (head_s + pack_s).max(wire_s).max(cloud_s);
+        let slowest = (head_s + pack_s)
+            .max(wire_s)
+            .max(cloud_s / c.cloud_slots.max(1.0));
         Prediction {
             latency_s: head_s + pack_s + net_s + queue + cloud_s,
             throughput: if slowest > 0.0 { 1.0 / slowest } else { 0.0 },
