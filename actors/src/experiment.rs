@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
-use dyno::experiment::sim::{Planning, SimFrame};
+use dyno::experiment::sim::{Planning, SimFrame, SimTick};
 use dyno::experiment::{planning, row, Experiment, Outcome};
 use dyno::home::Home;
+use dyno::link::Trace;
 
 use crate::agent::{self, FrameResult};
 use crate::config::{AgentConfig, CoordinatorConfig, Fleet, LinkConfig, Source};
@@ -82,6 +83,7 @@ pub fn live_with(
                 ..Fleet::default()
             };
             let mut agents = Vec::new();
+            let mut traces = Vec::new();
             for (k, spec) in e.devices.iter().enumerate() {
                 for c in 0..spec.count {
                     let mut link = LinkConfig {
@@ -98,6 +100,13 @@ pub fn live_with(
                         (None, None, None, Some(p)) => link.trace = Some(home.root().join(p)),
                         _ => anyhow::bail!("devices[{k}] has no link"),
                     }
+                    traces.push(match &link.trace {
+                        Some(path) => Trace::load(path, link.repeat)?,
+                        None if !link.steps.is_empty() => {
+                            Trace::steps(link.steps.clone(), link.repeat)?
+                        }
+                        None => Trace::constant(link.mbps)?,
+                    });
                     agents.push(AgentConfig {
                         fleet: fleet.clone(),
                         id: format!("{}-{k}-{c}", spec.class),
@@ -106,7 +115,15 @@ pub fn live_with(
                         class: spec.class.clone(),
                         devices: e.devices_file.as_ref().map(|p| home.root().join(p)),
                         link,
-                        source: source.clone(),
+                        source: match spec.source.as_deref() {
+                            None | Some("dataset") => source.clone(),
+                            Some("synthetic") => Source::Synthetic {
+                                seed: e.seed ^ ((k as u64) << 32) ^ c as u64,
+                            },
+                            Some(folder) => Source::Folder {
+                                path: home.root().join(folder),
+                            },
+                        },
                         duration_s: e.duration_s,
                         in_flight: spec.in_flight,
                         slo: slo.clone(),
@@ -162,6 +179,11 @@ pub fn live_with(
                     });
                 }
             }
+            out.ticks.extend(
+                ticks(&results, &traces, e.duration_s, e.replan_s)
+                    .into_iter()
+                    .map(|t| (name.clone(), *point, t)),
+            );
             out.rows.push(row(
                 name,
                 *point,
@@ -295,4 +317,37 @@ fn processes(
     }
     drop(c);
     Ok(out)
+}
+
+/// A time series per device like the simulator's: every `step_s`, the link's rate and
+/// the plan in force (the last frame started by then). The coordinator's estimate is
+/// not known here (NaN).
+fn ticks(
+    results: &[(agent::AgentSummary, Vec<FrameResult>)],
+    traces: &[Trace],
+    duration_s: f64,
+    step_s: f64,
+) -> Vec<SimTick> {
+    let mut out = Vec::new();
+    for (i, ((_, frames), trace)) in results.iter().zip(traces).enumerate() {
+        let mut by_start: Vec<&FrameResult> = frames.iter().collect();
+        by_start.sort_by(|a, b| a.start_s.total_cmp(&b.start_s));
+        let steps = (duration_s / step_s).floor() as usize;
+        for n in 0..=steps {
+            let t = n as f64 * step_s;
+            let k = by_start.partition_point(|f| f.start_s <= t);
+            let Some(f) = by_start.get(k.saturating_sub(1)) else {
+                continue;
+            };
+            out.push(SimTick {
+                time_s: t,
+                device: i,
+                true_mbps: trace.mbps_at(t),
+                estimated_mbps: f64::NAN,
+                split: f.candidate.split,
+                precision: f.candidate.precision.to_string(),
+            });
+        }
+    }
+    out
 }

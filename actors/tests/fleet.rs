@@ -374,6 +374,11 @@ class = "gateway"
 count = 2
 mbps = 50.0
 rtt_ms = 5.0
+[[devices]]
+class = "gateway"
+mbps = 50.0
+rtt_ms = 5.0
+source = "synthetic"
 "#,
     )
     .unwrap();
@@ -382,6 +387,17 @@ rtt_ms = 5.0
     let row = |p: &str| out.rows.iter().find(|r| r.policy == p).unwrap();
     assert!(row("device-only").frames > 0 && row("cloud-only").frames > 0);
     assert_eq!(row("device-only").bytes_per_inference, 0.0);
+    // A time series per device and policy: the link's rate and the plan in force.
+    for p in ["device-only", "cloud-only", "dyno-fleet"] {
+        let ts: Vec<_> = out.ticks.iter().filter(|(q, _, _)| q == p).collect();
+        assert!(ts.len() >= 3 * 3, "{p}: {} ticks", ts.len());
+        assert!(ts.iter().all(|(_, _, t)| t.true_mbps == 50.0));
+    }
+    assert!(out
+        .ticks
+        .iter()
+        .filter(|(q, _, _)| q == "device-only")
+        .all(|(_, _, t)| t.split as usize == 7));
     assert!(row("cloud-only").bytes_per_inference > 0.0);
     assert!((row("device-only").device_share - 1.0).abs() < 1e-9);
     assert!(

@@ -20,6 +20,7 @@
 //! mbps = 10.0                # or steps = [[0, 50], [30, 2]], or trace = "FILE"
 //! rtt_ms = 20.0
 //! in_flight = 2
+//! source = "dataset"         # live mode: "dataset", "synthetic" or an image folder
 //!
 //! [sweep]
 //! mbps = [1, 5, 10, 50]      # every device's bandwidth, one run per value
@@ -108,6 +109,11 @@ pub struct DeviceSpec {
     pub loss: f64,
     #[serde(default = "default_in_flight")]
     pub in_flight: usize,
+    /// Where the device's frames come from in live mode: `dataset` (the model's real
+    /// images: the ImageNet images, or Fashion-MNIST for `fashion_cnn`; the default),
+    /// `synthetic`, or a folder of images (relative to the project folder). The
+    /// simulated mode takes its bytes from the profile, measured on the real images.
+    pub source: Option<String>,
 }
 
 fn one_count() -> usize {
@@ -192,6 +198,12 @@ impl Experiment {
             if links != 1 && self.sweep.mbps.is_empty() {
                 return Err(format!(
                     "devices[{i}]: give exactly one of mbps, steps, trace (or a [sweep] mbps)"
+                ));
+            }
+            if d.source.as_deref().is_some_and(|s| s.trim().is_empty()) {
+                return Err(format!(
+                    "devices[{i}].source is empty: give \"dataset\", \"synthetic\" or an \
+                     image folder"
                 ));
             }
             if !(d.rtt_ms.is_finite() && d.rtt_ms >= 0.0) {
@@ -499,6 +511,12 @@ mbps = 10.0
         assert!(Experiment::from_toml(&bad)
             .unwrap_err()
             .contains("exactly one of mbps"));
+        let bad = GOOD.replace("mbps = 10.0", "mbps = 10.0\nsource = \" \"");
+        let err = Experiment::from_toml(&bad).unwrap_err();
+        assert!(
+            err.contains("devices[0].source") && err.contains("synthetic"),
+            "{err}"
+        );
         let bad = format!("{GOOD}\n[sweep]\nmbps = [1, -2]\n");
         assert!(Experiment::from_toml(&bad)
             .unwrap_err()

@@ -225,7 +225,10 @@ pub fn write(out: &Outcome, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             .collect();
         let mut per_s = vec![0.0; out.duration_s.ceil() as usize + 1];
         for f in &frames {
-            per_s[f.end_s as usize] += 1.0;
+            // A live frame may end after the run's last second.
+            if let Some(n) = per_s.get_mut(f.end_s.max(0.0) as usize) {
+                *n += 1.0;
+            }
         }
         let series: Series = vec![
             (
@@ -233,8 +236,13 @@ pub fn write(out: &Outcome, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                 ticks.iter().map(|t| (t.time_s, t.true_mbps)).collect(),
             ),
             (
+                // Live runs know the link but not the coordinator's estimate of it.
                 "estimate (Mbit/s)".into(),
-                ticks.iter().map(|t| (t.time_s, t.estimated_mbps)).collect(),
+                ticks
+                    .iter()
+                    .filter(|t| t.estimated_mbps.is_finite())
+                    .map(|t| (t.time_s, t.estimated_mbps))
+                    .collect(),
             ),
             (
                 "split".into(),
