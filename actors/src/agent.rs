@@ -578,6 +578,7 @@ pub async fn run_with_results(
                     fallback: r.result.fallback,
                 }));
             }
+            record(&shared.me.name, &r);
             results.lock().expect("not poisoned").push(r.result);
             drop(permit);
         }));
@@ -661,6 +662,36 @@ fn summarize(
         0.0
     };
     s
+}
+
+/// One finished frame in the metrics (`crate::metrics`).
+fn record(device: &str, d: &Done) {
+    let device = device.to_string();
+    metrics::counter!("dyno_frames_total", "device" => device.clone()).increment(1);
+    if d.result.fallback {
+        metrics::counter!("dyno_fallbacks_total", "device" => device.clone()).increment(1);
+    }
+    if d.result.error.is_some() {
+        metrics::counter!("dyno_frame_errors_total", "device" => device).increment(1);
+        return;
+    }
+    let s = &d.stages;
+    let remote = d.bytes > 0 && !d.result.fallback;
+    let mut phases = vec![
+        ("device", s.head_s),
+        ("pack", s.pack_s),
+        ("end_to_end", d.result.latency_s),
+    ];
+    if remote {
+        phases.extend([
+            ("transfer", s.wire_s),
+            ("worker_queue", s.queue_s),
+            ("cloud", s.unpack_s + s.tail_s),
+        ]);
+    }
+    for (phase, secs) in phases {
+        metrics::histogram!("dyno_phase_seconds", "phase" => phase).record(secs);
+    }
 }
 
 struct Done {
@@ -981,6 +1012,11 @@ async fn control_loop(
                 Ok(Message::Plan(a)) => {
                     tracing::info!(plan = %a.candidate, worker = ?a.worker, "plan");
                     shared.plans.fetch_add(1, Ordering::Relaxed);
+                    let device = shared.me.name.clone();
+                    metrics::gauge!("dyno_plan_split", "device" => device.clone())
+                        .set(f64::from(a.candidate.split));
+                    metrics::gauge!("dyno_plan_bits", "device" => device)
+                        .set(crate::metrics::bits(a.candidate.precision));
                     *shared.plan.lock().expect("not poisoned") = Some(a);
                 }
                 Ok(Message::HeartbeatAck { seq }) => {

@@ -183,6 +183,10 @@ impl SchedulerActor {
             f64::INFINITY // each device alone: its individual optimum
         };
         let plan = fleet::plan(&self.tables, &fleet_devices, capacity);
+        let slots_total: f64 = self.workers.values().map(|w| f64::from(w.slots)).sum();
+        if slots_total > 0.0 {
+            metrics::gauge!("dyno_pool_utilisation").set(plan.load / slots_total);
+        }
         if plan.strategy != "individual" {
             // The pool is shared: keep the fleet's plans while they hold, as long as
             // every device's worker is still there.
@@ -297,6 +301,10 @@ impl SchedulerActor {
                 epoch,
             };
             tracing::info!(device = %id, plan = %candidate, worker = ?a.worker, "new plan");
+            metrics::gauge!("dyno_plan_split", "device" => id.clone())
+                .set(f64::from(candidate.split));
+            metrics::gauge!("dyno_plan_bits", "device" => id.clone())
+                .set(crate::metrics::bits(candidate.precision));
             let _ = d.tx.send(Message::Plan(a.clone()));
             d.plan = Some(a);
             self.plans_sent += 1;
@@ -399,6 +407,8 @@ impl Handler<LinkUpdate> for SchedulerActor {
     fn handle(&mut self, m: LinkUpdate, _: &mut Self::Context) {
         if let Some(d) = self.devices.get_mut(&m.id) {
             d.link = m.link;
+            metrics::gauge!("dyno_bandwidth_estimate_mbps", "device" => m.id.clone())
+                .set(m.link.bandwidth_bps / 1e6);
             self.replan();
         }
     }
@@ -411,6 +421,13 @@ impl Handler<FrameDone> for SchedulerActor {
             return;
         };
         d.frames += 1;
+        if d.slo
+            .constraints
+            .max_latency_ms
+            .is_some_and(|max| m.report.stages.total() * 1e3 > max)
+        {
+            metrics::counter!("dyno_slo_violations_total", "device" => m.id.clone()).increment(1);
+        }
         if m.report.fallback {
             d.fallbacks += 1;
             return;
@@ -680,6 +697,8 @@ async fn serve_control(
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(%peer, "control endpoint: refused a peer: {e}");
+                    metrics::counter!("dyno_refused_peers_total", "endpoint" => "control")
+                        .increment(1);
                     return;
                 }
             };

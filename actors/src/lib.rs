@@ -21,4 +21,5 @@ pub mod config;
 pub mod coordinator;
 pub mod discovery;
 pub mod experiment;
+pub mod metrics;
 pub mod worker;

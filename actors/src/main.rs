@@ -52,6 +52,19 @@ struct Common {
     /// No mDNS: neither advertise nor browse (static addresses only).
     #[arg(long)]
     no_mdns: bool,
+    /// Serve Prometheus metrics on this address (any GET path, e.g. /metrics).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+}
+
+impl Common {
+    /// Starts the metrics endpoint when asked for.
+    fn serve_metrics(&self) -> anyhow::Result<()> {
+        match self.metrics {
+            Some(addr) => dyno_actors::metrics::serve(addr),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -185,6 +198,7 @@ fn run_coordinator(global: &dyno::cli::Global, a: CoordinatorArgs) -> anyhow::Re
     if let Some(v) = a.model {
         cfg.model = v;
     }
+    a.common.serve_metrics()?;
     let home = global.setup()?;
     actix::System::new().block_on(async move {
         let c = coordinator::start(&cfg, &home).await?;
@@ -223,6 +237,7 @@ fn run_worker(global: &dyno::cli::Global, a: WorkerArgs) -> anyhow::Result<()> {
     if let Some(v) = a.model {
         cfg.model = v;
     }
+    a.common.serve_metrics()?;
     let home = global.setup()?;
     actix::System::new().block_on(async move {
         let w = worker::start(&cfg, &home).await?;
@@ -272,6 +287,7 @@ fn run_agent(global: &dyno::cli::Global, a: AgentArgs) -> anyhow::Result<()> {
     if let Some(v) = a.results {
         cfg.results = Some(v);
     }
+    a.common.serve_metrics()?;
     let home = global.setup()?;
     actix::System::new().block_on(async move {
         let summary = tokio::select! {

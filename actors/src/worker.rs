@@ -156,6 +156,8 @@ pub async fn serve_data(listener: TcpListener, pool: Pool, me: Identity, max_fra
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(%peer, "data endpoint: refused a peer: {e}");
+                    metrics::counter!("dyno_refused_peers_total", "endpoint" => "data")
+                        .increment(1);
                     return;
                 }
             };
@@ -177,13 +179,16 @@ pub async fn serve_data(listener: TcpListener, pool: Pool, me: Identity, max_fra
                         let (pool, out) = (pool.clone(), out.clone());
                         actix_rt::spawn(async move {
                             let m = match pool.run(packed).await {
-                                Ok(d) => Message::InferOk {
-                                    request,
-                                    top1: d.top1,
-                                    queue_s: d.queue_s,
-                                    unpack_s: d.unpack_s,
-                                    tail_s: d.tail_s,
-                                },
+                                Ok(d) => {
+                                    metrics::counter!("dyno_worker_inferences_total").increment(1);
+                                    Message::InferOk {
+                                        request,
+                                        top1: d.top1,
+                                        queue_s: d.queue_s,
+                                        unpack_s: d.unpack_s,
+                                        tail_s: d.tail_s,
+                                    }
+                                }
                                 Err((busy, reason)) => Message::InferErr {
                                     request,
                                     busy,

@@ -12,6 +12,8 @@ use dyno_actors::config::{
 };
 use dyno_actors::{coordinator, worker};
 
+mod common;
+
 /// One lossless policy that always onloads, one that chooses, and DynO.
 const POLICIES: [&str; 3] = ["cloud-only", "neurosurgeon", "dyno"];
 
@@ -234,6 +236,7 @@ fn real_processes_on_loopback() {
 #[test]
 fn bad_peers_are_refused_and_the_fleet_keeps_working() {
     let key = "0123456789abcdef-test";
+    let metrics = common::free_port();
     let mut c = Command::new(env!("CARGO_BIN_EXE_dyno"))
         .args([
             "coordinator",
@@ -249,6 +252,8 @@ fn bad_peers_are_refused_and_the_fleet_keeps_working() {
             "1",
             "--ready-json",
             "--no-mdns",
+            "--metrics",
+            &format!("127.0.0.1:{metrics}"),
         ])
         .env("DYNO_FLEET_KEY", key)
         .stdout(Stdio::piped())
@@ -335,6 +340,9 @@ fn bad_peers_are_refused_and_the_fleet_keeps_working() {
     assert_eq!(s.results, 60);
     assert!(s.onloaded > 0, "{s:?}");
     drop((g, o, v));
+    // Every refused peer is counted (the wrong-key agent retries, so at least four).
+    let m = common::wait_for(metrics, "dyno_refused_peers_total", 3.0);
+    eprintln!("refused: {}", common::value(&m, "dyno_refused_peers_total"));
     drop(guard); // kills the coordinator, which closes its log
     let log = log.join().unwrap();
     for needle in [

@@ -1,0 +1,112 @@
+//! `--metrics ADDR`: a running fleet (a coordinator process with an embedded worker, an
+//! agent process) serves Prometheus metrics, and the figures move while it runs.
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+mod common;
+use common::{free_port, value, wait_for};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_running_fleet_serves_metrics_that_move() {
+    let (cm, am) = (free_port(), free_port());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dyno"))
+        .args([
+            "coordinator",
+            "--insecure",
+            "--fleet",
+            "test-metrics",
+            "--model",
+            "fashion_cnn",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--ready-json",
+            "--no-mdns",
+            "--metrics",
+            &format!("127.0.0.1:{cm}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _c = Proc(c);
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let control = ready["control"].as_str().unwrap().to_string();
+    let _a = Proc(
+        Command::new(env!("CARGO_BIN_EXE_dyno"))
+            .args([
+                "agent",
+                "--insecure",
+                "--fleet",
+                "test-metrics",
+                "--model",
+                "fashion_cnn",
+                "--id",
+                "cam-1",
+                "--class",
+                "slow10x",
+                "--mbps",
+                "50",
+                "--coordinator",
+                &control,
+                "--no-mdns",
+                "--frames",
+                "0",
+                "--metrics",
+                &format!("127.0.0.1:{am}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The agent's frames and phases move from one scrape to the next.
+    let first = wait_for(am, "dyno_frames_total", 5.0);
+    let second = wait_for(
+        am,
+        "dyno_frames_total",
+        value(&first, "dyno_frames_total") + 5.0,
+    );
+    eprintln!("agent scrape:\n{second}");
+    for phase in ["device", "pack", "end_to_end"] {
+        let n = value(
+            &second,
+            &format!("dyno_phase_seconds_count{{phase=\"{phase}\"}}"),
+        );
+        assert!(n > 0.0, "no {phase} samples");
+    }
+    assert!(second.contains("dyno_plan_split{device=\"cam-1\"}"));
+    // The coordinator: the link estimate, the plan, the pool, the worker's inferences
+    // once the plan onloads (slow10x at 50 Mbit/s).
+    let c = wait_for(cm, "dyno_worker_inferences_total", 0.0);
+    eprintln!("coordinator scrape:\n{c}");
+    let est = value(&c, "dyno_bandwidth_estimate_mbps");
+    // (fashion_cnn's frames are about 1 KB: on a 50 Mbit/s link with a 20 ms RTT their
+    // transfers are all round trip, and the estimate from them is far below the link.)
+    assert!(est > 0.0 && est < 500.0, "bandwidth estimate {est}");
+    for name in ["dyno_plan_split", "dyno_plan_bits", "dyno_pool_utilisation"] {
+        assert!(c.contains(name), "{name} missing");
+    }
+    let c2 = wait_for(
+        cm,
+        "dyno_worker_inferences_total",
+        value(&c, "dyno_worker_inferences_total") + 1.0,
+    );
+    assert!(value(&c2, "dyno_worker_inferences_total") > value(&c, "dyno_worker_inferences_total"));
+}
