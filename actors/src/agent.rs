@@ -22,6 +22,7 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tracing::Instrument;
 
 use crate::config::{AgentConfig, Source};
 use crate::discovery;
@@ -566,22 +567,35 @@ pub async fn run_with_results(
             verify: cfg.verify,
             timeout: Duration::from_secs_f64(cfg.timeout_s.max(0.01)),
         };
-        tasks.push(actix_rt::spawn(async move {
-            let r = frame(&shared, &compute, request, x, rules).await;
-            if let Some(c) = shared.control.lock().expect("not poisoned").as_ref() {
-                let _ = c.send(Message::Report(FrameReport {
-                    request,
-                    candidate: r.candidate,
-                    stages: r.stages,
-                    bytes: r.bytes,
-                    transfer_s: r.stages.wire_s,
-                    fallback: r.result.fallback,
-                }));
+        // One span per frame: the worker opens one with the same device and request, so
+        // that a frame is one trace across the processes' logs.
+        let span = tracing::info_span!("frame", device = %shared.me.name, request);
+        tasks.push(actix_rt::spawn(
+            async move {
+                let r = frame(&shared, &compute, request, x, rules).await;
+                tracing::debug!(
+                    plan = %r.candidate,
+                    bytes = r.bytes,
+                    fallback = r.result.fallback,
+                    latency_ms = r.result.latency_s * 1e3,
+                    "frame done"
+                );
+                if let Some(c) = shared.control.lock().expect("not poisoned").as_ref() {
+                    let _ = c.send(Message::Report(FrameReport {
+                        request,
+                        candidate: r.candidate,
+                        stages: r.stages,
+                        bytes: r.bytes,
+                        transfer_s: r.stages.wire_s,
+                        fallback: r.result.fallback,
+                    }));
+                }
+                record(&shared.me.name, &r);
+                results.lock().expect("not poisoned").push(r.result);
+                drop(permit);
             }
-            record(&shared.me.name, &r);
-            results.lock().expect("not poisoned").push(r.result);
-            drop(permit);
-        }));
+            .instrument(span),
+        ));
     }
     for t in tasks {
         let _ = t.await;

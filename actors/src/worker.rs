@@ -15,6 +15,7 @@ use dyno::pack::{DecodeLimits, Packer};
 use dyno::wire::{self, Identity, Message};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 /// Runs one tail.
 #[derive(Message)]
@@ -177,26 +178,37 @@ pub async fn serve_data(listener: TcpListener, pool: Pool, me: Identity, max_fra
                         request, packed, ..
                     }) => {
                         let (pool, out) = (pool.clone(), out.clone());
-                        actix_rt::spawn(async move {
-                            let m = match pool.run(packed).await {
-                                Ok(d) => {
-                                    metrics::counter!("dyno_worker_inferences_total").increment(1);
-                                    Message::InferOk {
-                                        request,
-                                        top1: d.top1,
-                                        queue_s: d.queue_s,
-                                        unpack_s: d.unpack_s,
-                                        tail_s: d.tail_s,
+                        // The frame's span, as the agent names it (device, request).
+                        let span = tracing::info_span!("frame", device = %name, request);
+                        actix_rt::spawn(
+                            async move {
+                                let m = match pool.run(packed).await {
+                                    Ok(d) => {
+                                        metrics::counter!("dyno_worker_inferences_total")
+                                            .increment(1);
+                                        tracing::debug!(
+                                            queue_ms = d.queue_s * 1e3,
+                                            tail_ms = (d.unpack_s + d.tail_s) * 1e3,
+                                            "tail done"
+                                        );
+                                        Message::InferOk {
+                                            request,
+                                            top1: d.top1,
+                                            queue_s: d.queue_s,
+                                            unpack_s: d.unpack_s,
+                                            tail_s: d.tail_s,
+                                        }
                                     }
-                                }
-                                Err((busy, reason)) => Message::InferErr {
-                                    request,
-                                    busy,
-                                    reason,
-                                },
-                            };
-                            let _ = out.send(m);
-                        });
+                                    Err((busy, reason)) => Message::InferErr {
+                                        request,
+                                        busy,
+                                        reason,
+                                    },
+                                };
+                                let _ = out.send(m);
+                            }
+                            .instrument(span),
+                        );
                     }
                     Ok(Message::Heartbeat { seq }) => {
                         let _ = out.send(Message::HeartbeatAck { seq });
