@@ -1,6 +1,6 @@
 //! `dyno coordinator`: the Scheduler and BandwidthMonitor actors, the control endpoint,
 //! and an embedded CloudWorker pool with its data endpoint.
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ struct DeviceState {
     plan: Option<Assignment>,
     frames: u64,
     fallbacks: u64,
+    /// (when, end-to-end seconds) of the reports of the last `RECENT_S` seconds.
+    recent: VecDeque<(Instant, f64)>,
 }
 
 struct WorkerState {
@@ -54,6 +56,7 @@ pub struct SchedulerActor {
     planner: Planner,
     replan_every: Duration,
     plans_sent: u64,
+    pool_utilisation: f64,
     fleet_aware: bool,
 }
 
@@ -107,15 +110,17 @@ pub struct FrameDone {
     pub report: FrameReport,
 }
 
-/// A snapshot of the fleet.
-#[derive(Debug, Clone, Serialize)]
+/// A snapshot of the fleet (`dyno status`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct FleetStatus {
     pub devices: Vec<DeviceStatus>,
     pub workers: Vec<WorkerStatus>,
     pub plans_sent: u64,
+    /// The planned cloud load over the pool's slots.
+    pub pool_utilisation: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DeviceStatus {
     pub id: String,
     pub class: String,
@@ -124,9 +129,17 @@ pub struct DeviceStatus {
     pub rtt_ms: f64,
     pub frames: u64,
     pub fallbacks: u64,
+    /// Frames reported over the last `RECENT_S` seconds, per second.
+    pub fps: f64,
+    /// End-to-end latency of those frames, ms (NaN before any).
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The window of reports behind a device's rate and latency figures, seconds.
+const RECENT_S: f64 = 10.0;
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct WorkerStatus {
     pub name: String,
     pub data_addr: String,
@@ -184,9 +197,12 @@ impl SchedulerActor {
         };
         let plan = fleet::plan(&self.tables, &fleet_devices, capacity);
         let slots_total: f64 = self.workers.values().map(|w| f64::from(w.slots)).sum();
-        if slots_total > 0.0 {
-            metrics::gauge!("dyno_pool_utilisation").set(plan.load / slots_total);
-        }
+        self.pool_utilisation = if slots_total > 0.0 {
+            plan.load / slots_total
+        } else {
+            0.0
+        };
+        metrics::gauge!("dyno_pool_utilisation").set(self.pool_utilisation);
         if plan.strategy != "individual" {
             // The pool is shared: keep the fleet's plans while they hold, as long as
             // every device's worker is still there.
@@ -343,6 +359,7 @@ impl Handler<DeviceJoined> for SchedulerActor {
                 plan: None,
                 frames: 0,
                 fallbacks: 0,
+                recent: VecDeque::new(),
             },
         );
         if old.is_some() {
@@ -421,6 +438,15 @@ impl Handler<FrameDone> for SchedulerActor {
             return;
         };
         d.frames += 1;
+        let now = Instant::now();
+        d.recent.push_back((now, m.report.stages.total()));
+        while d
+            .recent
+            .front()
+            .is_some_and(|f| now.duration_since(f.0).as_secs_f64() > RECENT_S)
+        {
+            d.recent.pop_front();
+        }
         if d.slo
             .constraints
             .max_latency_ms
@@ -462,6 +488,16 @@ impl Handler<GetStatus> for SchedulerActor {
                 rtt_ms: d.link.rtt_s * 1e3,
                 frames: d.frames,
                 fallbacks: d.fallbacks,
+                fps: {
+                    let span = d
+                        .recent
+                        .front()
+                        .map_or(0.0, |f| f.0.elapsed().as_secs_f64())
+                        .clamp(1.0, RECENT_S);
+                    d.recent.len() as f64 / span
+                },
+                latency_p50_ms: quantile(&d.recent, 0.5) * 1e3,
+                latency_p95_ms: quantile(&d.recent, 0.95) * 1e3,
             })
             .collect();
         devices.sort_by(|a, b| a.id.cmp(&b.id));
@@ -480,6 +516,7 @@ impl Handler<GetStatus> for SchedulerActor {
             devices,
             workers,
             plans_sent: self.plans_sent,
+            pool_utilisation: self.pool_utilisation,
         })
     }
 }
@@ -592,6 +629,7 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
         planner: Planner::new(),
         replan_every: Duration::from_millis(cfg.replan_ms.max(50)),
         plans_sent: 0,
+        pool_utilisation: 0.0,
         fleet_aware: cfg.fleet_aware,
     }
     .start();
@@ -773,6 +811,16 @@ async fn serve_control(
                             slots,
                         });
                     }
+                    (Role::Observer, Message::StatusRequest) => {
+                        let json = match scheduler.send(GetStatus).await {
+                            Ok(st) => serde_json::to_string(&st).unwrap_or_default(),
+                            Err(e) => {
+                                tracing::warn!("status: the scheduler did not answer: {e}");
+                                break;
+                            }
+                        };
+                        let _ = out.send(Message::Status { json });
+                    }
                     (Role::Worker, Message::WorkerLoad { queued, .. }) => {
                         if let Some(w) = &worker {
                             scheduler.do_send(WorkerLoad {
@@ -801,4 +849,14 @@ async fn serve_control(
             writer.abort();
         });
     }
+}
+
+/// The `q` quantile of the latencies (seconds) of `recent` reports; NaN when empty.
+fn quantile(recent: &VecDeque<(Instant, f64)>, q: f64) -> f64 {
+    let mut v: Vec<f64> = recent.iter().map(|r| r.1).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
 }

@@ -29,6 +29,24 @@ enum Command {
     Worker(WorkerArgs),
     /// One device: runs heads, packs, sends activations to its worker.
     Agent(AgentArgs),
+    /// The live fleet from its coordinator: devices, plans, rates, latency, workers, pool.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The coordinator's control address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    coordinator: String,
+    /// Fleet id.
+    #[arg(long, default_value = "dyno")]
+    fleet: String,
+    /// The coordinator runs without a fleet key (otherwise DYNO_FLEET_KEY is used).
+    #[arg(long)]
+    insecure: bool,
+    /// Print the status as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Options every runtime process takes.
@@ -299,6 +317,102 @@ fn run_agent(global: &dyno::cli::Global, a: AgentArgs) -> anyhow::Result<()> {
     })
 }
 
+fn run_status(a: StatusArgs) -> anyhow::Result<()> {
+    use dyno::wire::{self, Identity, Message, Role};
+    use dyno_actors::coordinator::FleetStatus;
+    let fleet = config::Fleet {
+        id: a.fleet.clone(),
+        insecure: a.insecure,
+        ..config::Fleet::default()
+    };
+    let me = Identity {
+        fleet: fleet.id.clone(),
+        name: "status".into(),
+        role: Role::Observer,
+        key: fleet.key()?,
+    };
+    let addr = a.coordinator.clone();
+    let wait = std::time::Duration::from_secs(5);
+    let json = actix::System::new().block_on(async move {
+        let stream = tokio::time::timeout(wait, tokio::net::TcpStream::connect(&addr))
+            .await
+            .map_err(|_| anyhow::anyhow!("coordinator {addr}: no answer in 5 s"))?
+            .map_err(|e| anyhow::anyhow!("coordinator {addr}: {e}: is it running there?"))?;
+        let mut conn = wire::connect(stream, &me, fleet.max_frame)
+            .await
+            .map_err(|e| anyhow::anyhow!("coordinator {addr}: {e}"))?;
+        conn.send(&Message::StatusRequest).await?;
+        loop {
+            match tokio::time::timeout(wait, conn.recv()).await {
+                Err(_) => anyhow::bail!("coordinator {addr}: no status in 5 s"),
+                Ok(Ok(Message::Status { json })) => return Ok(json),
+                Ok(Ok(Message::HeartbeatAck { .. })) => continue,
+                Ok(Ok(m)) => {
+                    anyhow::bail!("coordinator {addr} sent {} instead of its status", m.kind())
+                }
+                Ok(Err(e)) => anyhow::bail!("coordinator {addr}: {e}"),
+            }
+        }
+    })?;
+    let st: FleetStatus = serde_json::from_str(&json)
+        .map_err(|e| anyhow::anyhow!("the coordinator's status does not parse: {e}"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(());
+    }
+    println!(
+        "fleet {}: {} devices, {} workers, pool {:.0} % planned, {} plans sent",
+        a.fleet,
+        st.devices.len(),
+        st.workers.len(),
+        100.0 * st.pool_utilisation,
+        st.plans_sent
+    );
+    println!(
+        "\n{:<16} {:<10} {:<28} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9}",
+        "device",
+        "class",
+        "plan",
+        "Mbit/s",
+        "rtt ms",
+        "fps",
+        "p50 ms",
+        "p95 ms",
+        "frames",
+        "fallbacks"
+    );
+    for d in &st.devices {
+        let plan = d
+            .plan
+            .as_ref()
+            .map_or("-".to_string(), |p| p.candidate.to_string());
+        println!(
+            "{:<16} {:<10} {:<28} {:>8.2} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8} {:>9}",
+            d.id,
+            d.class,
+            plan,
+            d.bandwidth_mbps,
+            d.rtt_ms,
+            d.fps,
+            d.latency_p50_ms,
+            d.latency_p95_ms,
+            d.frames,
+            d.fallbacks
+        );
+    }
+    println!(
+        "\n{:<16} {:<24} {:>6} {:>7}",
+        "worker", "data address", "slots", "queued"
+    );
+    for w in &st.workers {
+        println!(
+            "{:<16} {:<24} {:>6} {:>7}",
+            w.name, w.data_addr, w.slots, w.queued
+        );
+    }
+    Ok(())
+}
+
 fn run_live(global: &dyno::cli::Global, a: dyno::cli::ExperimentArgs) -> anyhow::Result<()> {
     let home = global.setup()?;
     let e = dyno::experiment::Experiment::load(&a.file).map_err(anyhow::Error::msg)?;
@@ -331,6 +445,7 @@ fn main() -> std::process::ExitCode {
         Command::Coordinator(a) => run_coordinator(&cli.global, a),
         Command::Worker(a) => run_worker(&cli.global, a),
         Command::Agent(a) => run_agent(&cli.global, a),
+        Command::Status(a) => run_status(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
-//! `--metrics ADDR`: a running fleet (a coordinator process with an embedded worker, an
-//! agent process) serves Prometheus metrics, and the figures move while it runs.
+//! `--metrics ADDR` and `dyno status`: a running fleet (a coordinator process with an
+//! embedded worker, an agent process) serves Prometheus metrics whose figures move while
+//! it runs, and its coordinator reports the fleet's state.
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -16,7 +17,7 @@ impl Drop for Proc {
 }
 
 #[test]
-fn a_running_fleet_serves_metrics_that_move() {
+fn a_running_fleet_serves_metrics_that_move_and_its_status() {
     let (cm, am) = (free_port(), free_port());
     let mut c = Command::new(env!("CARGO_BIN_EXE_dyno"))
         .args([
@@ -103,6 +104,55 @@ fn a_running_fleet_serves_metrics_that_move() {
     for name in ["dyno_plan_split", "dyno_plan_bits", "dyno_pool_utilisation"] {
         assert!(c.contains(name), "{name} missing");
     }
+    // `dyno status` reads the same fleet from the coordinator.
+    let (ok, out, err) = common::dyno(&[
+        "status",
+        "--coordinator",
+        &control,
+        "--fleet",
+        "test-metrics",
+        "--insecure",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let d = &st["devices"][0];
+    assert_eq!(d["id"], "cam-1");
+    assert_eq!(d["class"], "slow10x");
+    assert!(d["frames"].as_u64().unwrap() > 0, "{d}");
+    assert!(d["fps"].as_f64().unwrap() > 0.0, "{d}");
+    assert!(d["latency_p95_ms"].as_f64().unwrap() >= d["latency_p50_ms"].as_f64().unwrap());
+    assert!(d["plan"]["candidate"].is_object(), "{d}");
+    assert_eq!(st["workers"].as_array().unwrap().len(), 1);
+    let (ok, table, _) = common::dyno(&[
+        "status",
+        "--coordinator",
+        &control,
+        "--fleet",
+        "test-metrics",
+        "--insecure",
+    ]);
+    assert!(
+        ok && table.contains("cam-1") && table.contains("embedded"),
+        "{table}"
+    );
+    // The wrong fleet, and nobody there: clean errors.
+    common::assert_clean_failure(
+        &[
+            "status",
+            "--coordinator",
+            &control,
+            "--fleet",
+            "other",
+            "--insecure",
+        ],
+        &["fleet"],
+    );
+    let closed = format!("127.0.0.1:{}", free_port());
+    common::assert_clean_failure(
+        &["status", "--coordinator", &closed, "--insecure"],
+        &["is it running there"],
+    );
     let c2 = wait_for(
         cm,
         "dyno_worker_inferences_total",

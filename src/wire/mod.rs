@@ -173,6 +173,12 @@ pub enum Message {
         busy: bool,
         reason: String,
     },
+    // An observer (`dyno status`) and the coordinator.
+    StatusRequest,
+    /// The fleet's state, as JSON (the coordinator's `FleetStatus`).
+    Status {
+        json: String,
+    },
 }
 
 impl Message {
@@ -197,6 +203,8 @@ impl Message {
             Message::Infer { .. } => "Infer",
             Message::InferOk { .. } => "InferOk",
             Message::InferErr { .. } => "InferErr",
+            Message::StatusRequest => "StatusRequest",
+            Message::Status { .. } => "Status",
         }
     }
 }
