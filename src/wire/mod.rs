@@ -586,6 +586,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_peer_that_says_nothing_is_dropped_after_the_handshake_timeout() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let (t, _) = l.accept().await.unwrap();
+        let me = id(Role::Observer, Key::Insecure);
+        let started = std::time::Instant::now();
+        let r = accept(t, &me, DEFAULT_MAX_FRAME).await;
+        assert!(matches!(r, Err(WireError::Timeout(d)) if d == HANDSHAKE_TIMEOUT));
+        let waited = started.elapsed();
+        assert!(
+            waited >= HANDSHAKE_TIMEOUT && waited < HANDSHAKE_TIMEOUT * 2,
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn the_same_key_shakes_hands() {
         let k = Key::Secret(b"s3cret".to_vec());
         let (s, c) = pair(id(Role::Worker, k.clone()), id(Role::Agent, k)).await;
