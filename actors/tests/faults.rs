@@ -1,0 +1,345 @@
+//! Faults with real processes: a cloud worker killed with SIGKILL in the middle of a
+//! stream (no frame is lost or answered twice, and onloading resumes on the other
+//! worker); an agent killed (it leaves the fleet within the heartbeat timeout and the
+//! others are served on).
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dyno_actors::agent::{AgentSummary, FrameResult};
+use dyno_actors::config::{AgentConfig, Fleet, LinkConfig, Source};
+
+mod common;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `dyno args` and returns it with the JSON line it prints when ready.
+fn spawn_ready(args: &[&str]) -> (Proc, serde_json::Value) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dyno"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{args:?}: `{line}`: {e}"));
+    (Proc(child), v)
+}
+
+/// The data address of the worker the coordinator assigned to `device`, once it has.
+fn assigned_worker(control: &str, fleet: &str, device: &str) -> String {
+    let t = Instant::now();
+    loop {
+        let (ok, out, _) = common::dyno(&[
+            "status",
+            "--coordinator",
+            control,
+            "--fleet",
+            fleet,
+            "--insecure",
+            "--json",
+        ]);
+        if ok {
+            let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let found = st["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["id"] == device)
+                .and_then(|d| d["plan"]["worker"].as_str().map(str::to_string));
+            if let Some(w) = found {
+                return w;
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{device} never got a worker"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_stream_loses_no_frame() {
+    let fleet = "test-faults";
+    let (_c, ready) = spawn_ready(&[
+        "coordinator",
+        "--insecure",
+        "--fleet",
+        fleet,
+        "--model",
+        "fashion_cnn",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "0",
+        "--ready-json",
+        "--no-mdns",
+    ]);
+    let control = ready["control"].as_str().unwrap().to_string();
+    let mut workers: Vec<(String, Proc)> = (1..=2)
+        .map(|i| {
+            let (p, v) = spawn_ready(&[
+                "worker",
+                "--insecure",
+                "--fleet",
+                fleet,
+                "--model",
+                "fashion_cnn",
+                "--name",
+                &format!("w{i}"),
+                "--coordinator",
+                &control,
+                "--listen",
+                "127.0.0.1:0",
+                "--ready-json",
+                "--no-mdns",
+            ]);
+            (v["data"].as_str().unwrap().to_string(), p)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    // One agent that always onloads (cloud-only), 8 s of frames at 100 a second.
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("cam.jsonl");
+    let cfg = AgentConfig {
+        fleet: Fleet {
+            id: fleet.into(),
+            insecure: true,
+            ..Fleet::default()
+        },
+        id: "cam".into(),
+        coordinators: vec![control.clone()],
+        model: "fashion_cnn".into(),
+        class: "gateway".into(),
+        link: LinkConfig {
+            mbps: 50.0,
+            rtt_ms: 10.0,
+            ..LinkConfig::default()
+        },
+        source: Source::FashionMnist,
+        rate_fps: 100.0,
+        duration_s: 8.0,
+        policy: "cloud-only".into(),
+        results: Some(results.clone()),
+        mdns: false,
+        ..AgentConfig::default()
+    };
+    let path = dir.path().join("cam.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let started = Instant::now();
+    let agent = Command::new(env!("CARGO_BIN_EXE_dyno"))
+        .args(["agent", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Three seconds in, SIGKILL the worker the agent is using.
+    let used = assigned_worker(&control, fleet, "cam");
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
+    let k = workers.iter().position(|(addr, _)| *addr == used).unwrap();
+    let (_, mut victim) = workers.remove(k);
+    victim.0.kill().unwrap(); // SIGKILL
+    let killed_s = started.elapsed().as_secs_f64();
+    let out = agent.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let s: AgentSummary = serde_json::from_slice(&out.stdout).unwrap();
+    let frames: Vec<FrameResult> = std::fs::read_to_string(&results)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Every frame answered exactly once.
+    assert_eq!(s.results + s.errors, s.frames, "{s:?}");
+    assert_eq!(s.errors, 0, "{s:?}");
+    assert_eq!(s.duplicates, 0, "{s:?}");
+    assert_eq!(frames.len() as u64, s.frames);
+    let mut ids: Vec<u64> = frames.iter().map(|f| f.request).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), frames.len(), "a request answered twice");
+    // Onloading resumes on the other worker: the longest stretch of the run in which no
+    // frame was answered by the cloud is the outage the kill caused (at 100 frames a
+    // second the stretch is 10 ms otherwise).
+    let mut onloaded: Vec<f64> = frames
+        .iter()
+        .filter(|f| f.bytes > 0 && !f.fallback && f.error.is_none())
+        .map(|f| f.start_s)
+        .collect();
+    onloaded.sort_by(f64::total_cmp);
+    let recovery = onloaded.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+    let fallbacks = frames.iter().filter(|f| f.fallback).count();
+    eprintln!(
+        "worker killed at {killed_s:.2} s: {} frames sent, {} answered, 0 duplicates, \
+         {fallbacks} finished on the device, onloading again {recovery:.2} s later",
+        s.frames, s.results
+    );
+    assert!(
+        recovery <= 2.0,
+        "onloading resumed {recovery:.2} s after the kill"
+    );
+    assert!(onloaded.len() as f64 > 0.8 * s.frames as f64, "{s:?}");
+}
+
+/// The fleet as `dyno status --json` reports it.
+/// (Three tries: on two busy cores a status call can miss its 5 s.)
+fn status(control: &str, fleet: &str) -> serde_json::Value {
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        let (ok, out, err) = common::dyno(&[
+            "status",
+            "--coordinator",
+            control,
+            "--fleet",
+            fleet,
+            "--insecure",
+            "--json",
+        ]);
+        if ok {
+            return serde_json::from_str(&out).unwrap();
+        }
+        errors.push(err);
+    }
+    panic!("dyno status failed three times: {errors:?}");
+}
+
+#[test]
+fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
+    let fleet = "test-agent-killed";
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = dyno_actors::config::CoordinatorConfig {
+        fleet: Fleet {
+            id: fleet.into(),
+            insecure: true,
+            ..Fleet::default()
+        },
+        listen: "127.0.0.1:0".into(),
+        data_listen: "127.0.0.1:0".into(),
+        workers: 1,
+        model: "fashion_cnn".into(),
+        mdns: false,
+        fleet_aware: true,
+        ..dyno_actors::config::CoordinatorConfig::default()
+    };
+    let timeout_s = coordinator.heartbeat_timeout_ms as f64 / 1e3;
+    let path = dir.path().join("coordinator.toml");
+    std::fs::write(&path, toml::to_string(&coordinator).unwrap()).unwrap();
+    let (_c, ready) = spawn_ready(&[
+        "coordinator",
+        "--config",
+        path.to_str().unwrap(),
+        "--ready-json",
+    ]);
+    let control = ready["control"].as_str().unwrap().to_string();
+    let mut agents: Vec<Proc> = (1..=3)
+        .map(|i| {
+            let cfg = AgentConfig {
+                fleet: Fleet {
+                    id: fleet.into(),
+                    insecure: true,
+                    ..Fleet::default()
+                },
+                id: format!("cam-{i}"),
+                coordinators: vec![control.clone()],
+                model: "fashion_cnn".into(),
+                class: "slow10x".into(),
+                link: LinkConfig {
+                    mbps: 50.0,
+                    rtt_ms: 10.0,
+                    ..LinkConfig::default()
+                },
+                source: Source::FashionMnist,
+                duration_s: 30.0,
+                policy: "cloud-only".into(),
+                mdns: false,
+                ..AgentConfig::default()
+            };
+            let path = dir.path().join(format!("cam-{i}.toml"));
+            std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+            Proc(
+                Command::new(env!("CARGO_BIN_EXE_dyno"))
+                    .args(["agent", "--config", path.to_str().unwrap()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    // All three planned and onloading.
+    let t = Instant::now();
+    let before = loop {
+        let st = status(&control, fleet);
+        let devices = st["devices"].as_array().unwrap();
+        let planned = devices
+            .iter()
+            .filter(|d| d["plan"]["worker"].is_string() && d["frames"].as_u64() > Some(0))
+            .count();
+        if planned == 3 && st["pool_utilisation"].as_f64() > Some(0.0) {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{st}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let load_before = before["pool_utilisation"].as_f64().unwrap();
+    let plans_before = before["plans_sent"].as_u64().unwrap();
+    // SIGKILL one agent: it is gone from the fleet, and its load from the pool's plan,
+    // within the heartbeat timeout.
+    let mut victim = agents.remove(0);
+    victim.0.kill().unwrap();
+    let killed = Instant::now();
+    let after = loop {
+        let st = status(&control, fleet);
+        let gone = st["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["id"] != "cam-1");
+        if gone {
+            break st;
+        }
+        assert!(
+            killed.elapsed().as_secs_f64() < timeout_s + 1.0,
+            "cam-1 still in the fleet after {:?}",
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let released = killed.elapsed().as_secs_f64();
+    let load_after = after["pool_utilisation"].as_f64().unwrap();
+    eprintln!(
+        "agent killed: out of the fleet after {released:.2} s (timeout {timeout_s} s); \
+         planned pool load {load_before:.4} -> {load_after:.4}; devices left {}",
+        after["devices"].as_array().unwrap().len()
+    );
+    assert!(released <= timeout_s, "{released:.2} s");
+    assert_eq!(after["devices"].as_array().unwrap().len(), 2);
+    // The two left go on onloading on the pool, re-planned without the victim.
+    let frames = |st: &serde_json::Value| -> u64 {
+        st["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["frames"].as_u64().unwrap())
+            .sum()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let later = status(&control, fleet);
+    assert!(frames(&later) > frames(&after), "{later}");
+    assert!(later["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["plan"]["worker"].is_string()));
+    assert!(later["plans_sent"].as_u64().unwrap() >= plans_before);
+}
