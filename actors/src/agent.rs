@@ -277,9 +277,36 @@ struct Shared {
     max_frame: usize,
     plans: AtomicU64,
     last_sent: Mutex<Instant>,
+    /// After the uplink failed to carry a frame in time: device-only until then.
+    stalled_until: Mutex<Option<Instant>>,
 }
 
 impl Shared {
+    /// The uplink did not carry `bytes` within `waited`: tell the coordinator (a transfer
+    /// at least that slow, so that its estimate falls) and run device-only for as long
+    /// again, instead of queueing more frames behind a dead link.
+    fn link_stalled(&self, bytes: usize, waited: Duration) {
+        tracing::info!(
+            waited_ms = waited.as_millis() as u64,
+            "the uplink stalled: device-only for a while"
+        );
+        if let Some(c) = self.control.lock().expect("not poisoned").as_ref() {
+            let _ = c.send(Message::LinkSample {
+                bytes: bytes as u64,
+                seconds: waited.as_secs_f64(),
+            });
+        }
+        *self.stalled_until.lock().expect("not poisoned") = Some(Instant::now() + waited);
+    }
+
+    /// Whether the uplink is in its device-only pause after a stall.
+    fn stalled(&self) -> bool {
+        self.stalled_until
+            .lock()
+            .expect("not poisoned")
+            .is_some_and(|t| Instant::now() < t)
+    }
+
     /// Holds `bytes` back as the emulated uplink would: until they have crossed it.
     /// Returns the seconds it held them (queueing on the link, serialisation, delay,
     /// loss, and the timer's rounding) and, of those, the seconds they waited behind
@@ -525,6 +552,7 @@ pub async fn run_with_results(
         max_frame: cfg.fleet.max_frame,
         plans: AtomicU64::new(0),
         last_sent: Mutex::new(Instant::now()),
+        stalled_until: Mutex::new(None),
     });
     let control = actix_rt::spawn(control_loop(
         shared.clone(),
@@ -741,7 +769,7 @@ async fn frame(
     let t0 = Instant::now();
     let plan = shared.plan.lock().expect("not poisoned").clone();
     let (mut candidate, worker) = match &plan {
-        Some(a) if a.worker.is_some() => (a.candidate, a.worker.clone()),
+        Some(a) if a.worker.is_some() && !shared.stalled() => (a.candidate, a.worker.clone()),
         _ => (device_only, None),
     };
     if let (Some(p), Some(_)) = (pin, &worker) {
@@ -860,7 +888,21 @@ async fn send_to_worker(
         .expect("not poisoned")
         .insert(request, tx);
     let t = Instant::now();
-    let (uplink_s, queued_s) = shared.cross_uplink(packed.len()).await;
+    // The timeout covers the uplink as well as the answer: a link that carries nothing
+    // must not hold the frame (and those behind it) for longer.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let bytes = packed.len();
+    let (uplink_s, queued_s) =
+        match tokio::time::timeout_at(deadline, shared.cross_uplink(bytes)).await {
+            Ok(x) => x,
+            Err(_) => {
+                conn.pending.lock().expect("not poisoned").remove(&request);
+                shared.link_stalled(bytes, t.elapsed());
+                return Err(format!(
+                    "the uplink did not carry the frame within {timeout:?}"
+                ));
+            }
+        };
     let sent = conn.tx.send(Message::Infer {
         request,
         device: shared.me.name.clone(),
@@ -870,7 +912,7 @@ async fn send_to_worker(
         conn.pending.lock().expect("not poisoned").remove(&request);
         return Err("the data connection is closed".into());
     }
-    let answer = tokio::time::timeout(timeout, rx).await;
+    let answer = tokio::time::timeout_at(deadline, rx).await;
     conn.pending.lock().expect("not poisoned").remove(&request);
     let m = match answer {
         Err(_) => return Err(format!("no answer within {timeout:?}")),

@@ -428,12 +428,9 @@ fn run_live(global: &dyno::cli::Global, a: dyno::cli::ExperimentArgs) -> anyhow:
 }
 
 fn main() -> std::process::ExitCode {
-    // Output piped into `head` and the like ends quietly when the reader goes, as other
-    // command-line tools do, instead of a panic on the broken pipe.
-    // SAFETY: at the start of main, before any thread: resets one signal's disposition.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // SIGPIPE stays ignored (Rust's default): a peer that vanishes mid-write must give
+    // an error on that socket, not kill the process. (So `dyno ... | head` ends with a
+    // broken-pipe message instead of quietly.)
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Base(dyno::cli::Command::Experiment(dyno::cli::ExperimentCommand::Run(a)))

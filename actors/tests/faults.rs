@@ -141,7 +141,7 @@ fn a_worker_killed_mid_stream_loses_no_frame() {
     let agent = Command::new(env!("CARGO_BIN_EXE_dyno"))
         .args(["agent", "--config", path.to_str().unwrap()])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // Three seconds in, SIGKILL the worker the agent is using.
@@ -152,7 +152,11 @@ fn a_worker_killed_mid_stream_loses_no_frame() {
     victim.0.kill().unwrap(); // SIGKILL
     let killed_s = started.elapsed().as_secs_f64();
     let out = agent.wait_with_output().unwrap();
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s: AgentSummary = serde_json::from_slice(&out.stdout).unwrap();
     let frames: Vec<FrameResult> = std::fs::read_to_string(&results)
         .unwrap()
@@ -342,4 +346,63 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
         .iter()
         .all(|d| d["plan"]["worker"].is_string()));
     assert!(later["plans_sent"].as_u64().unwrap() >= plans_before);
+}
+
+#[test]
+fn a_cut_link_falls_back_to_the_device_and_onloads_again_when_it_returns() {
+    // MobileNetV2 on a slow10x device through the real runtime (actors in one process):
+    // 50 Mbit/s, then nothing for 10 s, then 50 Mbit/s again.
+    let home = dyno::home::Home::discover();
+    let e = dyno::experiment::Experiment::from_toml(
+        r#"
+name = "link-cut-test"
+model = "mobilenet_v2"
+duration_s = 20.0
+policies = ["dyno"]
+slo = "config/slo/throughput.toml"
+replan_s = 0.5
+[cloud]
+workers = 1
+[[devices]]
+class = "slow10x"
+steps = [[0.0, 50.0], [4.0, 0.0], [14.0, 50.0]]
+rtt_ms = 20.0
+in_flight = 3
+"#,
+    )
+    .unwrap();
+    let out = dyno_actors::experiment::live(&e, &home, false).unwrap();
+    let frames: Vec<_> = out.frames.iter().map(|(_, _, f)| f).collect();
+    let blocks = 20;
+    let onloaded = |f: &&&dyno::experiment::sim::SimFrame| {
+        (f.split as usize) < blocks && f.bytes > 0.0 && f.end_s - f.start_s < 1.0
+    };
+    let during: Vec<_> = frames
+        .iter()
+        .filter(|f| f.start_s >= 5.0 && f.start_s < 14.0)
+        .collect();
+    let back = frames
+        .iter()
+        .filter(|f| f.start_s >= 14.0)
+        .filter(onloaded)
+        .map(|f| f.start_s - 14.0)
+        .fold(f64::INFINITY, f64::min);
+    eprintln!(
+        "link cut 4-14 s: {} frames before, {} answered during the cut ({:.1}/s), \
+         onloading again {back:.2} s after the link returned; {} frames in all",
+        frames.iter().filter(|f| f.start_s < 4.0).count(),
+        during.len(),
+        during.len() as f64 / 9.0,
+        frames.len()
+    );
+    // The device keeps answering (device-only runs 9.5 frames/s on this class).
+    assert!(
+        during.len() as f64 / 9.0 > 3.0,
+        "{} frames during the cut",
+        during.len()
+    );
+    assert!(
+        back <= 2.0,
+        "onloading again {back:.2} s after the link returned"
+    );
 }
