@@ -2,64 +2,28 @@
 //! stream (no frame is lost or answered twice, and onloading resumes on the other
 //! worker); an agent killed (it leaves the fleet within the heartbeat timeout and the
 //! others are served on).
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dyno_actors::agent::{AgentSummary, FrameResult};
 use dyno_actors::config::{AgentConfig, Fleet, LinkConfig, Source};
 
 mod common;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `dyno args` and returns it with the JSON line it prints when ready.
-fn spawn_ready(args: &[&str]) -> (Proc, serde_json::Value) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dyno"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{args:?}: `{line}`: {e}"));
-    (Proc(child), v)
-}
+use common::{spawn_ready, Proc};
 
 /// The data address of the worker the coordinator assigned to `device`, once it has.
 fn assigned_worker(control: &str, fleet: &str, device: &str) -> String {
     let t = Instant::now();
     loop {
-        let (ok, out, _) = common::dyno(&[
-            "status",
-            "--coordinator",
-            control,
-            "--fleet",
-            fleet,
-            "--insecure",
-            "--json",
-        ]);
-        if ok {
-            let st: serde_json::Value = serde_json::from_str(&out).unwrap();
-            let found = st["devices"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|d| d["id"] == device)
-                .and_then(|d| d["plan"]["worker"].as_str().map(str::to_string));
-            if let Some(w) = found {
-                return w;
-            }
+        let st = status(control, fleet);
+        let found = st["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == device)
+            .and_then(|d| d["plan"]["worker"].as_str().map(str::to_string));
+        if let Some(w) = found {
+            return w;
         }
         assert!(
             t.elapsed() < Duration::from_secs(20),

@@ -13,6 +13,7 @@ use dyno_actors::config::{
 use dyno_actors::{coordinator, worker};
 
 mod common;
+use common::{spawn_ready, Proc};
 
 /// One lossless policy that always onloads, one that chooses, and DynO.
 const POLICIES: [&str; 3] = ["cloud-only", "neurosurgeon", "dyno"];
@@ -136,31 +137,6 @@ fn all_actors_in_one_process() {
         );
     }
     assert!(onloaded > 0, "some frames went to the cloud");
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `dyno args` and returns it with the JSON line it prints when ready.
-fn spawn_ready(args: &[&str]) -> (Proc, serde_json::Value) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dyno"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{args:?}: `{line}`: {e}"));
-    (Proc(child), v)
 }
 
 #[test]

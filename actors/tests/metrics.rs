@@ -1,53 +1,33 @@
 //! `--metrics ADDR` and `dyno status`: a running fleet (a coordinator process with an
 //! embedded worker, an agent process) serves Prometheus metrics whose figures move while
 //! it runs, and its coordinator reports the fleet's state.
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 mod common;
-use common::{free_port, value, wait_for};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{free_port, spawn_ready, value, wait_for, Proc};
 
 #[test]
 fn a_running_fleet_serves_metrics_that_move_and_its_status() {
     let (cm, am) = (free_port(), free_port());
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dyno"))
-        .args([
-            "coordinator",
-            "--insecure",
-            "--fleet",
-            "test-metrics",
-            "--model",
-            "fashion_cnn",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--ready-json",
-            "--no-mdns",
-            "--metrics",
-            &format!("127.0.0.1:{cm}"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(c.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _c = Proc(c);
-    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let metrics = format!("127.0.0.1:{cm}");
+    let (_c, ready) = spawn_ready(&[
+        "coordinator",
+        "--insecure",
+        "--fleet",
+        "test-metrics",
+        "--model",
+        "fashion_cnn",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-listen",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        "--ready-json",
+        "--no-mdns",
+        "--metrics",
+        &metrics,
+    ]);
     let control = ready["control"].as_str().unwrap().to_string();
     let _a = Proc(
         Command::new(env!("CARGO_BIN_EXE_dyno"))

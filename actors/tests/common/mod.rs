@@ -1,8 +1,8 @@
 //! Helpers shared by the integration tests that run the real `dyno` binary.
 #![allow(dead_code)] // each test file uses some of them
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs the real binary; returns (success, stdout, stderr).
@@ -72,4 +72,31 @@ pub fn wait_for(port: u16, name: &str, above: f64) -> String {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A child process, killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `dyno args` and returns it with the JSON line it prints when ready
+/// (`--ready-json`).
+pub fn spawn_ready(args: &[&str]) -> (Proc, serde_json::Value) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dyno"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{args:?}: `{line}`: {e}"));
+    (Proc(child), v)
 }
