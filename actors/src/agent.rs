@@ -1072,7 +1072,7 @@ async fn control_loop(
                     metrics::gauge!("dyno_plan_split", "device" => device.clone())
                         .set(f64::from(a.candidate.split));
                     metrics::gauge!("dyno_plan_bits", "device" => device)
-                        .set(crate::metrics::bits(a.candidate.precision));
+                        .set(f64::from(a.candidate.precision.bits_per_value()));
                     *shared.plan.lock().expect("not poisoned") = Some(a);
                 }
                 Ok(Message::HeartbeatAck { seq }) => {

@@ -203,23 +203,21 @@ impl SchedulerActor {
             0.0
         };
         metrics::gauge!("dyno_pool_utilisation").set(self.pool_utilisation);
-        if plan.strategy != "individual" {
-            // The pool is shared: keep the fleet's plans while they hold, as long as
-            // every device's worker is still there.
-            let current: Vec<Option<Candidate>> = ids
-                .iter()
-                .map(|id| {
-                    let a = self.devices[id].plan.as_ref()?;
-                    let alive = a
-                        .worker
-                        .as_ref()
-                        .is_none_or(|addr| self.workers.values().any(|w| &w.data_addr == addr));
-                    alive.then_some(a.candidate)
-                })
-                .collect();
-            if fleet::keep_current(&self.tables, &fleet_devices, &current, capacity, &plan) {
-                return;
-            }
+        // Keep the fleet's plans while they hold, as long as every device's worker is
+        // still there.
+        let current: Vec<Option<Candidate>> = ids
+            .iter()
+            .map(|id| {
+                let a = self.devices[id].plan.as_ref()?;
+                let alive = a
+                    .worker
+                    .as_ref()
+                    .is_none_or(|addr| self.workers.values().any(|w| &w.data_addr == addr));
+                alive.then_some(a.candidate)
+            })
+            .collect();
+        if fleet::keep_current(&self.tables, &fleet_devices, &current, capacity, &plan) {
+            return;
         }
         // Workers by spare slots, filled greedily by each device's cloud load.
         let mut load: HashMap<&str, f64> = self.workers.keys().map(|k| (k.as_str(), 0.0)).collect();
@@ -320,7 +318,7 @@ impl SchedulerActor {
             metrics::gauge!("dyno_plan_split", "device" => id.clone())
                 .set(f64::from(candidate.split));
             metrics::gauge!("dyno_plan_bits", "device" => id.clone())
-                .set(crate::metrics::bits(candidate.precision));
+                .set(f64::from(candidate.precision.bits_per_value()));
             let _ = d.tx.send(Message::Plan(a.clone()));
             d.plan = Some(a);
             self.plans_sent += 1;
@@ -439,7 +437,8 @@ impl Handler<FrameDone> for SchedulerActor {
         };
         d.frames += 1;
         let now = Instant::now();
-        d.recent.push_back((now, m.report.stages.total()));
+        let total_s = m.report.stages.total();
+        d.recent.push_back((now, total_s));
         while d
             .recent
             .front()
@@ -450,7 +449,7 @@ impl Handler<FrameDone> for SchedulerActor {
         if d.slo
             .constraints
             .max_latency_ms
-            .is_some_and(|max| m.report.stages.total() * 1e3 > max)
+            .is_some_and(|max| total_s * 1e3 > max)
         {
             metrics::counter!("dyno_slo_violations_total", "device" => m.id.clone()).increment(1);
         }
@@ -854,9 +853,6 @@ async fn serve_control(
 /// The `q` quantile of the latencies (seconds) of `recent` reports; NaN when empty.
 fn quantile(recent: &VecDeque<(Instant, f64)>, q: f64) -> f64 {
     let mut v: Vec<f64> = recent.iter().map(|r| r.1).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
     v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * q).round() as usize]
+    dyno::experiment::percentile(&v, q)
 }

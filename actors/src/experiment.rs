@@ -100,13 +100,7 @@ pub fn live_with(
                         (None, None, None, Some(p)) => link.trace = Some(home.root().join(p)),
                         _ => anyhow::bail!("devices[{k}] has no link"),
                     }
-                    traces.push(match &link.trace {
-                        Some(path) => Trace::load(path, link.repeat)?,
-                        None if !link.steps.is_empty() => {
-                            Trace::steps(link.steps.clone(), link.repeat)?
-                        }
-                        None => Trace::constant(link.mbps)?,
-                    });
+                    traces.push(link.trace()?);
                     agents.push(AgentConfig {
                         fleet: fleet.clone(),
                         id: format!("{}-{k}-{c}", spec.class),

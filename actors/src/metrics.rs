@@ -16,7 +16,6 @@
 use std::net::SocketAddr;
 
 use anyhow::Context;
-use dyno::pack::Precision;
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 /// Bucket bounds of the phase histograms, seconds.
@@ -32,13 +31,4 @@ pub fn serve(addr: SocketAddr) -> anyhow::Result<()> {
         .context("histogram buckets")?
         .install()
         .with_context(|| format!("serving metrics on {addr}: is the address free and local?"))
-}
-
-/// The bits a precision sends per element (fp16: 16, fp32: 32).
-pub fn bits(p: Precision) -> f64 {
-    match p {
-        Precision::Bits(b) => f64::from(b),
-        Precision::Fp16 => 16.0,
-        Precision::Fp32 => 32.0,
-    }
 }

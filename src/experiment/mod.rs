@@ -345,7 +345,8 @@ pub fn row(
     }
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+/// The `q` quantile of ascending `sorted` values (the nearest rank); NaN when empty.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -256,8 +256,8 @@ pub fn write(out: &Outcome, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                         (
                             t.time_s,
                             t.precision
-                                .parse::<f64>()
-                                .unwrap_or(if t.precision == "fp16" { 16.0 } else { 32.0 }),
+                                .parse::<crate::pack::Precision>()
+                                .map_or(32.0, |p| f64::from(p.bits_per_value())),
                         )
                     })
                     .collect(),

@@ -180,9 +180,7 @@ pub fn run(
                     })
                     .collect();
                 let new = fleet::plan(tables, &fd, workers as f64);
-                if new.strategy != "individual"
-                    && fleet::keep_current(tables, &fd, plans, workers as f64, &new)
-                {
+                if fleet::keep_current(tables, &fd, plans, workers as f64, &new) {
                     plans.iter().map(|p| p.expect("kept plans exist")).collect()
                 } else {
                     new.devices.into_iter().map(|p| p.candidate).collect()

@@ -41,6 +41,15 @@ impl Precision {
         v
     }
 
+    /// Bits each value takes on the wire before compression (fp16: 16, fp32: 32).
+    pub fn bits_per_value(self) -> u8 {
+        match self {
+            Precision::Bits(b) => b,
+            Precision::Fp16 => 16,
+            Precision::Fp32 => 32,
+        }
+    }
+
     /// Quantised precision, with the bits checked.
     pub fn bits(bits: u8) -> Result<Precision, PackError> {
         if (1..=16).contains(&bits) {

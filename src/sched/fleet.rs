@@ -75,7 +75,9 @@ pub struct FleetPlan {
 }
 
 /// Fleet-level hysteresis: whether the devices' current plans (all of them planned) are
-/// still worth keeping against `new`: every one still meets its SLO's constraints, and
+/// still worth keeping against `new`, a plan for a shared pool (with room for everyone,
+/// `new.strategy == "individual"`, each device's own hysteresis applies instead): every
+/// one still meets its SLO's constraints, and
 /// `new` is not better by more than the SLOs' hysteresis (their mean) in total predicted
 /// throughput, the current plans' onloading rates scaled down to fit `capacity` where
 /// their load exceeds it. Without it, a fleet plan that moves with every new link or
@@ -87,7 +89,7 @@ pub fn keep_current(
     capacity: f64,
     new: &FleetPlan,
 ) -> bool {
-    if devices.is_empty() || current.len() != devices.len() {
+    if new.strategy == "individual" || devices.is_empty() || current.len() != devices.len() {
         return false;
     }
     let (mut load, mut local, mut onloading, mut hysteresis) = (0.0, 0.0, 0.0, 0.0);
