@@ -405,6 +405,7 @@ struct Setup {
 }
 
 fn setup(cfg: &AgentConfig, home: &Home) -> anyhow::Result<Setup> {
+    cfg.check()?;
     let devices_path = cfg
         .devices
         .clone()

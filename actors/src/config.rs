@@ -33,6 +33,17 @@ impl Default for Fleet {
 }
 
 impl Fleet {
+    /// Checks the limits; the error names the key and the allowed range.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let (min, max) = (1024, dyno::wire::FRAME_LIMIT);
+        anyhow::ensure!(
+            (min..=max).contains(&self.max_frame),
+            "fleet.max_frame = {} is not allowed: give {min} to {max} bytes",
+            self.max_frame
+        );
+        Ok(())
+    }
+
     /// The key: the environment's over the file's; an error without one unless insecure.
     pub fn key(&self) -> anyhow::Result<Key> {
         let key = std::env::var("DYNO_FLEET_KEY")
@@ -237,6 +248,28 @@ pub struct AgentConfig {
     pub pin: Option<dyno::sched::perf::Candidate>,
 }
 
+impl AgentConfig {
+    /// Checks the numbers a file or a flag can set wrong (the link's are checked by its
+    /// shaper, the class's by `setup`); the error names the key and what is allowed.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let finite = |key: &str, v: f64, min: f64, max: f64| {
+            anyhow::ensure!(
+                v.is_finite() && (min..=max).contains(&v),
+                "{key} = {v:?} is not allowed: give a number from {min} to {max}"
+            );
+            Ok(())
+        };
+        finite("rate_fps", self.rate_fps, 0.0, 1e6)?;
+        finite("duration_s", self.duration_s, 0.0, 1e9)?;
+        finite("timeout_s", self.timeout_s, 0.001, 86_400.0)?;
+        anyhow::ensure!(
+            self.in_flight >= 1,
+            "in_flight = 0 is not allowed: give at least 1"
+        );
+        Ok(())
+    }
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
@@ -272,10 +305,14 @@ pub fn load<T: DeserializeOwned + Default>(path: Option<&Path>) -> anyhow::Resul
     };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("config file {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
+    from_toml(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// Parses a config file's text; the error points at `--print-default-config`.
+pub fn from_toml<T: DeserializeOwned>(text: &str) -> anyhow::Result<T> {
+    toml::from_str(text).map_err(|e| {
         anyhow::anyhow!(
-            "config file {}: {}; `--print-default-config` shows every key",
-            path.display(),
+            "{}; `--print-default-config` shows every key",
             e.to_string().trim_end()
         )
     })

@@ -183,6 +183,7 @@ where
     if let Some(f) = &c.fleet {
         fleet.id = f.clone();
     }
+    fleet.check()?;
     Ok(Some(T::default()))
 }
 

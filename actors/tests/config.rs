@@ -50,6 +50,30 @@ fn bad_configs_and_keys_are_refused_with_the_fix() {
         &["agent", "--config", trace.to_str().unwrap(), "--no-mdns"],
         &["link.steps", "time 0"],
     );
+    // Numbers that would stall or panic a device: each refused by key, nothing run.
+    for (text, want) in [
+        ("timeout_s = inf\n", "timeout_s = inf"),
+        ("timeout_s = 1e300\n", "timeout_s = 1e300"),
+        ("rate_fps = -5.0\n", "rate_fps = -5"),
+        ("duration_s = nan\n", "duration_s = NaN"),
+        ("in_flight = 0\n", "in_flight = 0"),
+        (
+            "[fleet]\nmax_frame = 1000000000000\n",
+            "fleet.max_frame = 1000000000000",
+        ),
+    ] {
+        let path = dir.path().join("numbers.toml");
+        let insecure = if text.contains("[fleet]") {
+            "insecure = true\n"
+        } else {
+            "[fleet]\ninsecure = true\n"
+        };
+        std::fs::write(&path, format!("{text}{insecure}")).unwrap();
+        assert_clean_failure(
+            &["agent", "--config", path.to_str().unwrap(), "--no-mdns"],
+            &[want, "is not allowed"],
+        );
+    }
     // No key and no --insecure: refused, naming both ways out.
     assert_clean_failure(
         &["coordinator", "--no-mdns", "--listen", "127.0.0.1:0"],

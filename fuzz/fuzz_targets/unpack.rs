@@ -7,7 +7,9 @@ use dyno::pack::{unpack, DecodeLimits};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let limits = DecodeLimits { max_elements: 1 << 20 };
+    let limits = DecodeLimits {
+        max_elements: 1 << 20,
+    };
     if let Ok(u) = unpack(data, &limits) {
         assert_eq!(u.values.len() as u64, u.header.elements());
         assert!(u.values.iter().all(|v| v.is_finite()));

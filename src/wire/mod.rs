@@ -24,6 +24,9 @@ use crate::sched::perf::{Candidate, Prediction};
 pub const PROTOCOL_VERSION: u16 = 1;
 /// Largest frame accepted by default (an fp32 ResNet-50 input is 0.6 MB).
 pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+/// No frame may be larger, whatever a config says: the decoder refuses a length field
+/// (of a string or a byte vector) claiming more than this before it allocates.
+pub const FRAME_LIMIT: usize = 64 << 20;
 /// How long a handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -236,7 +239,9 @@ pub enum WireError {
 }
 
 fn config() -> impl bincode::config::Config {
-    bincode::config::standard()
+    // Without a limit bincode allocates what a length field claims before reading it:
+    // 11 bytes of garbage claiming a 2^60-byte string panicked (found by fuzz/wire).
+    bincode::config::standard().with_limit::<FRAME_LIMIT>()
 }
 
 /// Encodes one message.
@@ -583,6 +588,15 @@ mod tests {
         huge.truncate(4);
         huge.extend_from_slice(&[0xfc, 0xff, 0xff, 0xff, 0x7f]);
         assert!(decode(&huge).is_err());
+        // Found by fuzz/wire: a Plan whose precision's name claims 2^60 bytes panicked
+        // (capacity overflow) before the limit; any claim past FRAME_LIMIT is refused.
+        let crash = b"\x08\x00\xfd\x0a\x0e\x00\x00\x00\x00\xfd\xfd";
+        let e = decode(crash).unwrap_err().to_string().to_lowercase();
+        assert!(e.contains("limitexceeded"), "{e}");
+        let mut claim = vec![0x08, 0x00, 0xfd];
+        claim.extend_from_slice(&((FRAME_LIMIT as u64) + 1).to_le_bytes());
+        let e = decode(&claim).unwrap_err().to_string().to_lowercase();
+        assert!(e.contains("limitexceeded"), "{e}");
     }
 
     #[tokio::test]
