@@ -58,6 +58,8 @@ pub struct SchedulerActor {
     plans_sent: u64,
     pool_utilisation: f64,
     fleet_aware: bool,
+    /// Accepted registrations per device id since this coordinator started.
+    registrations: HashMap<String, u64>,
 }
 
 #[derive(Message)]
@@ -134,6 +136,9 @@ pub struct DeviceStatus {
     /// End-to-end latency of those frames, ms (NaN before any).
     pub latency_p50_ms: f64,
     pub latency_p95_ms: f64,
+    /// How often this id registered since the coordinator started (1 unless it
+    /// reconnected).
+    pub registrations: u64,
 }
 
 /// The window of reports behind a device's rate and latency figures, seconds.
@@ -345,6 +350,8 @@ impl Handler<DeviceJoined> for SchedulerActor {
         };
         tracing::info!(device = %m.info.id, class = %m.info.class, "device joined");
         let id = m.info.id.clone();
+        *self.registrations.entry(id.clone()).or_default() += 1;
+        metrics::counter!("dyno_registrations_total", "role" => "agent").increment(1);
         let old = self.devices.insert(
             id,
             DeviceState {
@@ -386,6 +393,7 @@ impl Handler<WorkerJoined> for SchedulerActor {
     type Result = ();
     fn handle(&mut self, m: WorkerJoined, _: &mut Self::Context) {
         tracing::info!(worker = %m.name, data = %m.data_addr, slots = m.slots, "worker joined");
+        metrics::counter!("dyno_registrations_total", "role" => "worker").increment(1);
         self.workers.insert(
             m.name,
             WorkerState {
@@ -497,6 +505,7 @@ impl Handler<GetStatus> for SchedulerActor {
                 },
                 latency_p50_ms: quantile(&d.recent, 0.5) * 1e3,
                 latency_p95_ms: quantile(&d.recent, 0.95) * 1e3,
+                registrations: self.registrations.get(id).copied().unwrap_or(0),
             })
             .collect();
         devices.sort_by(|a, b| a.id.cmp(&b.id));
@@ -630,6 +639,7 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
         plans_sent: 0,
         pool_utilisation: 0.0,
         fleet_aware: cfg.fleet_aware,
+        registrations: HashMap::new(),
     }
     .start();
     let monitor = BandwidthMonitor {

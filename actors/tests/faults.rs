@@ -1,7 +1,8 @@
 //! Faults with real processes: a cloud worker killed with SIGKILL in the middle of a
 //! stream (no frame is lost or answered twice, and onloading resumes on the other
 //! worker); an agent killed (it leaves the fleet within the heartbeat timeout and the
-//! others are served on).
+//! others are served on); the coordinator killed and restarted (the agents serve on
+//! device-only, then register again once each).
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -369,4 +370,175 @@ in_flight = 3
         back <= 2.0,
         "onloading again {back:.2} s after the link returned"
     );
+}
+
+#[test]
+fn a_restarted_coordinator_gets_its_fleet_back_without_losing_a_frame() {
+    let fleet = "test-coordinator-restart";
+    let control = format!("127.0.0.1:{}", common::free_port());
+    let coordinator = || {
+        spawn_ready(&[
+            "coordinator",
+            "--insecure",
+            "--fleet",
+            fleet,
+            "--model",
+            "fashion_cnn",
+            "--listen",
+            &control,
+            "--workers",
+            "0",
+            "--ready-json",
+            "--no-mdns",
+        ])
+        .0
+    };
+    let mut c = coordinator();
+    let (_w, _) = spawn_ready(&[
+        "worker",
+        "--insecure",
+        "--fleet",
+        fleet,
+        "--model",
+        "fashion_cnn",
+        "--name",
+        "w1",
+        "--coordinator",
+        &control,
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-json",
+        "--no-mdns",
+    ]);
+    // Three agents that always onload, 16 s of frames at 40 a second each.
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let agents: Vec<_> = (1..=3)
+        .map(|i| {
+            let results = dir.path().join(format!("cam-{i}.jsonl"));
+            let cfg = AgentConfig {
+                fleet: Fleet {
+                    id: fleet.into(),
+                    insecure: true,
+                    ..Fleet::default()
+                },
+                id: format!("cam-{i}"),
+                coordinators: vec![control.clone()],
+                model: "fashion_cnn".into(),
+                class: "gateway".into(),
+                link: LinkConfig {
+                    mbps: 50.0,
+                    rtt_ms: 10.0,
+                    ..LinkConfig::default()
+                },
+                source: Source::FashionMnist,
+                rate_fps: 40.0,
+                duration_s: 16.0,
+                policy: "cloud-only".into(),
+                results: Some(results.clone()),
+                mdns: false,
+                ..AgentConfig::default()
+            };
+            let path = dir.path().join(format!("cam-{i}.toml"));
+            std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_dyno"))
+                .args(["agent", "--config", path.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (child, results)
+        })
+        .collect();
+    for i in 1..=3 {
+        assigned_worker(&control, fleet, &format!("cam-{i}"));
+    }
+    // Four seconds in, SIGKILL the coordinator; two seconds later start it again on the
+    // same address.
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()));
+    c.0.kill().unwrap();
+    let killed_s = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    let _c2 = coordinator();
+    let restarted_s = started.elapsed().as_secs_f64();
+    // Every agent and the worker register again, each device planned onto the worker.
+    let back = loop {
+        let st = status(&control, fleet);
+        let planned = st["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["plan"]["worker"].is_string())
+            .count();
+        if planned == 3 && st["workers"].as_array().unwrap().len() == 1 {
+            break started.elapsed().as_secs_f64() - restarted_s;
+        }
+        assert!(
+            started.elapsed().as_secs_f64() - restarted_s < 10.0,
+            "the fleet is not back: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Each device registered once with the new coordinator, the worker once, and no
+    // more over the next three seconds.
+    std::thread::sleep(Duration::from_secs(3));
+    let st = status(&control, fleet);
+    let registrations: Vec<u64> = st["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["registrations"].as_u64().unwrap())
+        .collect();
+    let mut answered_during = Vec::new();
+    let mut onloading_again: f64 = 0.0;
+    let mut sent = 0;
+    for (child, results) in agents {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s: AgentSummary = serde_json::from_slice(&out.stdout).unwrap();
+        let frames: Vec<FrameResult> = std::fs::read_to_string(&results)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        // Every frame answered exactly once, through the restart.
+        assert_eq!(s.results + s.errors, s.frames, "{s:?}");
+        assert_eq!((s.errors, s.duplicates), (0, 0), "{s:?}");
+        assert_eq!(frames.len() as u64, s.frames);
+        let mut ids: Vec<u64> = frames.iter().map(|f| f.request).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), frames.len(), "a request answered twice");
+        sent += s.frames;
+        // The agent kept serving while no coordinator was up.
+        answered_during.push(
+            frames
+                .iter()
+                .filter(|f| f.start_s >= killed_s && f.start_s < restarted_s)
+                .count(),
+        );
+        let first = frames
+            .iter()
+            .filter(|f| f.start_s >= restarted_s && f.bytes > 0 && !f.fallback)
+            .map(|f| f.start_s - restarted_s)
+            .fold(f64::INFINITY, f64::min);
+        onloading_again = onloading_again.max(first);
+    }
+    eprintln!(
+        "coordinator killed at {killed_s:.2} s, restarted at {restarted_s:.2} s: {sent} frames \
+         sent, {sent} answered, 0 duplicates; answered while it was down: {answered_during:?}; \
+         all re-registered {back:.2} s after the restart (registrations {registrations:?}); \
+         every agent onloading again within {onloading_again:.2} s"
+    );
+    assert!(back <= 5.0, "re-registered after {back:.2} s");
+    assert_eq!(registrations, vec![1, 1, 1], "{st}");
+    assert!(
+        answered_during.iter().all(|n| *n > 20),
+        "{answered_during:?}"
+    );
+    assert!(onloading_again <= 5.0, "{onloading_again:.2} s");
 }
