@@ -1,7 +1,7 @@
 //! Faults with real processes: a cloud worker killed with SIGKILL in the middle of a
 //! stream (no frame is lost or answered twice, and onloading resumes on the other
-//! worker); an agent killed (it leaves the fleet within the heartbeat timeout and the
-//! others are served on); the coordinator killed and restarted (the agents serve on
+//! worker); an agent killed (it leaves the fleet within the heartbeat timeout, and its
+//! share of a scarce pool goes to the others); the coordinator killed and restarted (the agents serve on
 //! device-only, then register again once each).
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -186,6 +186,8 @@ fn status(control: &str, fleet: &str) -> serde_json::Value {
 fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
     let fleet = "test-agent-killed";
     let dir = tempfile::tempdir().unwrap();
+    // A scarce pool: one worker slot (one thread) for MobileNetV2 against three devices
+    // ten times slower than this machine, each of which would fill it alone.
     let coordinator = dyno_actors::config::CoordinatorConfig {
         fleet: Fleet {
             id: fleet.into(),
@@ -195,7 +197,7 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
         listen: "127.0.0.1:0".into(),
         data_listen: "127.0.0.1:0".into(),
         workers: 1,
-        model: "fashion_cnn".into(),
+        model: "mobilenet_v2".into(),
         mdns: false,
         fleet_aware: true,
         ..dyno_actors::config::CoordinatorConfig::default()
@@ -220,16 +222,16 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
                 },
                 id: format!("cam-{i}"),
                 coordinators: vec![control.clone()],
-                model: "fashion_cnn".into(),
+                model: "mobilenet_v2".into(),
                 class: "slow10x".into(),
                 link: LinkConfig {
                     mbps: 50.0,
                     rtt_ms: 10.0,
                     ..LinkConfig::default()
                 },
-                source: Source::FashionMnist,
+                source: Source::Synthetic { seed: i },
                 duration_s: 30.0,
-                policy: "cloud-only".into(),
+                policy: "dyno".into(),
                 mdns: false,
                 ..AgentConfig::default()
             };
@@ -254,13 +256,34 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
             .iter()
             .filter(|d| d["plan"]["worker"].is_string() && d["frames"].as_u64() > Some(0))
             .count();
-        if planned == 3 && st["pool_utilisation"].as_f64() > Some(0.0) {
+        if planned == 3 && st["pool_utilisation"].as_f64() > Some(0.9) {
             break st;
         }
         assert!(t.elapsed() < Duration::from_secs(20), "{st}");
         std::thread::sleep(Duration::from_millis(100));
     };
+    // A device's planned share of the pool: its cloud seconds per second over the slots.
+    let share = |st: &serde_json::Value, id: &str| -> f64 {
+        let slots: f64 = st["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["slots"].as_f64().unwrap())
+            .sum();
+        st["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["id"] == id)
+            .map(|d| {
+                let p = &d["plan"]["prediction"];
+                p["throughput"].as_f64().unwrap() * p["cloud_s"].as_f64().unwrap() / slots
+            })
+            .sum()
+    };
     let load_before = before["pool_utilisation"].as_f64().unwrap();
+    let victim_before = share(&before, "cam-1");
+    let others_before = share(&before, "cam-2") + share(&before, "cam-3");
     let plans_before = before["plans_sent"].as_u64().unwrap();
     // SIGKILL one agent: it is gone from the fleet, and its load from the pool's plan,
     // within the heartbeat timeout.
@@ -286,13 +309,21 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
     };
     let released = killed.elapsed().as_secs_f64();
     let load_after = after["pool_utilisation"].as_f64().unwrap();
+    let others_after = share(&after, "cam-2") + share(&after, "cam-3");
     eprintln!(
         "agent killed: out of the fleet after {released:.2} s (timeout {timeout_s} s); \
-         planned pool load {load_before:.4} -> {load_after:.4}; devices left {}",
+         pool planned {load_before:.3} -> {load_after:.3}; the victim's share {victim_before:.3} \
+         went to the others: {others_before:.3} -> {others_after:.3}; devices left {}",
         after["devices"].as_array().unwrap().len()
     );
     assert!(released <= timeout_s, "{released:.2} s");
     assert_eq!(after["devices"].as_array().unwrap().len(), 2);
+    // The pool was full, and the two left now plan at least half of what was the
+    // victim's on top of theirs.
+    assert!(
+        others_after >= others_before + 0.5 * victim_before,
+        "{others_before:.3} -> {others_after:.3} (victim {victim_before:.3}): {after}"
+    );
     // The two left go on onloading on the pool, re-planned without the victim.
     let frames = |st: &serde_json::Value| -> u64 {
         st["devices"]
