@@ -91,6 +91,9 @@ pub struct CoordinatorConfig {
     pub devices: Option<PathBuf>,
     /// Re-plan at least this often, milliseconds.
     pub replan_ms: u64,
+    /// Joins and bandwidth changes re-plan at most this often, milliseconds (0: on
+    /// every one; with hundreds of devices that keeps the coordinator busy planning).
+    pub replan_gap_ms: u64,
     /// A peer silent this long is gone, milliseconds.
     pub heartbeat_timeout_ms: u64,
     /// Advertise `_dyno._tcp` over mDNS.
@@ -111,6 +114,7 @@ impl Default for CoordinatorConfig {
             model: "mobilenet_v2".into(),
             devices: None,
             replan_ms: 1000,
+            replan_gap_ms: 100,
             heartbeat_timeout_ms: 3000,
             mdns: true,
             fleet_aware: true,

@@ -60,6 +60,12 @@ pub struct SchedulerActor {
     fleet_aware: bool,
     /// Accepted registrations per device id since this coordinator started.
     registrations: HashMap<String, u64>,
+    /// When the last plan was made, and whether one is due (see `replan_soon`).
+    last_replan: Instant,
+    replan_due: bool,
+    /// Link updates and joins re-plan at most this often: with hundreds of devices
+    /// each sends its own, and a plan of the whole fleet takes milliseconds.
+    replan_gap: Duration,
 }
 
 #[derive(Message)]
@@ -165,8 +171,29 @@ impl Actor for SchedulerActor {
 }
 
 impl SchedulerActor {
+    /// Re-plans now if the last plan is older than `replan_gap`, else once when it is.
+    fn replan_soon(&mut self, ctx: &mut Context<Self>) {
+        if self.replan_due {
+            return;
+        }
+        let since = self.last_replan.elapsed();
+        if since >= self.replan_gap {
+            self.replan();
+        } else {
+            self.replan_due = true;
+            ctx.run_later(self.replan_gap - since, |me, _| {
+                if me.replan_due {
+                    me.replan();
+                }
+            });
+        }
+    }
+
     /// Plans every device together and pushes the plans that changed.
     fn replan(&mut self) {
+        self.replan_due = false;
+        self.last_replan = Instant::now();
+        let _timer = ReplanTimer(Instant::now());
         let mut ids: Vec<String> = self.devices.keys().cloned().collect();
         ids.sort();
         if ids.is_empty() {
@@ -333,7 +360,7 @@ impl SchedulerActor {
 
 impl Handler<DeviceJoined> for SchedulerActor {
     type Result = ();
-    fn handle(&mut self, m: DeviceJoined, _: &mut Self::Context) {
+    fn handle(&mut self, m: DeviceJoined, ctx: &mut Self::Context) {
         let slo = if m.info.slo.trim().is_empty() {
             Ok(Slo::default())
         } else {
@@ -370,7 +397,7 @@ impl Handler<DeviceJoined> for SchedulerActor {
         if old.is_some() {
             tracing::info!("a device re-registered: its old session is replaced");
         }
-        self.replan();
+        self.replan_soon(ctx);
     }
 }
 
@@ -427,12 +454,12 @@ impl Handler<WorkerLoad> for SchedulerActor {
 
 impl Handler<LinkUpdate> for SchedulerActor {
     type Result = ();
-    fn handle(&mut self, m: LinkUpdate, _: &mut Self::Context) {
+    fn handle(&mut self, m: LinkUpdate, ctx: &mut Self::Context) {
         if let Some(d) = self.devices.get_mut(&m.id) {
             d.link = m.link;
             metrics::gauge!("dyno_bandwidth_estimate_mbps", "device" => m.id.clone())
                 .set(m.link.bandwidth_bps / 1e6);
-            self.replan();
+            self.replan_soon(ctx);
         }
     }
 }
@@ -640,6 +667,9 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
         pool_utilisation: 0.0,
         fleet_aware: cfg.fleet_aware,
         registrations: HashMap::new(),
+        last_replan: Instant::now(),
+        replan_due: false,
+        replan_gap: Duration::from_millis(cfg.replan_gap_ms),
     }
     .start();
     let monitor = BandwidthMonitor {
@@ -865,4 +895,44 @@ fn quantile(recent: &VecDeque<(Instant, f64)>, q: f64) -> f64 {
     let mut v: Vec<f64> = recent.iter().map(|r| r.1).collect();
     v.sort_by(f64::total_cmp);
     dyno::experiment::percentile(&v, q)
+}
+
+/// The fleet's status from the coordinator at `addr`, as `me` (an observer): 5 s to
+/// connect, 5 s for the answer.
+pub async fn fetch_status(
+    addr: &str,
+    me: &Identity,
+    max_frame: usize,
+) -> anyhow::Result<FleetStatus> {
+    let wait = Duration::from_secs(5);
+    let stream = tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow::anyhow!("coordinator {addr}: no answer in 5 s"))?
+        .map_err(|e| anyhow::anyhow!("coordinator {addr}: {e}: is it running there?"))?;
+    let mut conn = wire::connect(stream, me, max_frame)
+        .await
+        .map_err(|e| anyhow::anyhow!("coordinator {addr}: {e}"))?;
+    conn.send(&Message::StatusRequest).await?;
+    let json = loop {
+        match tokio::time::timeout(wait, conn.recv()).await {
+            Err(_) => anyhow::bail!("coordinator {addr}: no status in 5 s"),
+            Ok(Ok(Message::Status { json })) => break json,
+            Ok(Ok(Message::HeartbeatAck { .. })) => continue,
+            Ok(Ok(m)) => {
+                anyhow::bail!("coordinator {addr} sent {} instead of its status", m.kind())
+            }
+            Ok(Err(e)) => anyhow::bail!("coordinator {addr}: {e}"),
+        }
+    };
+    serde_json::from_str(&json)
+        .map_err(|e| anyhow::anyhow!("the coordinator's status does not parse: {e}"))
+}
+
+/// Records how long a plan of the fleet took, whichever way `replan` returns.
+struct ReplanTimer(Instant);
+
+impl Drop for ReplanTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("dyno_replan_seconds").record(self.0.elapsed().as_secs_f64());
+    }
 }

@@ -14,6 +14,7 @@
 //!   the fallback to the device, the control connection.
 //! - [`discovery`]: mDNS advertisement and browsing (`_dyno._tcp`, zeroconf on Avahi).
 //! - [`experiment`]: the live mode of `dyno experiment run`.
+//! - [`load`]: `dyno load`, many synthetic agents against one coordinator.
 //! - [`config`]: the processes' TOML files.
 
 pub mod agent;
@@ -21,5 +22,6 @@ pub mod config;
 pub mod coordinator;
 pub mod discovery;
 pub mod experiment;
+pub mod load;
 pub mod metrics;
 pub mod worker;

@@ -31,6 +31,42 @@ enum Command {
     Agent(AgentArgs),
     /// The live fleet from its coordinator: devices, plans, rates, latency, workers, pool.
     Status(StatusArgs),
+    /// Load-test a coordinator: many synthetic agents over the real protocol.
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// Synthetic agents (one connection each to the coordinator and to their worker).
+    #[arg(long, default_value_t = 500)]
+    agents: usize,
+    /// Seconds of frames.
+    #[arg(long, default_value_t = 600.0)]
+    duration_s: f64,
+    /// Frames per second per agent.
+    #[arg(long, default_value_t = 1.0)]
+    rate_fps: f64,
+    /// A running coordinator (its fleet key from DYNO_FLEET_KEY); without one, a
+    /// coordinator is started with `--workers` embedded workers and sampled from /proc.
+    #[arg(long)]
+    coordinator: Option<String>,
+    #[arg(long, default_value = "dyno-load")]
+    fleet: String,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Seconds without an answer before a frame counts as lost.
+    #[arg(long, default_value_t = 5.0)]
+    timeout_s: f64,
+    /// The started coordinator's `replan_gap_ms` (0: re-plan on every join and link
+    /// change).
+    #[arg(long, default_value_t = 100)]
+    replan_gap_ms: u64,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -319,8 +355,7 @@ fn run_agent(global: &dyno::cli::Global, a: AgentArgs) -> anyhow::Result<()> {
 }
 
 fn run_status(a: StatusArgs) -> anyhow::Result<()> {
-    use dyno::wire::{self, Identity, Message, Role};
-    use dyno_actors::coordinator::FleetStatus;
+    use dyno::wire::{Identity, Role};
     let fleet = config::Fleet {
         id: a.fleet.clone(),
         insecure: a.insecure,
@@ -332,31 +367,11 @@ fn run_status(a: StatusArgs) -> anyhow::Result<()> {
         role: Role::Observer,
         key: fleet.key()?,
     };
-    let addr = a.coordinator.clone();
-    let wait = std::time::Duration::from_secs(5);
-    let json = actix::System::new().block_on(async move {
-        let stream = tokio::time::timeout(wait, tokio::net::TcpStream::connect(&addr))
-            .await
-            .map_err(|_| anyhow::anyhow!("coordinator {addr}: no answer in 5 s"))?
-            .map_err(|e| anyhow::anyhow!("coordinator {addr}: {e}: is it running there?"))?;
-        let mut conn = wire::connect(stream, &me, fleet.max_frame)
-            .await
-            .map_err(|e| anyhow::anyhow!("coordinator {addr}: {e}"))?;
-        conn.send(&Message::StatusRequest).await?;
-        loop {
-            match tokio::time::timeout(wait, conn.recv()).await {
-                Err(_) => anyhow::bail!("coordinator {addr}: no status in 5 s"),
-                Ok(Ok(Message::Status { json })) => return Ok(json),
-                Ok(Ok(Message::HeartbeatAck { .. })) => continue,
-                Ok(Ok(m)) => {
-                    anyhow::bail!("coordinator {addr} sent {} instead of its status", m.kind())
-                }
-                Ok(Err(e)) => anyhow::bail!("coordinator {addr}: {e}"),
-            }
-        }
-    })?;
-    let st: FleetStatus = serde_json::from_str(&json)
-        .map_err(|e| anyhow::anyhow!("the coordinator's status does not parse: {e}"))?;
+    let st = actix::System::new().block_on(coordinator::fetch_status(
+        &a.coordinator,
+        &me,
+        fleet.max_frame,
+    ))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(());
@@ -414,6 +429,41 @@ fn run_status(a: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_load(global: &dyno::cli::Global, a: LoadArgs) -> anyhow::Result<()> {
+    let home = global.setup()?;
+    init_logs(false);
+    let o = dyno_actors::load::LoadOptions {
+        agents: a.agents,
+        duration_s: a.duration_s,
+        rate_fps: a.rate_fps,
+        coordinator: a.coordinator,
+        fleet: a.fleet,
+        workers: a.workers,
+        exe: std::env::current_exe()?,
+        timeout_s: a.timeout_s,
+        replan_gap_ms: a.replan_gap_ms,
+    };
+    let progress = if a.json {
+        0.0
+    } else {
+        30f64.min(a.duration_s / 4.0)
+    };
+    let r = dyno_actors::load::run(&o, &home, progress)?;
+    let json = serde_json::to_string_pretty(&r)?;
+    if let Some(path) = &a.out {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, &json).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    if a.json {
+        println!("{json}");
+    } else {
+        print!("{}", dyno_actors::load::table(&r));
+    }
+    Ok(())
+}
+
 fn run_live(global: &dyno::cli::Global, a: dyno::cli::ExperimentArgs) -> anyhow::Result<()> {
     let home = global.setup()?;
     let e = dyno::experiment::Experiment::load(&a.file).map_err(anyhow::Error::msg)?;
@@ -444,6 +494,7 @@ fn main() -> std::process::ExitCode {
         Command::Worker(a) => run_worker(&cli.global, a),
         Command::Agent(a) => run_agent(&cli.global, a),
         Command::Status(a) => run_status(a),
+        Command::Load(a) => run_load(&cli.global, a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

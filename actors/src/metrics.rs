@@ -11,6 +11,7 @@
 //! | `dyno_bandwidth_estimate_mbps` | gauge | `device` | coordinator |
 //! | `dyno_pool_utilisation` | gauge | | coordinator: planned cloud load over the pool's capacity |
 //! | `dyno_slo_violations_total` | counter | `device` | coordinator: reported frames over the SLO's `max_latency_ms` |
+//! | `dyno_replan_seconds` | histogram | | coordinator: one plan of the whole fleet |
 //! | `dyno_registrations_total` | counter | `role` = `agent`, `worker` | coordinator: accepted registrations |
 //! | `dyno_refused_peers_total` | counter | `endpoint` = `control`, `data` | coordinator, worker |
 //! | `dyno_worker_inferences_total` | counter | | worker |

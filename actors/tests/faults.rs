@@ -12,6 +12,14 @@ use dyno_actors::config::{AgentConfig, Fleet, LinkConfig, Source};
 mod common;
 use common::{spawn_ready, Proc};
 
+/// One fault at a time: each test times recovery on two cores, and the scarce-pool test
+/// keeps one of them busy on purpose.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The data address of the worker the coordinator assigned to `device`, once it has.
 fn assigned_worker(control: &str, fleet: &str, device: &str) -> String {
     let t = Instant::now();
@@ -36,6 +44,7 @@ fn assigned_worker(control: &str, fleet: &str, device: &str) -> String {
 
 #[test]
 fn a_worker_killed_mid_stream_loses_no_frame() {
+    let _one = one_at_a_time();
     let fleet = "test-faults";
     let (_c, ready) = spawn_ready(&[
         "coordinator",
@@ -184,6 +193,7 @@ fn status(control: &str, fleet: &str) -> serde_json::Value {
 
 #[test]
 fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
+    let _one = one_at_a_time();
     let fleet = "test-agent-killed";
     let dir = tempfile::tempdir().unwrap();
     // A scarce pool: one worker slot (one thread) for MobileNetV2 against three devices
@@ -247,21 +257,6 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
             )
         })
         .collect();
-    // All three planned and onloading.
-    let t = Instant::now();
-    let before = loop {
-        let st = status(&control, fleet);
-        let devices = st["devices"].as_array().unwrap();
-        let planned = devices
-            .iter()
-            .filter(|d| d["plan"]["worker"].is_string() && d["frames"].as_u64() > Some(0))
-            .count();
-        if planned == 3 && st["pool_utilisation"].as_f64() > Some(0.9) {
-            break st;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "{st}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
     // A device's planned share of the pool: its cloud seconds per second over the slots.
     let share = |st: &serde_json::Value, id: &str| -> f64 {
         let slots: f64 = st["workers"]
@@ -281,13 +276,40 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
             })
             .sum()
     };
+    // All three planned and sending frames, the pool planned full.
+    let t = Instant::now();
+    let before = loop {
+        let st = status(&control, fleet);
+        let devices = st["devices"].as_array().unwrap();
+        let running = devices
+            .iter()
+            .filter(|d| d["plan"].is_object() && d["frames"].as_u64() > Some(0))
+            .count();
+        if running == 3 && st["pool_utilisation"].as_f64() > Some(0.9) {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{st}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The victim: the device with the largest share (the plan may keep one on the device).
+    let ids = ["cam-1", "cam-2", "cam-3"];
+    let v = (0..3)
+        .max_by(|&a, &b| share(&before, ids[a]).total_cmp(&share(&before, ids[b])))
+        .unwrap();
+    let (victim_id, others) = (
+        ids[v],
+        ids.iter()
+            .filter(|id| **id != ids[v])
+            .copied()
+            .collect::<Vec<_>>(),
+    );
     let load_before = before["pool_utilisation"].as_f64().unwrap();
-    let victim_before = share(&before, "cam-1");
-    let others_before = share(&before, "cam-2") + share(&before, "cam-3");
+    let victim_before = share(&before, victim_id);
+    let others_before: f64 = others.iter().map(|id| share(&before, id)).sum();
     let plans_before = before["plans_sent"].as_u64().unwrap();
     // SIGKILL one agent: it is gone from the fleet, and its load from the pool's plan,
     // within the heartbeat timeout.
-    let mut victim = agents.remove(0);
+    let mut victim = agents.remove(v);
     victim.0.kill().unwrap();
     let killed = Instant::now();
     let after = loop {
@@ -296,22 +318,22 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|d| d["id"] != "cam-1");
+            .all(|d| d["id"] != victim_id);
         if gone {
             break st;
         }
         assert!(
             killed.elapsed().as_secs_f64() < timeout_s + 1.0,
-            "cam-1 still in the fleet after {:?}",
+            "{victim_id} still in the fleet after {:?}",
             killed.elapsed()
         );
         std::thread::sleep(Duration::from_millis(50));
     };
     let released = killed.elapsed().as_secs_f64();
     let load_after = after["pool_utilisation"].as_f64().unwrap();
-    let others_after = share(&after, "cam-2") + share(&after, "cam-3");
+    let others_after: f64 = others.iter().map(|id| share(&after, id)).sum();
     eprintln!(
-        "agent killed: out of the fleet after {released:.2} s (timeout {timeout_s} s); \
+        "agent {victim_id} killed: out of the fleet after {released:.2} s (timeout {timeout_s} s); \
          pool planned {load_before:.3} -> {load_after:.3}; the victim's share {victim_before:.3} \
          went to the others: {others_before:.3} -> {others_after:.3}; devices left {}",
         after["devices"].as_array().unwrap().len()
@@ -340,12 +362,13 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
         .as_array()
         .unwrap()
         .iter()
-        .all(|d| d["plan"]["worker"].is_string()));
+        .any(|d| d["plan"]["worker"].is_string()));
     assert!(later["plans_sent"].as_u64().unwrap() >= plans_before);
 }
 
 #[test]
 fn a_cut_link_falls_back_to_the_device_and_onloads_again_when_it_returns() {
+    let _one = one_at_a_time();
     // MobileNetV2 on a slow10x device through the real runtime (actors in one process):
     // 50 Mbit/s, then nothing for 10 s, then 50 Mbit/s again.
     let home = dyno::home::Home::discover();
@@ -405,6 +428,7 @@ in_flight = 3
 
 #[test]
 fn a_restarted_coordinator_gets_its_fleet_back_without_losing_a_frame() {
+    let _one = one_at_a_time();
     let fleet = "test-coordinator-restart";
     let control = format!("127.0.0.1:{}", common::free_port());
     let coordinator = || {
