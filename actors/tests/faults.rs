@@ -6,7 +6,6 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dyno_actors::agent::{AgentSummary, FrameResult};
 use dyno_actors::config::{AgentConfig, Fleet, LinkConfig, Source};
 
 mod common;
@@ -46,78 +45,20 @@ fn assigned_worker(control: &str, fleet: &str, device: &str) -> String {
 fn a_worker_killed_mid_stream_loses_no_frame() {
     let _one = one_at_a_time();
     let fleet = "test-faults";
-    let (_c, ready) = spawn_ready(&[
-        "coordinator",
-        "--insecure",
-        "--fleet",
-        fleet,
-        "--model",
-        "fashion_cnn",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "0",
-        "--ready-json",
-        "--no-mdns",
-    ]);
-    let control = ready["control"].as_str().unwrap().to_string();
+    let (_c, control) = common::spawn_coordinator(fleet, "127.0.0.1:0");
     let mut workers: Vec<(String, Proc)> = (1..=2)
         .map(|i| {
-            let (p, v) = spawn_ready(&[
-                "worker",
-                "--insecure",
-                "--fleet",
-                fleet,
-                "--model",
-                "fashion_cnn",
-                "--name",
-                &format!("w{i}"),
-                "--coordinator",
-                &control,
-                "--listen",
-                "127.0.0.1:0",
-                "--ready-json",
-                "--no-mdns",
-            ]);
-            (v["data"].as_str().unwrap().to_string(), p)
+            let (p, data) = common::spawn_worker(fleet, &format!("w{i}"), &control);
+            (data, p)
         })
         .collect();
     std::thread::sleep(Duration::from_millis(700));
     // One agent that always onloads (cloud-only), 8 s of frames at 100 a second.
     let dir = tempfile::tempdir().unwrap();
     let results = dir.path().join("cam.jsonl");
-    let cfg = AgentConfig {
-        fleet: Fleet {
-            id: fleet.into(),
-            insecure: true,
-            ..Fleet::default()
-        },
-        id: "cam".into(),
-        coordinators: vec![control.clone()],
-        model: "fashion_cnn".into(),
-        class: "gateway".into(),
-        link: LinkConfig {
-            mbps: 50.0,
-            rtt_ms: 10.0,
-            ..LinkConfig::default()
-        },
-        source: Source::FashionMnist,
-        rate_fps: 100.0,
-        duration_s: 8.0,
-        policy: "cloud-only".into(),
-        results: Some(results.clone()),
-        mdns: false,
-        ..AgentConfig::default()
-    };
-    let path = dir.path().join("cam.toml");
-    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let cfg = common::cloud_only_agent(fleet, "cam", &control, 100.0, 8.0, &results);
     let started = Instant::now();
-    let agent = Command::new(env!("CARGO_BIN_EXE_dyno"))
-        .args(["agent", "--config", path.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let agent = common::spawn_agent(dir.path(), &cfg);
     // Three seconds in, SIGKILL the worker the agent is using.
     let used = assigned_worker(&control, fleet, "cam");
     std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
@@ -125,27 +66,8 @@ fn a_worker_killed_mid_stream_loses_no_frame() {
     let (_, mut victim) = workers.remove(k);
     victim.0.kill().unwrap(); // SIGKILL
     let killed_s = started.elapsed().as_secs_f64();
-    let out = agent.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: AgentSummary = serde_json::from_slice(&out.stdout).unwrap();
-    let frames: Vec<FrameResult> = std::fs::read_to_string(&results)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     // Every frame answered exactly once.
-    assert_eq!(s.results + s.errors, s.frames, "{s:?}");
-    assert_eq!(s.errors, 0, "{s:?}");
-    assert_eq!(s.duplicates, 0, "{s:?}");
-    assert_eq!(frames.len() as u64, s.frames);
-    let mut ids: Vec<u64> = frames.iter().map(|f| f.request).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), frames.len(), "a request answered twice");
+    let (s, frames) = common::answered_once(agent, &cfg);
     // Onloading resumes on the other worker: the longest stretch of the run in which no
     // frame was answered by the cloud is the outage the kill caused (at 100 frames a
     // second the stretch is 10 ms otherwise).
@@ -431,78 +353,25 @@ fn a_restarted_coordinator_gets_its_fleet_back_without_losing_a_frame() {
     let _one = one_at_a_time();
     let fleet = "test-coordinator-restart";
     let control = format!("127.0.0.1:{}", common::free_port());
-    let coordinator = || {
-        spawn_ready(&[
-            "coordinator",
-            "--insecure",
-            "--fleet",
-            fleet,
-            "--model",
-            "fashion_cnn",
-            "--listen",
-            &control,
-            "--workers",
-            "0",
-            "--ready-json",
-            "--no-mdns",
-        ])
-        .0
-    };
+    let coordinator = || common::spawn_coordinator(fleet, &control).0;
     let mut c = coordinator();
-    let (_w, _) = spawn_ready(&[
-        "worker",
-        "--insecure",
-        "--fleet",
-        fleet,
-        "--model",
-        "fashion_cnn",
-        "--name",
-        "w1",
-        "--coordinator",
-        &control,
-        "--listen",
-        "127.0.0.1:0",
-        "--ready-json",
-        "--no-mdns",
-    ]);
+    let (_w, _) = common::spawn_worker(fleet, "w1", &control);
     // Three agents that always onload, 16 s of frames at 40 a second each.
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let agents: Vec<_> = (1..=3)
         .map(|i| {
             let results = dir.path().join(format!("cam-{i}.jsonl"));
-            let cfg = AgentConfig {
-                fleet: Fleet {
-                    id: fleet.into(),
-                    insecure: true,
-                    ..Fleet::default()
-                },
-                id: format!("cam-{i}"),
-                coordinators: vec![control.clone()],
-                model: "fashion_cnn".into(),
-                class: "gateway".into(),
-                link: LinkConfig {
-                    mbps: 50.0,
-                    rtt_ms: 10.0,
-                    ..LinkConfig::default()
-                },
-                source: Source::FashionMnist,
-                rate_fps: 40.0,
-                duration_s: 16.0,
-                policy: "cloud-only".into(),
-                results: Some(results.clone()),
-                mdns: false,
-                ..AgentConfig::default()
-            };
-            let path = dir.path().join(format!("cam-{i}.toml"));
-            std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_dyno"))
-                .args(["agent", "--config", path.to_str().unwrap()])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            (child, results)
+            let cfg = common::cloud_only_agent(
+                fleet,
+                &format!("cam-{i}"),
+                &control,
+                40.0,
+                16.0,
+                &results,
+            );
+            let child = common::spawn_agent(dir.path(), &cfg);
+            (child, cfg)
         })
         .collect();
     for i in 1..=3 {
@@ -547,27 +416,9 @@ fn a_restarted_coordinator_gets_its_fleet_back_without_losing_a_frame() {
     let mut answered_during = Vec::new();
     let mut onloading_again: f64 = 0.0;
     let mut sent = 0;
-    for (child, results) in agents {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let s: AgentSummary = serde_json::from_slice(&out.stdout).unwrap();
-        let frames: Vec<FrameResult> = std::fs::read_to_string(&results)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+    for (child, cfg) in agents {
         // Every frame answered exactly once, through the restart.
-        assert_eq!(s.results + s.errors, s.frames, "{s:?}");
-        assert_eq!((s.errors, s.duplicates), (0, 0), "{s:?}");
-        assert_eq!(frames.len() as u64, s.frames);
-        let mut ids: Vec<u64> = frames.iter().map(|f| f.request).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        assert_eq!(ids.len(), frames.len(), "a request answered twice");
+        let (s, frames) = common::answered_once(child, &cfg);
         sent += s.frames;
         // The agent kept serving while no coordinator was up.
         answered_during.push(

@@ -13,7 +13,7 @@ use dyno_actors::config::{
 use dyno_actors::{coordinator, worker};
 
 mod common;
-use common::{spawn_ready, Proc};
+use common::Proc;
 
 /// One lossless policy that always onloads, one that chooses, and DynO.
 const POLICIES: [&str; 3] = ["cloud-only", "neurosurgeon", "dyno"];
@@ -141,58 +141,16 @@ fn all_actors_in_one_process() {
 
 #[test]
 fn real_processes_on_loopback() {
-    let (_c, ready) = spawn_ready(&[
-        "coordinator",
-        "--insecure",
-        "--fleet",
-        "test-fleet",
-        "--model",
-        "fashion_cnn",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "0",
-        "--ready-json",
-        "--no-mdns",
-    ]);
-    let control = ready["control"].as_str().unwrap().to_string();
+    let (_c, control) = common::spawn_coordinator("test-fleet", "127.0.0.1:0");
     let _workers: Vec<Proc> = (1..=2)
-        .map(|i| {
-            spawn_ready(&[
-                "worker",
-                "--insecure",
-                "--fleet",
-                "test-fleet",
-                "--model",
-                "fashion_cnn",
-                "--name",
-                &format!("w{i}"),
-                "--coordinator",
-                &control,
-                "--listen",
-                "127.0.0.1:0",
-                "--ready-json",
-                "--no-mdns",
-            ])
-            .0
-        })
+        .map(|i| common::spawn_worker("test-fleet", &format!("w{i}"), &control).0)
         .collect();
     std::thread::sleep(Duration::from_millis(700));
     let dir = tempfile::tempdir().unwrap();
     let frames = 120;
     let children: Vec<(String, Child)> = agents(&control, frames, POLICIES)
         .into_iter()
-        .map(|a| {
-            let path = dir.path().join(format!("{}.toml", a.id));
-            std::fs::write(&path, toml::to_string(&a).unwrap()).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_dyno"))
-                .args(["agent", "--config", path.to_str().unwrap()])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            (a.id, child)
-        })
+        .map(|a| (a.id.clone(), common::spawn_agent(dir.path(), &a)))
         .collect();
     let mut onloaded = 0;
     for ((id, child), policy) in children.into_iter().zip(POLICIES) {

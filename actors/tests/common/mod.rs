@@ -100,3 +100,135 @@ pub fn spawn_ready(args: &[&str]) -> (Proc, serde_json::Value) {
     let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{args:?}: `{line}`: {e}"));
     (Proc(child), v)
 }
+
+/// Writes `cfg` into `dir` and starts `dyno agent --config` on it: stdout piped for the
+/// summary, the log in `dir/ID.log` (a pipe nobody reads until the end could fill).
+pub fn spawn_agent(dir: &std::path::Path, cfg: &dyno_actors::config::AgentConfig) -> Child {
+    let path = dir.join(format!("{}.toml", cfg.id));
+    std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
+    let log = std::fs::File::create(dir.join(format!("{}.log", cfg.id))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_dyno"))
+        .args(["agent", "--config", path.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for an agent started by `spawn_agent` with a `results` file in the same
+/// folder; asserts that it succeeded and
+/// that every frame was answered exactly once with no error; returns its summary and
+/// its frames.
+pub fn answered_once(
+    agent: Child,
+    cfg: &dyno_actors::config::AgentConfig,
+) -> (
+    dyno_actors::agent::AgentSummary,
+    Vec<dyno_actors::agent::FrameResult>,
+) {
+    let results = cfg
+        .results
+        .as_deref()
+        .expect("an agent with a results file");
+    let out = agent.wait_with_output().unwrap();
+    if !out.status.success() {
+        let log = results.with_file_name(format!("{}.log", cfg.id));
+        panic!(
+            "agent {} failed: {}",
+            cfg.id,
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    let s: dyno_actors::agent::AgentSummary = serde_json::from_slice(&out.stdout).unwrap();
+    let frames: Vec<dyno_actors::agent::FrameResult> = std::fs::read_to_string(results)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(s.results + s.errors, s.frames, "{s:?}");
+    assert_eq!((s.errors, s.duplicates), (0, 0), "{s:?}");
+    assert_eq!(frames.len() as u64, s.frames);
+    let mut ids: Vec<u64> = frames.iter().map(|f| f.request).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), frames.len(), "a request answered twice");
+    (s, frames)
+}
+
+/// A `fashion_cnn` agent of class `gateway` on a 50 Mbit/s, 10 ms link that always
+/// onloads, offering `rate_fps` for `duration_s`, its frames written to `results`.
+pub fn cloud_only_agent(
+    fleet: &str,
+    id: &str,
+    control: &str,
+    rate_fps: f64,
+    duration_s: f64,
+    results: &std::path::Path,
+) -> dyno_actors::config::AgentConfig {
+    use dyno_actors::config::{AgentConfig, Fleet, LinkConfig, Source};
+    AgentConfig {
+        fleet: Fleet {
+            id: fleet.into(),
+            insecure: true,
+            ..Fleet::default()
+        },
+        id: id.into(),
+        coordinators: vec![control.into()],
+        model: "fashion_cnn".into(),
+        class: "gateway".into(),
+        link: LinkConfig {
+            mbps: 50.0,
+            rtt_ms: 10.0,
+            ..LinkConfig::default()
+        },
+        source: Source::FashionMnist,
+        rate_fps,
+        duration_s,
+        policy: "cloud-only".into(),
+        results: Some(results.to_path_buf()),
+        mdns: false,
+        ..AgentConfig::default()
+    }
+}
+
+/// An insecure `fashion_cnn` coordinator of `fleet` without embedded workers, listening
+/// at `listen` (e.g. `127.0.0.1:0`), no mDNS; returns it with its control address.
+pub fn spawn_coordinator(fleet: &str, listen: &str) -> (Proc, String) {
+    let (p, ready) = spawn_ready(&[
+        "coordinator",
+        "--insecure",
+        "--fleet",
+        fleet,
+        "--model",
+        "fashion_cnn",
+        "--listen",
+        listen,
+        "--workers",
+        "0",
+        "--ready-json",
+        "--no-mdns",
+    ]);
+    (p, ready["control"].as_str().unwrap().to_string())
+}
+
+/// An insecure `fashion_cnn` worker called `name` registered with `control`; returns it
+/// with its data address.
+pub fn spawn_worker(fleet: &str, name: &str, control: &str) -> (Proc, String) {
+    let (p, ready) = spawn_ready(&[
+        "worker",
+        "--insecure",
+        "--fleet",
+        fleet,
+        "--model",
+        "fashion_cnn",
+        "--name",
+        name,
+        "--coordinator",
+        control,
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-json",
+        "--no-mdns",
+    ]);
+    (p, ready["data"].as_str().unwrap().to_string())
+}
