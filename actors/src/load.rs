@@ -31,6 +31,8 @@ pub struct LoadOptions {
     /// A running coordinator's control address (fleet `fleet`, key from DYNO_FLEET_KEY);
     /// without one a coordinator is started from `exe` with `workers` embedded workers.
     pub coordinator: Option<String>,
+    /// The given coordinator runs without a key.
+    pub insecure: bool,
     pub fleet: String,
     pub workers: usize,
     /// The `dyno` binary.
@@ -265,6 +267,7 @@ pub fn run(
         Some(addr) => {
             let fleet = Fleet {
                 id: o.fleet.clone(),
+                insecure: o.insecure,
                 ..Fleet::default()
             };
             (None, addr.clone(), fleet.key()?)
@@ -280,6 +283,18 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // One status request first: a wrong address or key fails here, not after the run.
+    let observer = |key: Key| Identity {
+        fleet: o.fleet.clone(),
+        name: "load-observer".into(),
+        role: Role::Observer,
+        key,
+    };
+    rt.block_on(crate::coordinator::fetch_status(
+        &coordinator,
+        &observer(key.clone()),
+        wire::DEFAULT_MAX_FRAME,
+    ))?;
     let (release_tx, release) = watch::channel(false);
     let started = Instant::now();
     let ctx = Arc::new(Ctx {
@@ -329,12 +344,7 @@ pub fn run(
         // Frames stop; wait for the last answers and reports, then count what the
         // coordinator saw while every agent is still connected.
         tokio::time::sleep(ctx.timeout + Duration::from_secs(1)).await;
-        let me = Identity {
-            fleet: ctx.fleet.clone(),
-            name: "load-observer".into(),
-            role: Role::Observer,
-            key: ctx.key.clone(),
-        };
+        let me = observer(ctx.key.clone());
         let counted =
             crate::coordinator::fetch_status(&ctx.coordinator, &me, wire::DEFAULT_MAX_FRAME)
                 .await

@@ -50,6 +50,9 @@ struct LoadArgs {
     /// coordinator is started with `--workers` embedded workers and sampled from /proc.
     #[arg(long)]
     coordinator: Option<String>,
+    /// The given coordinator runs without a fleet key.
+    #[arg(long)]
+    insecure: bool,
     #[arg(long, default_value = "dyno-load")]
     fleet: String,
     #[arg(long, default_value_t = 2)]
@@ -437,6 +440,7 @@ fn run_load(global: &dyno::cli::Global, a: LoadArgs) -> anyhow::Result<()> {
         duration_s: a.duration_s,
         rate_fps: a.rate_fps,
         coordinator: a.coordinator,
+        insecure: a.insecure,
         fleet: a.fleet,
         workers: a.workers,
         exe: std::env::current_exe()?,

@@ -75,4 +75,17 @@ fn bad_load_arguments_are_refused() {
     assert_clean_failure(&["load", "--agents", "0"], &["--agents 0"]);
     assert_clean_failure(&["load", "--rate-fps", "0"], &["--rate-fps 0"]);
     assert_clean_failure(&["load", "--duration-s", "nan"], &["--duration-s NaN"]);
+    // A coordinator that is not there: said before any agent starts.
+    let nobody = format!("127.0.0.1:{}", common::free_port());
+    assert_clean_failure(
+        &[
+            "load",
+            "--coordinator",
+            &nobody,
+            "--insecure",
+            "--duration-s",
+            "1",
+        ],
+        &[&nobody, "is it running there?"],
+    );
 }
