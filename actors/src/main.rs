@@ -482,11 +482,31 @@ fn run_live(global: &dyno::cli::Global, a: dyno::cli::ExperimentArgs) -> anyhow:
     dyno::cli::experiment::report(&home, &a, &e, &out)
 }
 
+/// Whether the library command `c` uses sockets: a live experiment runs the runtime's
+/// actors in this process, `profile validate` measures over loopback TCP.
+fn uses_sockets(c: &dyno::cli::Command) -> bool {
+    use dyno::cli::{Command as C, ExperimentCommand, Mode, ProfileCommand};
+    match c {
+        C::Experiment(ExperimentCommand::Run(a)) => a.mode == Mode::Live,
+        C::Profile(ProfileCommand::Validate(_)) => true,
+        _ => false,
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    // SIGPIPE stays ignored (Rust's default): a peer that vanishes mid-write must give
-    // an error on that socket, not kill the process. (So `dyno ... | head` ends with a
-    // broken-pipe message instead of quietly.)
+    // SIGPIPE stays ignored (Rust's default) wherever there are sockets: a peer that
+    // vanishes mid-write must give an error on that socket, not kill the process. The
+    // offline commands (models, profiles, plan, simulated experiments) have none, and
+    // there a closed stdout (`dyno models list | head`) ends the process quietly.
     let cli = Cli::parse();
+    if let Command::Base(c) = &cli.command {
+        if !uses_sockets(c) {
+            // SAFETY: called before any thread starts; SIG_DFL is a valid disposition.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
+        }
+    }
     let result = match cli.command {
         Command::Base(dyno::cli::Command::Experiment(dyno::cli::ExperimentCommand::Run(a)))
             if a.mode == dyno::cli::Mode::Live =>

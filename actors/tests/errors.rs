@@ -229,3 +229,36 @@ fn cli_check_json_has_the_documented_fields() {
     assert_eq!(v["predictions"].as_array().unwrap().len(), 10_000);
     assert!(v["max_split_abs_err"].as_f64().unwrap() <= 1e-4);
 }
+
+#[test]
+fn a_closed_stdout_ends_an_offline_command_quietly() {
+    // `dyno models list | head`: the reader is gone when dyno writes. The offline
+    // commands let SIGPIPE end them; before, the write panicked ("failed printing to
+    // stdout: Broken pipe"). The read end is closed before dyno has even started.
+    use std::io::Read;
+    for args in [
+        &["models", "list"][..],
+        &["experiment", "run", "config/quickstart.toml"][..],
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dyno"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(!stderr.contains("panicked"), "dyno {args:?}: {stderr}");
+        assert!(
+            !status.success(),
+            "dyno {args:?} wrote to a closed pipe and succeeded"
+        );
+    }
+}
