@@ -23,7 +23,7 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 fn assigned_worker(control: &str, fleet: &str, device: &str) -> String {
     let t = Instant::now();
     loop {
-        let st = status(control, fleet);
+        let st = common::status(control, fleet);
         let found = st["devices"]
             .as_array()
             .unwrap()
@@ -45,7 +45,7 @@ fn assigned_worker(control: &str, fleet: &str, device: &str) -> String {
 fn a_worker_killed_mid_stream_loses_no_frame() {
     let _one = one_at_a_time();
     let fleet = "test-faults";
-    let (_c, control) = common::spawn_coordinator(fleet, "127.0.0.1:0");
+    let (_c, control) = common::spawn_coordinator(fleet, "127.0.0.1:0", 0, &[]);
     let mut workers: Vec<(String, Proc)> = (1..=2)
         .map(|i| {
             let (p, data) = common::spawn_worker(fleet, &format!("w{i}"), &control);
@@ -89,28 +89,6 @@ fn a_worker_killed_mid_stream_loses_no_frame() {
         "onloading resumed {recovery:.2} s after the kill"
     );
     assert!(onloaded.len() as f64 > 0.8 * s.frames as f64, "{s:?}");
-}
-
-/// The fleet as `dyno status --json` reports it.
-/// (Three tries: on two busy cores a status call can miss its 5 s.)
-fn status(control: &str, fleet: &str) -> serde_json::Value {
-    let mut errors = Vec::new();
-    for _ in 0..3 {
-        let (ok, out, err) = common::dyno(&[
-            "status",
-            "--coordinator",
-            control,
-            "--fleet",
-            fleet,
-            "--insecure",
-            "--json",
-        ]);
-        if ok {
-            return serde_json::from_str(&out).unwrap();
-        }
-        errors.push(err);
-    }
-    panic!("dyno status failed three times: {errors:?}");
 }
 
 #[test]
@@ -201,7 +179,7 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
     // All three planned and sending frames, the pool planned full.
     let t = Instant::now();
     let before = loop {
-        let st = status(&control, fleet);
+        let st = common::status(&control, fleet);
         let devices = st["devices"].as_array().unwrap();
         let running = devices
             .iter()
@@ -235,7 +213,7 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
     victim.0.kill().unwrap();
     let killed = Instant::now();
     let after = loop {
-        let st = status(&control, fleet);
+        let st = common::status(&control, fleet);
         let gone = st["devices"]
             .as_array()
             .unwrap()
@@ -278,7 +256,7 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
             .sum()
     };
     std::thread::sleep(Duration::from_millis(500));
-    let later = status(&control, fleet);
+    let later = common::status(&control, fleet);
     assert!(frames(&later) > frames(&after), "{later}");
     assert!(later["devices"]
         .as_array()
@@ -353,7 +331,7 @@ fn a_restarted_coordinator_gets_its_fleet_back_without_losing_a_frame() {
     let _one = one_at_a_time();
     let fleet = "test-coordinator-restart";
     let control = format!("127.0.0.1:{}", common::free_port());
-    let coordinator = || common::spawn_coordinator(fleet, &control).0;
+    let coordinator = || common::spawn_coordinator(fleet, &control, 0, &[]).0;
     let mut c = coordinator();
     let (_w, _) = common::spawn_worker(fleet, "w1", &control);
     // Three agents that always onload, 16 s of frames at 40 a second each.
@@ -387,7 +365,7 @@ fn a_restarted_coordinator_gets_its_fleet_back_without_losing_a_frame() {
     let restarted_s = started.elapsed().as_secs_f64();
     // Every agent and the worker register again, each device planned onto the worker.
     let back = loop {
-        let st = status(&control, fleet);
+        let st = common::status(&control, fleet);
         let planned = st["devices"]
             .as_array()
             .unwrap()
@@ -406,7 +384,7 @@ fn a_restarted_coordinator_gets_its_fleet_back_without_losing_a_frame() {
     // Each device registered once with the new coordinator, the worker once, and no
     // more over the next three seconds.
     std::thread::sleep(Duration::from_secs(3));
-    let st = status(&control, fleet);
+    let st = common::status(&control, fleet);
     let registrations: Vec<u64> = st["devices"]
         .as_array()
         .unwrap()

@@ -1,8 +1,8 @@
 //! The runtime end to end: all actors in one process; real processes on loopback; bad
 //! peers. `fashion_cnn` on its real test images keeps these fast.
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use dyno::home::Home;
@@ -141,7 +141,7 @@ fn all_actors_in_one_process() {
 
 #[test]
 fn real_processes_on_loopback() {
-    let (_c, control) = common::spawn_coordinator("test-fleet", "127.0.0.1:0");
+    let (_c, control) = common::spawn_coordinator("test-fleet", "127.0.0.1:0", 0, &[]);
     let _workers: Vec<Proc> = (1..=2)
         .map(|i| common::spawn_worker("test-fleet", &format!("w{i}"), &control).0)
         .collect();
@@ -171,42 +171,10 @@ fn real_processes_on_loopback() {
 fn bad_peers_are_refused_and_the_fleet_keeps_working() {
     let key = "0123456789abcdef-test";
     let metrics = common::free_port();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dyno"))
-        .args([
-            "coordinator",
-            "--fleet",
-            "test-peers",
-            "--model",
-            "fashion_cnn",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--ready-json",
-            "--no-mdns",
-            "--metrics",
-            &format!("127.0.0.1:{metrics}"),
-        ])
-        .env("DYNO_FLEET_KEY", key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(c.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let control = ready["control"].as_str().unwrap().to_string();
-    let mut stderr = c.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
-    let guard = Proc(c);
+    let mut args = common::coordinator_args("test-peers", "127.0.0.1:0", 1);
+    args.extend(["--metrics".into(), format!("127.0.0.1:{metrics}")]);
+    let c = common::spawn_logged(&args, &[("DYNO_FLEET_KEY", key)]);
+    let control = c.ready["control"].as_str().unwrap().to_string();
     // Garbage, an oversized frame, a wrong version, a wrong key.
     let mut g = TcpStream::connect(&control).unwrap();
     g.write_all(b"\x00\x00\x00\x0cGET / HTTP/1").unwrap();
@@ -277,8 +245,7 @@ fn bad_peers_are_refused_and_the_fleet_keeps_working() {
     // Every refused peer is counted (the wrong-key agent retries, so at least four).
     let m = common::wait_for(metrics, "dyno_refused_peers_total", 3.0);
     eprintln!("refused: {}", common::value(&m, "dyno_refused_peers_total"));
-    drop(guard); // kills the coordinator, which closes its log
-    let log = log.join().unwrap();
+    let log = c.log();
     for needle in [
         "does not decode",
         "frame size too big",

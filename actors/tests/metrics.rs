@@ -4,54 +4,18 @@
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{free_port, spawn_ready, value, wait_for, Proc};
+use common::{free_port, value, wait_for, Proc};
 
 #[test]
 fn a_running_fleet_serves_metrics_that_move_and_its_status() {
     let (cm, am) = (free_port(), free_port());
     let metrics = format!("127.0.0.1:{cm}");
-    let (_c, ready) = spawn_ready(&[
-        "coordinator",
-        "--insecure",
-        "--fleet",
-        "test-metrics",
-        "--model",
-        "fashion_cnn",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-listen",
-        "127.0.0.1:0",
-        "--workers",
-        "1",
-        "--ready-json",
-        "--no-mdns",
-        "--metrics",
-        &metrics,
-    ]);
-    let control = ready["control"].as_str().unwrap().to_string();
+    let (_c, control) =
+        common::spawn_coordinator("test-metrics", "127.0.0.1:0", 1, &["--metrics", &metrics]);
     let _a = Proc(
         Command::new(env!("CARGO_BIN_EXE_dyno"))
-            .args([
-                "agent",
-                "--insecure",
-                "--fleet",
-                "test-metrics",
-                "--model",
-                "fashion_cnn",
-                "--id",
-                "cam-1",
-                "--class",
-                "slow10x",
-                "--mbps",
-                "50",
-                "--coordinator",
-                &control,
-                "--no-mdns",
-                "--frames",
-                "0",
-                "--metrics",
-                &format!("127.0.0.1:{am}"),
-            ])
+            .args(common::agent_args("test-metrics", "cam-1", &control, 0))
+            .args(["--metrics", &format!("127.0.0.1:{am}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -85,17 +49,7 @@ fn a_running_fleet_serves_metrics_that_move_and_its_status() {
         assert!(c.contains(name), "{name} missing");
     }
     // `dyno status` reads the same fleet from the coordinator.
-    let (ok, out, err) = common::dyno(&[
-        "status",
-        "--coordinator",
-        &control,
-        "--fleet",
-        "test-metrics",
-        "--insecure",
-        "--json",
-    ]);
-    assert!(ok, "{err}");
-    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let st = common::status(&control, "test-metrics");
     let d = &st["devices"][0];
     assert_eq!(d["id"], "cam-1");
     assert_eq!(d["class"], "slow10x");

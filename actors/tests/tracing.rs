@@ -2,78 +2,25 @@
 //! under a `frame` span with the same device and request id (`--log-json`), and
 //! `RUST_LOG` filters what is logged.
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+mod common;
 
 /// Runs a coordinator (one embedded worker) and one agent of 120 frames with `rust_log`;
 /// returns both JSON logs.
 fn run(rust_log: &str) -> (String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dyno"))
-        .args([
-            "coordinator",
-            "--insecure",
-            "--fleet",
-            "test-trace",
-            "--model",
-            "fashion_cnn",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--ready-json",
-            "--no-mdns",
-            "--log-json",
-        ])
-        .env("RUST_LOG", rust_log)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(c.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let control = ready["control"].as_str().unwrap().to_string();
-    let mut stderr = c.stderr.take().unwrap();
-    let coordinator_log = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let mut args = common::coordinator_args("test-trace", "127.0.0.1:0", 1);
+    args.extend(["--insecure".into(), "--log-json".into()]);
+    let c = common::spawn_logged(&args, &[("RUST_LOG", rust_log)]);
+    let control = c.ready["control"].as_str().unwrap().to_string();
     let agent = Command::new(env!("CARGO_BIN_EXE_dyno"))
-        .args([
-            "agent",
-            "--insecure",
-            "--fleet",
-            "test-trace",
-            "--model",
-            "fashion_cnn",
-            "--id",
-            "cam-7",
-            "--class",
-            "slow10x",
-            "--mbps",
-            "50",
-            "--coordinator",
-            &control,
-            "--no-mdns",
-            "--frames",
-            "120",
-            "--log-json",
-        ])
+        .args(common::agent_args("test-trace", "cam-7", &control, 120))
+        .arg("--log-json")
         .env("RUST_LOG", rust_log)
         .output()
         .unwrap();
     assert!(agent.status.success());
-    let _ = c.kill();
-    let _ = c.wait();
-    (
-        String::from_utf8_lossy(&agent.stderr).into_owned(),
-        coordinator_log.join().unwrap(),
-    )
+    (String::from_utf8_lossy(&agent.stderr).into_owned(), c.log())
 }
 
 /// The (device, request) of every JSON log line with `message` inside a `frame` span.

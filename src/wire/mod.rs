@@ -22,11 +22,12 @@ use crate::sched::perf::{Candidate, Prediction};
 
 /// Bumped on any incompatible change of [`Message`].
 pub const PROTOCOL_VERSION: u16 = 1;
-/// Largest frame accepted by default (an fp32 ResNet-50 input is 0.6 MB).
-pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 /// No frame may be larger, whatever a config says: the decoder refuses a length field
 /// (of a string or a byte vector) claiming more than this before it allocates.
 pub const FRAME_LIMIT: usize = 64 << 20;
+/// Largest frame accepted by default, the limit itself (an fp32 ResNet-50 input is
+/// 0.6 MB); `[fleet] max_frame` may lower it.
+pub const DEFAULT_MAX_FRAME: usize = FRAME_LIMIT;
 /// How long a handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -93,12 +93,17 @@ pub fn spawn_ready(args: &[&str]) -> (Proc, serde_json::Value) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let v = read_ready(&mut child, args);
+    (Proc(child), v)
+}
+
+/// The JSON line a child started with `--ready-json` prints once ready.
+fn read_ready(child: &mut Child, args: &[impl std::fmt::Debug]) -> serde_json::Value {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{args:?}: `{line}`: {e}"));
-    (Proc(child), v)
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{args:?}: `{line}`: {e}"))
 }
 
 /// Writes `cfg` into `dir` and starts `dyno agent --config` on it: stdout piped for the
@@ -191,24 +196,109 @@ pub fn cloud_only_agent(
     }
 }
 
-/// An insecure `fashion_cnn` coordinator of `fleet` without embedded workers, listening
-/// at `listen` (e.g. `127.0.0.1:0`), no mDNS; returns it with its control address.
-pub fn spawn_coordinator(fleet: &str, listen: &str) -> (Proc, String) {
-    let (p, ready) = spawn_ready(&[
+/// The arguments of a `fashion_cnn` coordinator of `fleet` with `workers` embedded
+/// workers, its control endpoint at `listen` (e.g. `127.0.0.1:0`) and its data endpoint
+/// on any loopback port, no mDNS, announcing itself with `--ready-json`.
+pub fn coordinator_args(fleet: &str, listen: &str, workers: usize) -> Vec<String> {
+    [
         "coordinator",
-        "--insecure",
         "--fleet",
         fleet,
         "--model",
         "fashion_cnn",
         "--listen",
         listen,
+        "--data-listen",
+        "127.0.0.1:0",
         "--workers",
-        "0",
+        &workers.to_string(),
         "--ready-json",
         "--no-mdns",
-    ]);
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The arguments of an insecure `fashion_cnn` agent `id` of class `slow10x` on a
+/// 50 Mbit/s link, joining the coordinator at `control` directly, for `frames` frames (0:
+/// until stopped).
+pub fn agent_args(fleet: &str, id: &str, control: &str, frames: u64) -> Vec<String> {
+    [
+        "agent",
+        "--insecure",
+        "--fleet",
+        fleet,
+        "--model",
+        "fashion_cnn",
+        "--id",
+        id,
+        "--class",
+        "slow10x",
+        "--mbps",
+        "50",
+        "--coordinator",
+        control,
+        "--no-mdns",
+        "--frames",
+        &frames.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// An insecure coordinator (`coordinator_args` and `extra`); returns it with its
+/// control address.
+pub fn spawn_coordinator(
+    fleet: &str,
+    listen: &str,
+    workers: usize,
+    extra: &[&str],
+) -> (Proc, String) {
+    let mut args = coordinator_args(fleet, listen, workers);
+    args.push("--insecure".into());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (p, ready) = spawn_ready(&args);
     (p, ready["control"].as_str().unwrap().to_string())
+}
+
+/// A `dyno` process whose stderr is collected while it runs.
+pub struct Logged {
+    pub proc: Proc,
+    /// The JSON line it printed once ready (`--ready-json`).
+    pub ready: serde_json::Value,
+    log: std::thread::JoinHandle<String>,
+}
+
+impl Logged {
+    /// Stops the process and returns everything it logged.
+    pub fn log(self) -> String {
+        drop(self.proc);
+        self.log.join().unwrap()
+    }
+}
+
+/// Starts `dyno args` with `env`, reads its ready line and collects its stderr.
+pub fn spawn_logged(args: &[String], env: &[(&str, &str)]) -> Logged {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dyno"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = read_ready(&mut child, args);
+    let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    Logged {
+        proc: Proc(child),
+        ready,
+        log,
+    }
 }
 
 /// An insecure `fashion_cnn` worker called `name` registered with `control`; returns it
@@ -231,4 +321,26 @@ pub fn spawn_worker(fleet: &str, name: &str, control: &str) -> (Proc, String) {
         "--no-mdns",
     ]);
     (p, ready["data"].as_str().unwrap().to_string())
+}
+
+/// The fleet as `dyno status --json` reports it.
+/// (Three tries: on two busy cores a status call can miss its 5 s.)
+pub fn status(control: &str, fleet: &str) -> serde_json::Value {
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        let (ok, out, err) = dyno(&[
+            "status",
+            "--coordinator",
+            control,
+            "--fleet",
+            fleet,
+            "--insecure",
+            "--json",
+        ]);
+        if ok {
+            return serde_json::from_str(&out).unwrap();
+        }
+        errors.push(err);
+    }
+    panic!("dyno status failed three times: {errors:?}");
 }
