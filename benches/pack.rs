@@ -1,6 +1,7 @@
 //! Pack and unpack throughput on real activations: MobileNetV2 on a real ImageNet image,
 //! cut at several split points; bits {2, 4, 8, 16} x codecs {none, lz4, zstd}, one
 //! thread, in GB/s of fp32 input. A plain copy of the same buffer is the reference.
+//! `bN-mse/lz4` packs with clipped ranges (`Clip::Mse`: a histogram and a search more).
 //!
 //! Run: `cargo bench --bench pack`; table: `scripts/bench_table.py pack`.
 use std::hint::black_box;
@@ -11,7 +12,7 @@ use dyno::data;
 use dyno::home::Home;
 use dyno::model::zoo;
 use dyno::pack::tensor::tensor_values;
-use dyno::pack::{Codec, DecodeLimits, PackOptions, Packer, Precision, TensorId};
+use dyno::pack::{Clip, Codec, DecodeLimits, PackOptions, Packer, Precision, TensorId};
 
 const SPLITS: [usize; 4] = [1, 4, 8, 14];
 const BITS: [u8; 4] = [2, 4, 8, 16];
@@ -54,6 +55,17 @@ fn pack_unpack(c: &mut Criterion) {
                     })
                 });
             }
+            let opts = PackOptions {
+                clip: Clip::Mse,
+                ..PackOptions::new(Precision::Bits(bits), Codec::Lz4)
+            };
+            g.bench_function(BenchmarkId::new(format!("b{bits}-mse"), Codec::Lz4), |b| {
+                b.iter(|| {
+                    packer
+                        .pack_into(black_box(&values), &shape, &id, &opts, &mut out)
+                        .expect("finite")
+                })
+            });
         }
         g.finish();
 

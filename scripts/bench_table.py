@@ -22,11 +22,15 @@ for phase in ("pack", "unpack"):
         base = os.path.join(root, s)
         copy = gbps(os.path.join(base, "copy"))
         print(f"\n{phase}, {s.split('_')[1]}: copy {copy:.2f} GB/s\n")
-        print("| bits | none | lz4 | zstd |\n|---|---|---|---|")
+        # Packing with clipped ranges (Clip::Mse), where the run measured it.
+        mse = os.path.isdir(os.path.join(base, "b8-mse"))
+        print("| bits | none | lz4 | zstd |" + (" lz4, mse clip |" if mse else ""))
+        print("|---|---|---|---|" + ("---|" if mse else ""))
         for bits in (2, 4, 8, 16):
             cells = []
-            for codec in ("none", "lz4", "zstd"):
-                p = os.path.join(base, f"b{bits}", codec)
-                g = gbps(p)
+            for run in [f"b{bits}/none", f"b{bits}/lz4", f"b{bits}/zstd"] + (
+                [f"b{bits}-mse/lz4"] if mse else []
+            ):
+                g = gbps(os.path.join(base, run))
                 cells.append(f"{g:.2f} ({100 * g / copy:.0f} %)")
             print(f"| {bits} | " + " | ".join(cells) + " |")

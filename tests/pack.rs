@@ -1,7 +1,7 @@
 //! The packed tensor format: round trips, and every kind of bad buffer.
 use dyno::pack::{
-    pack, unpack, Codec, DecodeError, DecodeLimits, Granularity, Header, PackError, PackOptions,
-    Precision, Range, TensorId,
+    pack, unpack, Clip, Codec, DecodeError, DecodeLimits, Granularity, Header, PackError,
+    PackOptions, Precision, Range, TensorId,
 };
 use proptest::prelude::*;
 
@@ -63,26 +63,32 @@ proptest! {
             (Just(vec![b, c, hw]), proptest::collection::vec(-300f32..300.0, b * c * hw))
         }),
         relu in any::<bool>(),
+        clip in prop_oneof![Just(Clip::MinMax), Just(Clip::Mse)],
     ) {
         let values: Vec<f32> = if relu { values.iter().map(|v| v.max(0.0)).collect() } else { values };
         let g = if per_channel { Granularity::PerChannel } else { Granularity::PerTensor };
-        let buf = pack(&values, &shape, &ID, &opts(precision, codec, g)).unwrap();
+        let o = PackOptions { clip, ..opts(precision, codec, g) };
+        let buf = pack(&values, &shape, &ID, &o).unwrap();
         let u = unpack(&buf, &DecodeLimits::default()).unwrap();
         prop_assert_eq!(u.header.shape.iter().map(|&d| d as usize).collect::<Vec<_>>(), shape.clone());
         prop_assert_eq!((u.header.split, u.header.model.as_str(), u.header.weights_hash), (7, "mobilenet_v2", ID.weights_hash));
         let channels = shape[1];
         let inner = shape[2];
         for (i, (v, b)) in values.iter().zip(&u.values).enumerate() {
-            let tol = match precision {
+            // A clipped range brings a value beyond it back as the range's end.
+            let (v, tol) = match precision {
                 Precision::Bits(bits) => {
                     let r = if u.header.ranges.len() == 1 { u.header.ranges[0] } else { u.header.ranges[(i / inner) % channels] };
-                    r.step(u32::from(bits)) / 2.0 + 8.0 * f32::EPSILON * r.min.abs().max(r.max.abs())
+                    if clip == Clip::MinMax {
+                        prop_assert!(r.min <= *v && *v <= r.max, "element {} = {} outside {:?}", i, v, r);
+                    }
+                    (v.clamp(r.min, r.max), r.step(u32::from(bits)) / 2.0 + 8.0 * f32::EPSILON * r.min.abs().max(r.max.abs()))
                 }
-                Precision::Fp16 => v.abs() / 1024.0 + 1e-7,
-                Precision::Fp32 => 0.0,
+                Precision::Fp16 => (*v, v.abs() / 1024.0 + 1e-7),
+                Precision::Fp32 => (*v, 0.0),
             };
             prop_assert!((v - b).abs() <= tol, "element {}: {} -> {} (tol {})", i, v, b, tol);
-            if *v == 0.0 && relu {
+            if v == 0.0 && relu {
                 prop_assert_eq!(*b, 0.0, "zero at {} did not survive", i);
             }
         }

@@ -274,6 +274,15 @@ fn bad_profiles_and_classes_name_the_key_and_the_fix() {
     let mut v: serde_json::Value = serde_json::from_str(&acc).unwrap();
     v["splits"][2]["entries"][5]["bytes"]["lz4"] = serde_json::json!(-7.0);
     let bad_bytes = write(dir.path(), "acc.json", &v.to_string());
+    // A profile of other ranges than the agents pack with does not plan a fleet.
+    let mut v: serde_json::Value = serde_json::from_str(&acc).unwrap();
+    v["clip"] = serde_json::json!("mse");
+    let clipped = write(dir.path(), "mse.json", &v.to_string());
+    let mut v: serde_json::Value = serde_json::from_str(&acc).unwrap();
+    v["granularity"] = serde_json::json!("per-channel");
+    let per_channel = write(dir.path(), "pc.json", &v.to_string());
+    v["granularity"] = serde_json::json!("per-pixel");
+    let unknown = write(dir.path(), "pp.json", &v.to_string());
     let base = ["plan", "--model", "mobilenet_v2", "--bandwidth-mbps", "10"];
     let with = |extra: &[&str], needles: &[&str]| {
         let mut args = base.to_vec();
@@ -294,6 +303,24 @@ fn bad_profiles_and_classes_name_the_key_and_the_fix() {
             "splits[2].entries[5].bytes.lz4 is -7",
             "dyno profile accuracy",
         ],
+    );
+    with(
+        &["--accuracy-profile", &clipped],
+        &[
+            "measured with mse per-tensor ranges",
+            "without --per-channel or --clip",
+        ],
+    );
+    with(
+        &["--accuracy-profile", &per_channel],
+        &[
+            "measured with minmax per-channel ranges",
+            "dyno profile accuracy",
+        ],
+    );
+    with(
+        &["--accuracy-profile", &unknown],
+        &["unknown variant `per-pixel`", "dyno profile accuracy"],
     );
     with(
         &["--latency-profile", &fashion],

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::home::Home;
+use crate::pack::Clip;
 
 pub mod experiment;
 mod models;
@@ -213,6 +214,10 @@ pub struct AccuracyArgs {
     /// One quantisation range per channel instead of per tensor.
     #[arg(long)]
     pub per_channel: bool,
+    /// How each quantisation range is taken: `minmax` (the values' extremes) or `mse`
+    /// (clipped where that lowers the squared error).
+    #[arg(long, default_value = "minmax")]
+    pub clip: Clip,
     /// Accuracy budget for the summary, in points.
     #[arg(long, default_value_t = 1.0)]
     pub budget: f64,

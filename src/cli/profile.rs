@@ -43,12 +43,13 @@ pub fn accuracy(home: &Home, a: AccuracyArgs) -> anyhow::Result<()> {
         } else {
             Granularity::PerTensor
         },
+        clip: a.clip,
         progress: !a.json,
     };
     let profile = accuracy::profile(&model, &inputs, &opts)?;
     let out = a
         .out
-        .unwrap_or_else(|| accuracy::default_out(home, model.name()));
+        .unwrap_or_else(|| accuracy::default_out(home, model.name(), &opts));
     profile.save(&out)?;
     let heatmap = accuracy::heatmap_path(&out);
     plot::accuracy_heatmap(&profile, &heatmap)?;
@@ -77,6 +78,15 @@ pub fn accuracy(home: &Home, a: AccuracyArgs) -> anyhow::Result<()> {
     println!(
         "metric:   drop in {:?} (points); budget {} point(s)",
         profile.metric, a.budget
+    );
+    println!(
+        "ranges:   {} ({})",
+        profile.clip,
+        if a.per_channel {
+            "per channel"
+        } else {
+            "per tensor"
+        }
     );
     println!(
         "\n{:>5}  {:>12}  {:>8}  {:>8}  {:>5}  {:>12}  {:>9}",

@@ -135,9 +135,13 @@ impl fmt::Display for Codec {
 }
 
 /// One quantisation range per tensor, or one per channel (axis 1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 #[repr(u8)]
 pub enum Granularity {
+    #[default]
     PerTensor = 0,
     PerChannel = 1,
 }
@@ -151,12 +155,57 @@ impl fmt::Display for Granularity {
     }
 }
 
+/// How a quantisation range is taken from the values it covers.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Clip {
+    /// The values' minimum and maximum: every value within half a step.
+    #[default]
+    MinMax,
+    /// The sub-range that minimises the squared round-trip error ([`quant::clip_mse`]):
+    /// the rare largest values are clipped so that the rest get finer steps.
+    Mse,
+}
+
+impl Clip {
+    pub fn name(self) -> &'static str {
+        match self {
+            Clip::MinMax => "minmax",
+            Clip::Mse => "mse",
+        }
+    }
+}
+
+impl std::str::FromStr for Clip {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "minmax" => Ok(Clip::MinMax),
+            "mse" => Ok(Clip::Mse),
+            _ => Err(format!(
+                "unknown range rule {s:?}: use \"minmax\" or \"mse\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Clip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// How to pack.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PackOptions {
     pub precision: Precision,
     pub codec: Codec,
     pub granularity: Granularity,
+    /// How each group's range is taken (the format does not depend on it).
+    pub clip: Clip,
     /// zstd level (1 is fast; the format does not depend on it).
     pub zstd_level: i32,
 }
@@ -167,6 +216,7 @@ impl PackOptions {
             precision,
             codec,
             granularity: Granularity::PerTensor,
+            clip: Clip::MinMax,
             zstd_level: 1,
         }
     }
@@ -312,8 +362,12 @@ impl Packer {
                         let r = quant::range_of(group).map_err(|i| nonfinite(g * inner + i))?;
                         ranges[g % channels] = ranges[g % channels].merge(r);
                     }
-                    for r in &ranges {
+                    for (ch, r) in ranges.iter_mut().enumerate() {
                         checked_width(*r)?;
+                        if opts.clip == Clip::Mse {
+                            let groups = values.chunks_exact(inner).skip(ch).step_by(channels);
+                            *r = quant::clip_mse(groups, *r, bits);
+                        }
                     }
                     for (g, (group, codes)) in values
                         .chunks_exact(inner)
@@ -325,7 +379,10 @@ impl Packer {
                     shuffle::shuffle(&self.codes, bits, &mut self.planes);
                 } else {
                     granularity = Granularity::PerTensor;
-                    let r = checked_width(quant::range_of(values).map_err(nonfinite)?)?;
+                    let mut r = checked_width(quant::range_of(values).map_err(nonfinite)?)?;
+                    if opts.clip == Clip::Mse {
+                        r = quant::clip_mse([values], r, bits);
+                    }
                     quant::quantise_shuffle(values, r, bits, &mut self.planes);
                     ranges.push(r);
                 }

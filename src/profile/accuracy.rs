@@ -12,7 +12,9 @@ use crate::error::{ModelError, Result};
 use crate::home::Home;
 use crate::model::Model;
 use crate::pack::tensor::tensor_values;
-use crate::pack::{Codec, DecodeLimits, Granularity, PackOptions, Packer, Precision, TensorId};
+use crate::pack::{
+    Clip, Codec, DecodeLimits, Granularity, PackOptions, Packer, Precision, TensorId,
+};
 
 /// The inputs of a profile run.
 pub struct ProfileInputs {
@@ -31,6 +33,7 @@ pub struct AccuracyOptions {
     /// Inputs per tail run.
     pub batch: usize,
     pub granularity: Granularity,
+    pub clip: Clip,
     pub progress: bool,
 }
 
@@ -40,6 +43,7 @@ impl Default for AccuracyOptions {
             limit: None,
             batch: 100,
             granularity: Granularity::PerTensor,
+            clip: Clip::MinMax,
             progress: false,
         }
     }
@@ -155,8 +159,7 @@ pub fn profile(
                     weights_hash: model.weights_hash(),
                     split: sp.index as u16,
                 };
-                let (restored, bytes) =
-                    round_trip_items(&values, &shape, &id, *p, opts.granularity)?;
+                let (restored, bytes) = round_trip_items(&values, &shape, &id, *p, opts)?;
                 let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
                 let t = Tensor::from_slice(&restored).view(dims.as_slice());
                 let logits = model.tail(&t, sp.index)?;
@@ -221,6 +224,8 @@ pub fn profile(
         data: inputs.description.clone(),
         inputs: n,
         baseline_accuracy: baseline_correct.map(|c| c as f64 / n as f64),
+        granularity: opts.granularity,
+        clip: opts.clip,
         splits: out,
     })
 }
@@ -237,7 +242,7 @@ fn round_trip_items(
     shape: &[usize],
     id: &TensorId,
     precision: Precision,
-    granularity: Granularity,
+    opts: &AccuracyOptions,
 ) -> Result<(Vec<f32>, [u64; 3])> {
     let items = shape[0];
     let per_item = values.len() / items;
@@ -262,7 +267,8 @@ fn round_trip_items(
                     for (v, r) in vals.chunks(per_item).zip(rest.chunks_mut(per_item)) {
                         for (ci, codec) in Codec::ALL.iter().enumerate() {
                             let opts = PackOptions {
-                                granularity,
+                                granularity: opts.granularity,
+                                clip: opts.clip,
                                 ..PackOptions::new(precision, *codec)
                             };
                             packer.pack_into(v, item_shape, id, &opts, &mut buf)?;
@@ -291,9 +297,18 @@ fn round_trip_items(
     Ok((restored, total))
 }
 
-/// Where `dyno profile accuracy` writes by default: `out/profiles/<model>.accuracy.json`.
-pub fn default_out(home: &Home, model: &str) -> PathBuf {
-    super::out_path(home, model, "accuracy")
+/// Where `dyno profile accuracy` writes by default: `out/profiles/<model>.accuracy.json`,
+/// the profile the scheduler reads. A profile of other ranges goes beside it, named for
+/// them (`<model>.accuracy.per-channel.mse.json`), so that it does not replace that one.
+pub fn default_out(home: &Home, model: &str, opts: &AccuracyOptions) -> PathBuf {
+    let mut kind = String::from("accuracy");
+    if opts.granularity != Granularity::PerTensor {
+        kind.push_str(".per-channel");
+    }
+    if opts.clip != Clip::MinMax {
+        kind = format!("{kind}.{}", opts.clip);
+    }
+    super::out_path(home, model, &kind)
 }
 
 /// The heat map's path beside a profile file.

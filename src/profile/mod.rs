@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::home::Home;
-use crate::pack::{Codec, Precision};
+use crate::pack::{Clip, Codec, Granularity, Precision};
 
 pub mod accuracy;
 pub mod latency;
@@ -86,6 +86,14 @@ pub struct AccuracyProfile {
     pub inputs: usize,
     /// Top-1 accuracy of the unpacked model (None without labels).
     pub baseline_accuracy: Option<f64>,
+    /// How the quantisation ranges were taken: one per tensor or per channel (absent in
+    /// older files: `per-tensor`) ...
+    #[serde(default)]
+    pub granularity: Granularity,
+    /// ... and from the values' extremes or clipped (absent in older files: `minmax`).
+    /// Agents pack per tensor with min/max ranges, so only such a profile plans a fleet.
+    #[serde(default)]
+    pub clip: Clip,
     /// One entry per split point where something is sent: 0..N-1 (N, device-only, sends
     /// nothing and loses nothing).
     pub splits: Vec<SplitProfile>,
@@ -189,7 +197,10 @@ impl AccuracyProfile {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
         let p: AccuracyProfile = serde_json::from_str(&text).map_err(|e| ModelError::Profile {
             path: path.to_path_buf(),
-            reason: format!("not an accuracy profile: {e}"),
+            reason: format!(
+                "not an accuracy profile: {e}; write one with `dyno profile accuracy` \
+                 (format in docs/PACKING.md)"
+            ),
         })?;
         for (i, sp) in p.splits.iter().enumerate() {
             for (j, e) in sp.entries.iter().enumerate() {

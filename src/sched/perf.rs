@@ -18,7 +18,7 @@
 //! for the scheduler's inner loop: one [`Row`] per candidate.
 use serde::{Deserialize, Serialize};
 
-use crate::pack::{Codec, Precision};
+use crate::pack::{Clip, Codec, Granularity, Precision};
 use crate::profile::latency::LatencyProfile;
 use crate::profile::AccuracyProfile;
 
@@ -266,6 +266,15 @@ impl Tables {
                     p.model, p.weights_hash, accuracy.model, accuracy.weights_hash
                 )));
             }
+        }
+        if accuracy.granularity != Granularity::PerTensor || accuracy.clip != Clip::MinMax {
+            return Err(TablesError(format!(
+                "the accuracy profile of `{}` was measured with {} {} ranges, but agents \
+                 pack with min/max ranges per tensor, so its accuracy figures would not \
+                 hold; plan with a profile from `dyno profile accuracy --model {}` (without \
+                 --per-channel or --clip)",
+                accuracy.model, accuracy.clip, accuracy.granularity, accuracy.model
+            )));
         }
         let n = device.blocks.len();
         if cloud.blocks.len() != n {
