@@ -29,7 +29,10 @@ fn main() -> anyhow::Result<()> {
     for l in ZSTD_LEVELS {
         print!(" zstd {l} |");
     }
-    println!(" order-0 entropy |\n|---|---|---|---|---|{}---|", "---|".repeat(4));
+    println!(
+        " order-0 entropy |\n|---|---|---|---|---|{}---|",
+        "---|".repeat(4)
+    );
     for (split, bits) in ROWS {
         let (values, shape) = tensor_values(&model.head(&xs, split)?)?;
         let per = values.len() / shape[0];
@@ -70,7 +73,10 @@ fn main() -> anyhow::Result<()> {
             let bytes = payload / ITEMS as f64 + header as f64;
             format!("{bytes:.0} ({:.1}x)", fp32 as f64 / bytes)
         };
-        print!("| {split} | {bits} | {fp32} | {header} | {} |", cell(lz4 as f64));
+        print!(
+            "| {split} | {bits} | {fp32} | {header} | {} |",
+            cell(lz4 as f64)
+        );
         for z in zstd {
             print!(" {} |", cell(z as f64));
         }

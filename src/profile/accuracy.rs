@@ -315,3 +315,34 @@ pub fn default_out(home: &Home, model: &str, opts: &AccuracyOptions) -> PathBuf 
 pub fn heatmap_path(profile: &Path) -> PathBuf {
     profile.with_extension("png")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_ranges_are_written_beside_the_schedulers_profile() {
+        let home = Home::at("/p");
+        let name = |granularity, clip| {
+            let opts = AccuracyOptions {
+                granularity,
+                clip,
+                ..AccuracyOptions::default()
+            };
+            let path = default_out(&home, "fashion_cnn", &opts);
+            assert_eq!(path.parent(), Some(Path::new("/p/out/profiles")));
+            path.file_name().unwrap().to_string_lossy().into_owned()
+        };
+        use Granularity::*;
+        assert_eq!(name(PerTensor, Clip::MinMax), "fashion_cnn.accuracy.json");
+        assert_eq!(name(PerTensor, Clip::Mse), "fashion_cnn.accuracy.mse.json");
+        assert_eq!(
+            name(PerChannel, Clip::MinMax),
+            "fashion_cnn.accuracy.per-channel.json"
+        );
+        assert_eq!(
+            name(PerChannel, Clip::Mse),
+            "fashion_cnn.accuracy.per-channel.mse.json"
+        );
+    }
+}
