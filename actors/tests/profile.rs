@@ -1,5 +1,6 @@
 //! The precision-sensitivity profile on real data (a quick run on part of the test set).
-use std::process::Command;
+mod common;
+use common::assert_clean_failure;
 
 use dyno::home::Home;
 use dyno::model::zoo;
@@ -133,36 +134,10 @@ fn a_bad_profile_file_or_argument_is_refused() {
     std::fs::write(&file, "{\"format\": 1}").unwrap();
     let err = AccuracyProfile::load(&file).unwrap_err().to_string();
     assert!(err.contains("not an accuracy profile"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_dyno"))
-        .args([
-            "profile",
-            "accuracy",
-            "--model",
-            "fashion_cnn",
-            "--batch",
-            "0",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("--batch must be at least 1"),
-        "{stderr}"
-    );
-    let out = Command::new(env!("CARGO_BIN_EXE_dyno"))
-        .args([
-            "profile",
-            "accuracy",
-            "--model",
-            "fashion_cnn",
-            "--clip",
-            "p99",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && stderr.contains("use \"minmax\" or \"mse\""),
-        "{stderr}"
-    );
+    let profile = ["profile", "accuracy", "--model", "fashion_cnn"];
+    let with = |extra: &[&str], needle: &str| {
+        assert_clean_failure(&[&profile[..], extra].concat(), &[needle]);
+    };
+    with(&["--batch", "0"], "--batch must be at least 1");
+    with(&["--clip", "p99"], "use \"minmax\" or \"mse\"");
 }
