@@ -79,15 +79,7 @@ pub fn accuracy(home: &Home, a: AccuracyArgs) -> anyhow::Result<()> {
         "metric:   drop in {:?} (points); budget {} point(s)",
         profile.metric, a.budget
     );
-    println!(
-        "ranges:   {} ({})",
-        profile.clip,
-        if a.per_channel {
-            "per channel"
-        } else {
-            "per tensor"
-        }
-    );
+    println!("ranges:   {}, {}", profile.clip, profile.granularity);
     println!(
         "\n{:>5}  {:>12}  {:>8}  {:>8}  {:>5}  {:>12}  {:>9}",
         "split", "fp32 bytes", "min bits", "drop", "codec", "packed bytes", "reduction"

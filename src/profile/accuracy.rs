@@ -306,7 +306,8 @@ pub fn default_out(home: &Home, model: &str, opts: &AccuracyOptions) -> PathBuf 
         kind.push_str(".per-channel");
     }
     if opts.clip != Clip::MinMax {
-        kind = format!("{kind}.{}", opts.clip);
+        kind.push('.');
+        kind.push_str(opts.clip.name());
     }
     super::out_path(home, model, &kind)
 }
