@@ -133,6 +133,40 @@ fn split_out_of_range_names_the_valid_range() {
     assert!(model.activation_shape(8).is_err());
 }
 
+#[test]
+fn training_options_that_would_not_train_are_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let out = out.path().join("w.safetensors");
+    let out = out.to_str().unwrap();
+    for (l1, shown) in [("-0.5", "got -0.5"), ("nan", "got NaN"), ("inf", "got inf")] {
+        assert_clean_failure(
+            &[
+                "models",
+                "train",
+                "fashion_cnn",
+                "--activation-l1",
+                l1,
+                "--out",
+                out,
+            ],
+            &["--activation-l1 must be a finite number at least 0", shown],
+        );
+    }
+    assert_clean_failure(
+        &[
+            "models",
+            "train",
+            "fashion_cnn",
+            "--epochs",
+            "0",
+            "--out",
+            out,
+        ],
+        &["--epochs must be at least 1"],
+    );
+    assert!(!Path::new(out).exists(), "a refused run wrote {out}");
+}
+
 fn write(dir: &Path, file: &str, text: &str) {
     std::fs::write(dir.join(file), text).unwrap();
 }

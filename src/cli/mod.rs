@@ -288,6 +288,9 @@ pub struct TrainArgs {
     pub learning_rate: f64,
     #[arg(long, default_value_t = 42)]
     pub seed: i64,
+    /// Weight of an activation-sparsity term in the loss (mean |activation| at every split).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub activation_l1: f64,
     /// Where to write the weights, a .sha256 file beside them [default: models/fashion_cnn.safetensors in the project folder].
     #[arg(long)]
     pub out: Option<PathBuf>,

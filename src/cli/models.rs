@@ -169,6 +169,11 @@ pub fn train(home: &Home, args: TrainArgs) -> anyhow::Result<()> {
         "--batch must be at least 1, got {}",
         args.batch
     );
+    anyhow::ensure!(
+        args.activation_l1.is_finite() && args.activation_l1 >= 0.0,
+        "--activation-l1 must be a finite number at least 0 (0 turns the sparsity term off), got {}",
+        args.activation_l1
+    );
     let out = args
         .out
         .unwrap_or_else(|| home.models_dir().join("fashion_cnn.safetensors"));
@@ -177,6 +182,7 @@ pub fn train(home: &Home, args: TrainArgs) -> anyhow::Result<()> {
         batch: args.batch,
         learning_rate: args.learning_rate,
         seed: args.seed,
+        activation_l1: args.activation_l1,
         out: out.clone(),
         progress: !args.json,
     };

@@ -264,6 +264,22 @@ impl Model {
         self.run(xs, 0..self.blocks.len(), train)
     }
 
+    /// The whole model in training mode when `train`, also returning the activation at
+    /// every interior split point (1..N), for a loss on the activations themselves.
+    pub fn forward_t_with_splits(&self, xs: &Tensor, train: bool) -> Result<(Tensor, Vec<Tensor>)> {
+        self.check_input(xs, 0)?;
+        let _guard = (!train).then(tch::no_grad_guard);
+        let mut x = xs.shallow_clone();
+        let mut cuts = Vec::with_capacity(self.blocks.len().saturating_sub(1));
+        for (i, b) in self.blocks.iter().enumerate() {
+            if i > 0 {
+                cuts.push(x.shallow_clone());
+            }
+            x = b.block.forward_t(&x, train)?;
+        }
+        Ok((x, cuts))
+    }
+
     /// Block `index` alone, on the activation that crosses split `index` (the profiler
     /// times blocks one by one).
     pub fn run_block(&self, index: usize, xs: &Tensor) -> Result<Tensor> {
