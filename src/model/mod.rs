@@ -268,16 +268,13 @@ impl Model {
     /// every interior split point (1..N), for a loss on the activations themselves.
     pub fn forward_t_with_splits(&self, xs: &Tensor, train: bool) -> Result<(Tensor, Vec<Tensor>)> {
         self.check_input(xs, 0)?;
-        let _guard = (!train).then(tch::no_grad_guard);
-        let mut x = xs.shallow_clone();
         let mut cuts = Vec::with_capacity(self.blocks.len().saturating_sub(1));
-        for (i, b) in self.blocks.iter().enumerate() {
-            if i > 0 {
+        let out = self.run_seeing(xs, 0..self.blocks.len(), train, |split, x| {
+            if split > 0 {
                 cuts.push(x.shallow_clone());
             }
-            x = b.block.forward_t(&x, train)?;
-        }
-        Ok((x, cuts))
+        })?;
+        Ok((out, cuts))
     }
 
     /// Block `index` alone, on the activation that crosses split `index` (the profiler
@@ -295,9 +292,22 @@ impl Model {
     }
 
     fn run(&self, xs: &Tensor, range: std::ops::Range<usize>, train: bool) -> Result<Tensor> {
+        self.run_seeing(xs, range, train, |_, _| ())
+    }
+
+    /// Blocks `range` on `xs`; `at_split(s, x)` sees the activation `x` that enters block
+    /// `s`, before it runs.
+    fn run_seeing(
+        &self,
+        xs: &Tensor,
+        range: std::ops::Range<usize>,
+        train: bool,
+        mut at_split: impl FnMut(usize, &Tensor),
+    ) -> Result<Tensor> {
         let _guard = (!train).then(tch::no_grad_guard);
         let mut x = xs.shallow_clone();
-        for b in &self.blocks[range] {
+        for (split, b) in range.clone().zip(&self.blocks[range]) {
+            at_split(split, &x);
             x = b.block.forward_t(&x, train)?;
         }
         Ok(x)
