@@ -44,6 +44,7 @@ pub mod pack;
 pub mod plot;
 pub mod profile;
 pub mod sched;
+pub mod stats;
 pub mod train;
 pub mod wire;
 

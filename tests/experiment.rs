@@ -50,7 +50,7 @@ fn every_shipped_experiment_loads_with_its_traces() {
 #[test]
 fn the_plan_follows_a_real_lte_trace() {
     let (home, mut e) = load("trace-adaptation");
-    e.policies = vec!["dyno".into()];
+    e.policies = vec!["dyno".parse().unwrap()];
     let out = experiment::simulate(&e, &home, false).unwrap();
     assert!(out.rows[0].plan_changes > 5, "{:?}", out.rows[0]);
     // Device 0 rides the NYU-METS subway trace: where the link is slow it keeps more of

@@ -64,7 +64,7 @@ fn main() -> anyhow::Result<()> {
             },
             frames,
             in_flight,
-            policy: "cloud-only".into(), // any onloading plan: the pin overrides it
+            policy: dyno::sched::Policy::CloudOnly, // any onloading plan: the pin overrides it
             pin: Some(Candidate {
                 split,
                 precision: Precision::Bits(8),

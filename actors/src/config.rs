@@ -239,7 +239,7 @@ pub struct AgentConfig {
     pub in_flight: usize,
     /// SLO file (default: within 1 point, max throughput).
     pub slo: Option<PathBuf>,
-    pub policy: String,
+    pub policy: dyno::sched::Policy,
     /// Also run the whole model locally on each frame and count disagreements.
     pub verify: bool,
     /// Seconds to wait for a worker's answer before finishing the frame on the device.
@@ -292,7 +292,7 @@ impl Default for AgentConfig {
             duration_s: 0.0,
             in_flight: 2,
             slo: None,
-            policy: "dyno".into(),
+            policy: dyno::sched::Policy::Dyno,
             verify: false,
             timeout_s: 2.0,
             results: None,

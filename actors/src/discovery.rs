@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use zeroconf::prelude::*;
 use zeroconf::{BrowserEvent, MdnsBrowser, MdnsService, ServiceType, TxtRecord};
 
-use dyno::wire::PROTOCOL_VERSION;
+use dyno::wire::session::dial;
+use dyno::wire::{Conn, Identity, PROTOCOL_VERSION};
 
 const NAME: &str = "dyno";
 const PROTOCOL: &str = "tcp";
@@ -184,4 +185,25 @@ pub async fn candidates(fleet: &str, mdns: bool, statics: &[String]) -> Vec<Stri
         }
     }
     out
+}
+
+/// Finds a coordinator of `me`'s fleet (over mDNS when `mdns`, then at the static
+/// addresses) and dials it; tries again every 500 ms until one answers. `meanwhile`
+/// says in the log what this process does until then.
+pub async fn connect(
+    me: &Identity,
+    max_frame: usize,
+    mdns: bool,
+    statics: &[String],
+    meanwhile: &str,
+) -> (String, Conn) {
+    loop {
+        for addr in candidates(&me.fleet, mdns, statics).await {
+            match dial(&addr, me, max_frame).await {
+                Ok(c) => return (addr, c),
+                Err(e) => tracing::info!(coordinator = %addr, "not connected ({e}); {meanwhile}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
-use dyno::experiment::sim::{Planning, SimFrame, SimTick};
-use dyno::experiment::{planning, row, Experiment, Outcome};
+use dyno::experiment::sim::{SimFrame, SimTick};
+use dyno::experiment::{row, Experiment, Outcome};
 use dyno::home::Home;
 use dyno::link::Trace;
+use dyno::sched::control::Sharing;
 
 use crate::agent::{self, FrameResult};
 use crate::config::{AgentConfig, CoordinatorConfig, Fleet, LinkConfig, Source};
@@ -70,13 +71,10 @@ pub fn live_with(
         }
     };
     for point in &points {
-        for name in &e.policies {
+        for &plan in &e.policies {
+            let name = &plan.name().to_string();
             bar.set_message(name.clone());
-            let plan = planning(name).map_err(anyhow::Error::msg)?;
-            let (policy, fleet_aware) = match plan {
-                Planning::Fleet => ("dyno".to_string(), true),
-                Planning::PerDevice(p) => (p.name().to_string(), false),
-            };
+            let (policy, fleet_aware) = (plan.policy(), plan.sharing() == Sharing::FleetAware);
             let fleet = Fleet {
                 id: format!("exp-{}", e.name),
                 insecure: true,
@@ -121,7 +119,7 @@ pub fn live_with(
                         duration_s: e.duration_s,
                         in_flight: spec.in_flight,
                         slo: slo.clone(),
-                        policy: policy.clone(),
+                        policy,
                         mdns: false,
                         ..AgentConfig::default()
                     });

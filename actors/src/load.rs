@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use dyno::pack::{PackOptions, Packer, TensorId};
+use dyno::wire::session::{dial, pump};
 use dyno::wire::{self, DeviceInfo, FrameReport, Identity, Key, Message, Role, Stages};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -57,8 +58,8 @@ impl Quantiles {
         v.sort_by(f64::total_cmp);
         Quantiles {
             samples: v.len() as u64,
-            p50: dyno::experiment::percentile(&v, 0.5),
-            p99: dyno::experiment::percentile(&v, 0.99),
+            p50: dyno::stats::percentile(&v, 0.5),
+            p99: dyno::stats::percentile(&v, 0.99),
             max: v.last().copied().unwrap_or(f64::NAN),
         }
     }
@@ -440,7 +441,7 @@ async fn agent(i: usize, ctx: Arc<Ctx>) {
     let st = &ctx.stats;
     let connect_by = Instant::now() + Duration::from_secs(30);
     let conn = loop {
-        match crate::agent::dial(&ctx.coordinator, &me, wire::DEFAULT_MAX_FRAME).await {
+        match dial(&ctx.coordinator, &me, wire::DEFAULT_MAX_FRAME).await {
             Ok(c) => break c,
             Err(e) if Instant::now() > connect_by => {
                 tracing::warn!(agent = %me.name, "could not connect in 30 s: {e}");
@@ -449,29 +450,22 @@ async fn agent(i: usize, ctx: Arc<Ctx>) {
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
-    let (mut tx, mut rx) = conn.split();
+    let (tx, mut rx) = conn.split();
+    let (out, writer) = pump(tx);
     let info = DeviceInfo {
         id: me.name.clone(),
         model: MODEL.into(),
         class: "load".into(),
         slowdown: 1.0,
         threads: 1,
-        slo: String::new(),
-        policy: "cloud-only".into(),
+        slo: dyno::sched::slo::Slo::default(),
+        policy: dyno::sched::Policy::CloudOnly,
     };
-    if tx.send(&Message::RegisterDevice(info)).await.is_err() {
+    if out.send(Message::RegisterDevice(info)).is_err() {
         st.control_lost.fetch_add(1, Ordering::Relaxed);
         return;
     }
     st.registered.fetch_add(1, Ordering::Relaxed);
-    let (out, mut outq) = mpsc::unbounded_channel::<Message>();
-    let writer = tokio::spawn(async move {
-        while let Some(m) = outq.recv().await {
-            if tx.send(&m).await.is_err() {
-                break;
-            }
-        }
-    });
     let (plan_tx, plan) = watch::channel(None);
     let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let reader = {
@@ -568,7 +562,7 @@ async fn frames(
             continue;
         };
         if data.as_ref().is_none_or(|(addr, _)| *addr != worker) {
-            match crate::agent::dial(&worker, me, wire::DEFAULT_MAX_FRAME).await {
+            match dial(&worker, me, wire::DEFAULT_MAX_FRAME).await {
                 Ok(c) => data = Some((worker.clone(), c)),
                 Err(e) => {
                     tracing::warn!(agent = %me.name, %worker, "data connection: {e}");

@@ -141,7 +141,7 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
                 },
                 source: Source::Synthetic { seed: i },
                 duration_s: 30.0,
-                policy: "dyno".into(),
+                policy: dyno::sched::Policy::Dyno,
                 mdns: false,
                 ..AgentConfig::default()
             };

@@ -49,7 +49,7 @@ fn agents(coordinator: &str, frames: u64, policies: [&str; 3]) -> Vec<AgentConfi
         source: Source::FashionMnist,
         frames,
         verify: true,
-        policy: policy.into(),
+        policy: policy.parse().unwrap(),
         mdns: false,
         ..AgentConfig::default()
     })

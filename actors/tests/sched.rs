@@ -107,7 +107,7 @@ fn fleet_planning_on_real_profiles() {
         })
         .collect();
     let ample = fleet::plan(&t, &devices, 1e9);
-    assert_eq!(ample.strategy, "individual");
+    assert_eq!(ample.strategy, dyno::sched::fleet::Strategy::Individual);
     let mut s = Scheduler::new();
     for (d, p) in devices.iter().zip(&ample.devices) {
         let own = s.decide(&t, &d.conditions, &d.slo, d.policy, None);
@@ -155,7 +155,8 @@ fn fleet_planning_on_real_profiles() {
         );
         assert!(p.devices.iter().any(|d| d.status == Status::Shared));
         assert_eq!(
-            p.strategy, "greedy",
+            p.strategy,
+            dyno::sched::fleet::Strategy::Greedy,
             "capacity {frac}: the greedy plan itself wins"
         );
     }

@@ -33,7 +33,7 @@ use crate::config::Devices;
 use crate::home::Home;
 use crate::link::{Shaper, Trace};
 use crate::sched::slo::Slo;
-use crate::sched::Policy;
+use crate::stats::percentile;
 
 pub mod plots;
 pub mod sim;
@@ -50,7 +50,7 @@ pub struct Experiment {
     pub duration_s: f64,
     #[serde(default)]
     pub seed: u64,
-    pub policies: Vec<String>,
+    pub policies: Vec<Planning>,
     pub slo: Option<PathBuf>,
     #[serde(default = "default_replan")]
     pub replan_s: f64,
@@ -136,16 +136,6 @@ pub struct Sweep {
     pub mbps: Vec<f64>,
 }
 
-/// A policy as experiments name them: the scheduler's policies, and `dyno-fleet`.
-pub fn planning(name: &str) -> Result<Planning, String> {
-    if name == "dyno-fleet" {
-        return Ok(Planning::Fleet);
-    }
-    name.parse::<Policy>()
-        .map(Planning::PerDevice)
-        .map_err(|e| format!("{e}, dyno-fleet"))
-}
-
 impl Experiment {
     /// Parses and checks an experiment; errors name the key and the allowed values.
     pub fn from_toml(text: &str) -> Result<Experiment, String> {
@@ -177,9 +167,6 @@ impl Experiment {
                         neurosurgeon, fixed-8bit, dyno, dyno-fleet"
                     .into(),
             );
-        }
-        for p in &self.policies {
-            planning(p).map_err(|e| format!("policies: {e}"))?;
         }
         if self.devices.is_empty() {
             return Err("no [[devices]]: describe at least one".into());
@@ -345,15 +332,6 @@ pub fn row(
     }
 }
 
-/// The `q` quantile of ascending `sorted` values (the nearest rank); NaN when empty.
-pub fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i]
-}
-
 /// Runs an experiment in simulated mode (a progress bar on stderr with `progress`).
 pub fn simulate(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outcome> {
     let classes = Devices::load_or_default(e.devices_file.as_deref(), home)?;
@@ -376,12 +354,12 @@ pub fn simulate(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<O
         indicatif::ProgressBar::hidden()
     };
     for point in &points {
-        for name in &e.policies {
+        for &planning in &e.policies {
+            let name = planning.name().to_string();
             bar.set_message(match point {
                 Some(m) => format!("{name} at {m} Mbit/s"),
                 None => name.clone(),
             });
-            let planning = planning(name).map_err(anyhow::Error::msg)?;
             let mut devices = Vec::new();
             for (k, spec) in e.devices.iter().enumerate() {
                 let class = classes.class(&spec.class)?;
@@ -417,7 +395,7 @@ pub fn simulate(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<O
                 e.replan_s,
             );
             out.rows.push(row(
-                name,
+                &name,
                 *point,
                 &run.frames,
                 devices.len(),

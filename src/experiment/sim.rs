@@ -1,25 +1,20 @@
 //! The simulated mode: a discrete-event run on a virtual clock. Stage times come from the
 //! profiles (the performance model's predictions for each device class), bytes from the
 //! accuracy profile's real packed activations, links from `link::Shaper` on the devices'
-//! traces; the plans come from the same scheduler, fed by the same bandwidth estimator
-//! with the transfers the simulation makes.
+//! traces; the plans come from the coordinator's own control state
+//! (`sched::control::Control`), fed with the same events the coordinator sees: joins,
+//! the pool's workers, link samples from the transfers and probes the simulation makes,
+//! frame reports, and ticks.
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 
 use serde::Serialize;
 
 use crate::link::Shaper;
-use crate::sched::bandwidth::Estimator;
-use crate::sched::fleet::{self, FleetDevice};
+pub use crate::sched::control::Planning;
+use crate::sched::control::{Control, DeviceSpec, Reaction, EMBEDDED_WORKER, PROBE, REPLAN_GAP_S};
 use crate::sched::perf::{Candidate, Conditions, Link, Tables};
 use crate::sched::slo::Slo;
-use crate::sched::{Policy, Scheduler};
-
-/// The agents' heartbeat period, the idle time after which they probe, and the probe's
-/// size (`dyno_actors::agent`'s control loop).
-const BEAT_S: f64 = 0.5;
-const PROBE_IDLE_S: f64 = 2.0;
-const PROBE_BYTES: usize = 32 << 10;
 
 /// One simulated device.
 #[derive(Debug, Clone)]
@@ -30,15 +25,6 @@ pub struct SimDevice {
     pub shaper: Shaper,
     pub rtt_s: f64,
     pub in_flight: usize,
-}
-
-/// How plans are made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Planning {
-    /// Each device alone, with this policy.
-    PerDevice(Policy),
-    /// DynO over the whole fleet against the pool's capacity.
-    Fleet,
 }
 
 /// One finished frame.
@@ -76,10 +62,99 @@ pub struct SimRun {
     pub plan_changes: u64,
 }
 
+/// The coordinator's side of the simulation: the fleet's control state, driven as the
+/// coordinator's scheduler actor drives it (a re-plan at once when the control state
+/// says so, or at the time it gives), and the plans it made.
+pub struct Coordinator<'t> {
+    tables: &'t Tables,
+    control: Control,
+    /// Plans that replaced an earlier one.
+    pub plan_changes: u64,
+}
+
+impl<'t> Coordinator<'t> {
+    /// `replan_gap_s`: joins and link changes re-plan at most this often.
+    pub fn new(
+        tables: &'t Tables,
+        planning: Planning,
+        cloud_slowdown: f64,
+        replan_gap_s: f64,
+    ) -> Coordinator<'t> {
+        Coordinator {
+            tables,
+            control: Control::new(planning.sharing(), cloud_slowdown, replan_gap_s),
+            plan_changes: 0,
+        }
+    }
+
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    /// Follows a reaction: re-plans now, or returns when to look again.
+    fn react(&mut self, r: Reaction, t: f64) -> Option<f64> {
+        match r {
+            Reaction::None => None,
+            Reaction::Now => {
+                self.replan(t);
+                None
+            }
+            Reaction::At(at) => Some(at),
+        }
+    }
+
+    pub fn join_device(&mut self, id: &str, spec: DeviceSpec, t: f64) -> Option<f64> {
+        let r = self.control.join_device(id, spec, t);
+        self.react(r, t)
+    }
+
+    pub fn leave_device(&mut self, id: &str, t: f64) -> Option<f64> {
+        let r = self.control.leave_device(id);
+        self.react(r, t)
+    }
+
+    pub fn join_worker(&mut self, name: &str, slots: u32, t: f64) -> Option<f64> {
+        let r = self.control.join_worker(name, slots);
+        self.react(r, t)
+    }
+
+    pub fn leave_worker(&mut self, name: &str, t: f64) -> Option<f64> {
+        let r = self.control.leave_worker(name);
+        self.react(r, t)
+    }
+
+    pub fn observe_transfer(&mut self, id: &str, t: f64, bytes: u64, seconds: f64) -> Option<f64> {
+        let r = self.control.observe_transfer(id, t, bytes, seconds);
+        self.react(r, t)
+    }
+
+    pub fn observe_rtt(&mut self, id: &str, t: f64, rtt_s: f64) -> Option<f64> {
+        let r = self.control.observe_rtt(id, t, rtt_s);
+        self.react(r, t)
+    }
+
+    /// A deferred re-plan's time came: it runs if still due.
+    pub fn deferred(&mut self, t: f64) {
+        if self.control.replan_due() {
+            self.replan(t);
+        }
+    }
+
+    /// A re-plan (the periodic tick, or one an event asked for); returns the links to
+    /// probe, with the probes' bytes.
+    pub fn replan(&mut self, t: f64) -> Vec<(String, u32)> {
+        let r = self.control.replan(self.tables, t);
+        self.plan_changes += r.changed.iter().filter(|(_, p)| p.epoch > 1).count() as u64;
+        r.probes
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     Replan,
-    /// The agents' half-second heartbeat: an idle uplink gets a probe.
+    /// A re-plan the control state deferred.
+    Deferred,
+    /// The agents' heartbeat: links the control state wants probed get a probe.
     Beat,
     ProbeDone(usize),
     Answer(usize),
@@ -92,6 +167,7 @@ enum Kind {
 struct Flight {
     device: usize,
     candidate: Candidate,
+    worker: Option<String>,
     start: f64,
     device_s: f64,
     sent: f64,
@@ -102,7 +178,14 @@ struct Flight {
     share: f64,
 }
 
-/// Runs `devices` for `duration_s` virtual seconds against `workers` cloud workers.
+/// A worker of the pool: free slots and its FIFO queue of flights.
+struct SimWorker {
+    free: u32,
+    queue: VecDeque<usize>,
+}
+
+/// Runs `devices` for `duration_s` virtual seconds against a pool of one worker with
+/// `workers` slots (as the live mode's coordinator runs its embedded pool).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     tables: &Tables,
@@ -122,92 +205,92 @@ pub fn run(
         seq += 1;
         heap.push(Reverse((key(t), seq, k)));
     };
-    let mut estimators: Vec<Estimator> = vec![Estimator::default(); n];
-    // A first probe of every link at time 0, as an agent's first transfer would.
-    for (e, d) in estimators.iter_mut().zip(devices.iter()) {
-        let mbps = d.shaper.trace().mbps_at(0.0).max(0.01);
-        e.observe_rtt(0.0, d.rtt_s);
-        e.observe_transfer(0.0, 1_000_000, 8e6 / (mbps * 1e6) + d.rtt_s);
+    let index: HashMap<String, usize> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.clone(), i))
+        .collect();
+    let mut coord = Coordinator::new(tables, planning, cloud_slowdown, REPLAN_GAP_S);
+    let mut pool: BTreeMap<String, SimWorker> = BTreeMap::new();
+    if workers > 0 {
+        pool.insert(
+            EMBEDDED_WORKER.to_string(),
+            SimWorker {
+                free: workers as u32,
+                queue: VecDeque::new(),
+            },
+        );
+        if let Some(at) = coord.join_worker(EMBEDDED_WORKER, workers as u32, 0.0) {
+            push(&mut heap, at, Kind::Deferred);
+        }
     }
-    let cond = |d: &SimDevice, link: Link| {
-        let mut c = Conditions::new(d.slowdown, link);
+    for d in devices.iter() {
+        let spec = DeviceSpec {
+            slowdown: d.slowdown,
+            slo: slo.clone(),
+            policy: planning.policy(),
+        };
+        if let Some(at) = coord.join_device(&d.id, spec, 0.0) {
+            push(&mut heap, at, Kind::Deferred);
+        }
+    }
+    // Stage times: the performance model's, without the link (the shapers carry it).
+    let cond = |d: &SimDevice| {
+        let mut c = Conditions::new(d.slowdown, Link::mbps(1.0, 0.0));
         c.cloud_slowdown = cloud_slowdown;
-        // The pool serves any device's frames on any of its workers.
         c.cloud_slots = workers.max(1) as f64;
         c
     };
-    let mut sched = Scheduler::new();
-    let mut plans: Vec<Option<Candidate>> = vec![None; n];
     let mut out = SimRun::default();
     let total_ref = tables.device_only().head_s.max(1e-12);
-    let replan = |plans: &mut Vec<Option<Candidate>>,
-                  sched: &mut Scheduler,
-                  estimators: &[Estimator],
-                  devices: &[SimDevice],
-                  out: &mut SimRun,
-                  t: f64| {
-        let links: Vec<Link> = estimators
-            .iter()
-            .zip(devices)
-            .map(|(e, d)| {
-                e.link().unwrap_or(Link {
-                    bandwidth_bps: 1e6,
-                    rtt_s: d.rtt_s,
-                })
-            })
-            .collect();
-        let new: Vec<Candidate> = match planning {
-            Planning::PerDevice(p) => devices
-                .iter()
-                .zip(&links)
-                .enumerate()
-                .map(|(i, (d, l))| {
-                    sched
-                        .decide(tables, &cond(d, *l), slo, p, plans[i])
-                        .candidate
-                })
-                .collect(),
-            Planning::Fleet => {
-                let fd: Vec<FleetDevice> = devices
-                    .iter()
-                    .zip(&links)
-                    .map(|(d, l)| FleetDevice {
-                        id: d.id.clone(),
-                        conditions: cond(d, *l),
-                        slo: slo.clone(),
-                        policy: Policy::Dyno,
-                        demand_fps: None,
-                    })
-                    .collect();
-                let new = fleet::plan(tables, &fd, workers as f64);
-                if fleet::keep_current(tables, &fd, plans, workers as f64, &new) {
-                    plans.iter().map(|p| p.expect("kept plans exist")).collect()
-                } else {
-                    new.devices.into_iter().map(|p| p.candidate).collect()
-                }
-            }
-        };
-        for (i, c) in new.into_iter().enumerate() {
-            if plans[i].is_some_and(|p| p != c) {
-                out.plan_changes += 1;
-            }
-            plans[i] = Some(c);
+    let tick = |coord: &mut Coordinator, devices: &[SimDevice], out: &mut SimRun, t: f64| {
+        let probes = coord.replan(t);
+        for (i, d) in devices.iter().enumerate() {
+            let c = coord.control();
+            let (Some(p), Some(l)) = (c.plan(&d.id), c.link(&d.id)) else {
+                continue;
+            };
             out.ticks.push(SimTick {
                 time_s: t,
                 device: i,
-                true_mbps: devices[i].shaper.trace().mbps_at(t),
-                estimated_mbps: links[i].bandwidth_bps / 1e6,
-                split: c.split,
-                precision: c.precision.to_string(),
+                true_mbps: d.shaper.trace().mbps_at(t),
+                estimated_mbps: l.bandwidth_bps / 1e6,
+                split: p.candidate.split,
+                precision: p.candidate.precision.to_string(),
             });
         }
+        probes
     };
-    replan(&mut plans, &mut sched, &estimators, devices, &mut out, 0.0);
+    // Probes on their way: (device, first bit out, arrives, bytes).
+    let mut probing = vec![false; n];
+    let mut probes: Vec<(usize, f64, f64, u32)> = Vec::new();
+    let send_probes = |ids: Vec<(String, u32)>,
+                       probing: &mut [bool],
+                       devices: &mut [SimDevice],
+                       probes: &mut Vec<(usize, f64, f64, u32)>,
+                       t: f64|
+     -> Vec<(f64, usize)> {
+        ids.iter()
+            .filter_map(|(id, bytes)| Some((index.get(id).copied()?, *bytes)))
+            .filter_map(|(i, bytes)| {
+                // As an agent does: one probe at a time.
+                if std::mem::replace(&mut probing[i], true) {
+                    return None;
+                }
+                let delivery = devices[i].shaper.send(t, bytes as usize);
+                // Timed from its first bit out, as the agent times it.
+                probes.push((i, delivery.start, delivery.arrives, bytes));
+                Some((delivery.arrives, probes.len() - 1))
+            })
+            .collect()
+    };
+    let ids = tick(&mut coord, devices, &mut out, 0.0);
+    for (at, p) in send_probes(ids, &mut probing, devices, &mut probes, 0.0) {
+        push(&mut heap, at, Kind::ProbeDone(p));
+    }
     push(&mut heap, replan_s, Kind::Replan);
-    push(&mut heap, BEAT_S, Kind::Beat);
-    // When each uplink last started a transfer, and the probes on their way.
-    let mut last_sent = vec![0.0f64; n];
-    let mut probes: Vec<(usize, f64, f64)> = Vec::new();
+    // An agent heartbeats as soon as it is connected, then every beat.
+    push(&mut heap, 0.0, Kind::Beat);
     for i in 0..n {
         push(&mut heap, 0.0, Kind::Start(i));
     }
@@ -215,8 +298,6 @@ pub fn run(
     let mut in_flight = vec![0usize; n];
     let mut device_free = vec![0.0f64; n];
     let mut device_busy = vec![false; n];
-    let mut free_workers = workers;
-    let mut queue: VecDeque<usize> = VecDeque::new();
     while let Some(Reverse((tk, _, kind))) = heap.pop() {
         let t = tk as f64 / 1e9;
         if t > duration_s {
@@ -224,38 +305,49 @@ pub fn run(
         }
         match kind {
             Kind::Replan => {
-                replan(&mut plans, &mut sched, &estimators, devices, &mut out, t);
+                let ids = tick(&mut coord, devices, &mut out, t);
+                for (at, p) in send_probes(ids, &mut probing, devices, &mut probes, t) {
+                    push(&mut heap, at, Kind::ProbeDone(p));
+                }
                 push(&mut heap, t + replan_s, Kind::Replan);
             }
+            Kind::Deferred => coord.deferred(t),
             Kind::Beat => {
-                // As the agent does: 32 KB through an uplink idle for 2 s, timed from when
-                // it was handed to the link until its acknowledgement.
-                for (i, d) in devices.iter_mut().enumerate() {
-                    if t - last_sent[i] >= PROBE_IDLE_S {
-                        let delivery = d.shaper.send(t, PROBE_BYTES);
-                        last_sent[i] = t;
-                        probes.push((i, t, delivery.arrives));
-                        push(
-                            &mut heap,
-                            delivery.arrives,
-                            Kind::ProbeDone(probes.len() - 1),
-                        );
+                // Each agent's heartbeat is answered one RTT later: an RTT sample (the
+                // answer's trip is not simulated; its figure is the link's RTT).
+                for d in devices.iter() {
+                    if let Some(at) = coord.observe_rtt(&d.id, t, d.rtt_s) {
+                        push(&mut heap, at, Kind::Deferred);
                     }
                 }
-                push(&mut heap, t + BEAT_S, Kind::Beat);
+                let ids = coord.control.probes(t);
+                for (at, p) in send_probes(ids, &mut probing, devices, &mut probes, t) {
+                    push(&mut heap, at, Kind::ProbeDone(p));
+                }
+                push(&mut heap, t + PROBE.beat_s, Kind::Beat);
             }
             Kind::ProbeDone(p) => {
-                let (i, sent, arrives) = probes[p];
+                // As the agent times it: from handing it to the link to the answer.
+                let (i, sent, arrives, bytes) = probes[p];
+                probing[i] = false;
                 let one_way = devices[i].rtt_s / 2.0;
-                estimators[i].observe_transfer(t, PROBE_BYTES as u64, arrives - sent + one_way);
+                let id = devices[i].id.clone();
+                let secs = arrives - sent + one_way;
+                if let Some(at) = coord.observe_transfer(&id, t, u64::from(bytes), secs) {
+                    push(&mut heap, at, Kind::Deferred);
+                }
             }
             Kind::Start(i) => {
                 if device_busy[i] || in_flight[i] >= devices[i].in_flight.max(1) {
                     continue;
                 }
-                let c = plans[i].expect("planned at time 0");
+                // Before its first plan a device runs device-only, as an agent does.
+                let (c, worker) = match coord.control().plan(&devices[i].id) {
+                    Some(p) => (p.candidate, p.worker.clone()),
+                    None => (tables.device_only().candidate, None),
+                };
                 let row = tables.row(&c).expect("plans come from the tables");
-                let p = row.predict(&cond(&devices[i], Link::mbps(1.0, 0.0)));
+                let p = row.predict(&cond(&devices[i]));
                 let device_s = p.head_s + p.pack_s;
                 device_busy[i] = true;
                 in_flight[i] += 1;
@@ -263,6 +355,7 @@ pub fn run(
                 flights.push(Flight {
                     device: i,
                     candidate: c,
+                    worker,
                     start: t,
                     device_s,
                     sent: 0.0,
@@ -278,11 +371,10 @@ pub fn run(
                 let i = flights[f].device;
                 device_busy[i] = false;
                 push(&mut heap, t, Kind::Start(i));
-                if flights[f].bytes <= 0.0 {
+                if flights[f].bytes <= 0.0 || flights[f].worker.is_none() {
                     push(&mut heap, t, Kind::Answer(f));
                 } else {
                     let d = devices[i].shaper.send(t, flights[f].bytes as usize);
-                    last_sent[i] = t;
                     // The transfer is timed from when its first bit leaves, not from when
                     // it joined the device's own queue (as the agent does).
                     flights[f].sent = d.start;
@@ -291,29 +383,37 @@ pub fn run(
                 }
             }
             Kind::Arrive(f) => {
-                if free_workers > 0 {
-                    free_workers -= 1;
-                    push(&mut heap, t + flights[f].cloud_s, Kind::CloudDone(f));
-                } else {
-                    queue.push_back(f);
+                let w = flights[f].worker.as_deref().and_then(|w| pool.get_mut(w));
+                match w {
+                    Some(w) if w.free > 0 => {
+                        w.free -= 1;
+                        push(&mut heap, t + flights[f].cloud_s, Kind::CloudDone(f));
+                    }
+                    Some(w) => w.queue.push_back(f),
+                    // Its worker is gone: the device finishes the frame itself.
+                    None => {
+                        flights[f].bytes = 0.0;
+                        push(&mut heap, t, Kind::Answer(f));
+                    }
                 }
             }
             Kind::CloudDone(f) => {
-                match queue.pop_front() {
-                    Some(next) => push(&mut heap, t + flights[next].cloud_s, Kind::CloudDone(next)),
-                    None => free_workers += 1,
+                if let Some(w) = flights[f].worker.as_deref().and_then(|w| pool.get_mut(w)) {
+                    match w.queue.pop_front() {
+                        Some(next) => {
+                            push(&mut heap, t + flights[next].cloud_s, Kind::CloudDone(next))
+                        }
+                        None => w.free += 1,
+                    }
                 }
-                let i = flights[f].device;
-                let one_way = devices[i].rtt_s / 2.0;
-                // The agent's sample: first byte out to the answer, less the worker's time.
-                let wire = (flights[f].arrives - flights[f].sent) + one_way;
-                estimators[i].observe_transfer(t, flights[f].bytes as u64, wire);
+                let one_way = devices[flights[f].device].rtt_s / 2.0;
                 push(&mut heap, t + one_way, Kind::Answer(f));
             }
             Kind::Answer(f) => {
                 let fl = &flights[f];
                 let i = fl.device;
                 in_flight[i] -= 1;
+                let remote = fl.bytes > 0.0;
                 out.frames.push(SimFrame {
                     device: i,
                     start_s: fl.start,
@@ -324,12 +424,32 @@ pub fn run(
                     bytes: fl.bytes,
                     drop_points: fl.drop,
                     device_s: fl.device_s,
-                    cloud_s: if fl.bytes > 0.0 { fl.cloud_s } else { 0.0 },
+                    cloud_s: if remote { fl.cloud_s } else { 0.0 },
                     device_share: fl.share,
                 });
+                // The agent's report: its stages fold into the corrections, and an
+                // onloaded frame's transfer (first byte out to the answer, less the
+                // worker's time) is a link sample.
+                let id = devices[i].id.clone();
+                let (candidate, device_s, cloud_s) = (fl.candidate, fl.device_s, fl.cloud_s);
+                let wire = (fl.arrives - fl.sent) + devices[i].rtt_s / 2.0;
+                let bytes = fl.bytes as u64;
+                coord.control.observe_frame(
+                    tables,
+                    &id,
+                    &candidate,
+                    device_s,
+                    remote.then_some(cloud_s),
+                );
+                if remote {
+                    if let Some(at) = coord.observe_transfer(&id, t, bytes, wire) {
+                        push(&mut heap, at, Kind::Deferred);
+                    }
+                }
                 push(&mut heap, t.max(device_free[i]), Kind::Start(i));
             }
         }
     }
+    out.plan_changes = coord.plan_changes;
     out
 }

@@ -1,14 +1,13 @@
 //! Predicted against measured: does the performance model hold on this machine?
 //!
 //! One process plays both sides. A "cloud" thread with its own copy of the model listens
-//! on loopback TCP; the "device" runs the head, packs, sends the activation, and the
-//! cloud unpacks, runs the tail and answers with the top-1 class. The link is measured
-//! first (small pings for the RTT, 1 MB transfers for the bandwidth, through
-//! [`crate::sched::bandwidth::Estimator`]), the latency profile is measured on the same
-//! input, and the performance model's prediction at every split is set against the
-//! median measured end-to-end time.
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+//! on loopback TCP; the "device" runs the head, packs, sends the activation as the fleet
+//! does (the session layer, `crate::wire::session`: the handshake, framed `Infer`
+//! messages), and the cloud unpacks, runs the tail and answers `InferOk` with its stage
+//! times. The link is measured first (heartbeats for the RTT, 1 MB probes for the
+//! bandwidth, through [`crate::sched::bandwidth::Estimator`]), the latency profile is
+//! measured on the same input, and the performance model's prediction at every split is
+//! set against the median measured end-to-end time.
 use std::time::Instant;
 
 use serde::Serialize;
@@ -22,6 +21,8 @@ use crate::pack::tensor::{tensor_values, unpack_tensor};
 use crate::pack::{Codec, DecodeLimits, PackOptions, Packer, Precision, TensorId};
 use crate::sched::bandwidth::Estimator;
 use crate::sched::perf::{Candidate, Conditions, Correction, Link, Row};
+use crate::wire::session::dial;
+use crate::wire::{accept, Conn, Identity, Key, Message, Role, WireError, FRAME_LIMIT};
 
 /// One split's figures.
 #[derive(Debug, Clone, Serialize)]
@@ -58,41 +59,39 @@ pub struct Validation {
     pub max_abs_corrected_error: f64,
 }
 
-const PING: u8 = 0;
-const BLOB: u8 = 1;
-const TENSOR: u8 = 2;
-/// Largest frame the cloud thread accepts.
-const MAX_FRAME: usize = 256 << 20;
-
 fn io_err(e: std::io::Error) -> ModelError {
     ModelError::io("loopback connection", e)
 }
 
-fn send(s: &mut TcpStream, kind: u8, payload: &[u8]) -> Result<()> {
-    let mut head = [0u8; 5];
-    head[0] = kind;
-    head[1..].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    s.write_all(&head).map_err(io_err)?;
-    s.write_all(payload).map_err(io_err)
+fn wire_err(e: WireError) -> ModelError {
+    io_err(std::io::Error::other(e.to_string()))
 }
 
-/// The cloud's answer: the top-1 class and its own stage time (unpack and tail).
-fn reply(s: &mut TcpStream) -> Result<(i64, f64)> {
-    let mut b = [0u8; 16];
-    s.read_exact(&mut b).map_err(io_err)?;
-    let (class, secs) = b.split_at(8);
-    Ok((
-        i64::from_le_bytes(class.try_into().expect("8 bytes")),
-        f64::from_le_bytes(secs.try_into().expect("8 bytes")),
-    ))
+/// Both sides of the loopback session, without a fleet key: nothing leaves the host.
+fn identity(role: Role) -> Identity {
+    Identity {
+        fleet: "validate".into(),
+        name: format!("validate-{role:?}").to_lowercase(),
+        role,
+        key: Key::Insecure,
+    }
+}
+
+/// A runtime for one side of the session.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io_err)
 }
 
 /// The cloud side: one libtorch thread (two threads each running libtorch with a full
 /// intra-op pool slow each other down several times over), its own copy of the model,
-/// its own latency profile (sent back on `profiled`); then serves one connection until
-/// it closes.
+/// its own latency profile (sent back on `profiled`); then serves one session as a
+/// worker does: heartbeats, probes, and `Infer` answered with `InferOk` and its own
+/// stage times.
 fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     home: Home,
     model_name: String,
     x: Tensor,
@@ -116,44 +115,71 @@ fn serve(
         "validation input (cloud)",
         &opts,
     ));
-    let (mut s, _) = listener.accept().map_err(io_err)?;
-    s.set_nodelay(true).map_err(io_err)?;
-    let mut packer = Packer::default();
-    let limits = DecodeLimits::default();
-    let mut buf = Vec::new();
-    loop {
-        let mut head = [0u8; 5];
-        match s.read_exact(&mut head) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(io_err(e)),
+    let rt = runtime()?;
+    rt.block_on(async {
+        listener.set_nonblocking(true).map_err(io_err)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(io_err)?;
+        let (stream, _) = listener.accept().await.map_err(io_err)?;
+        let mut conn = accept(stream, &identity(Role::Worker), FRAME_LIMIT)
+            .await
+            .map_err(wire_err)?;
+        let mut packer = Packer::default();
+        let limits = DecodeLimits::default();
+        loop {
+            let answer = match conn.recv().await {
+                Err(WireError::Closed) => return Ok(()),
+                Err(e) => return Err(wire_err(e)),
+                Ok(Message::Heartbeat { seq }) => Message::HeartbeatAck { seq },
+                Ok(Message::Probe { seq, .. }) => Message::ProbeAck { seq },
+                Ok(Message::Infer {
+                    request, packed, ..
+                }) => {
+                    let t = Instant::now();
+                    let (h, a) = unpack_tensor(&mut packer, &packed, &limits)?;
+                    let unpack_s = t.elapsed().as_secs_f64();
+                    let t = Instant::now();
+                    let y = model.tail(&a, h.split as usize)?;
+                    Message::InferOk {
+                        request,
+                        top1: y.argmax(-1, false).int64_value(&[0]),
+                        queue_s: 0.0,
+                        unpack_s,
+                        tail_s: t.elapsed().as_secs_f64(),
+                    }
+                }
+                Ok(m) => {
+                    return Err(io_err(std::io::Error::other(format!(
+                        "the device sent {}",
+                        m.kind()
+                    ))))
+                }
+            };
+            conn.send(&answer).await.map_err(wire_err)?;
         }
-        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        if len > MAX_FRAME {
-            return Err(io_err(std::io::Error::other(format!(
-                "frame of {len} bytes is over the {MAX_FRAME} limit"
-            ))));
-        }
-        buf.resize(len, 0);
-        s.read_exact(&mut buf).map_err(io_err)?;
-        let started = Instant::now();
-        let answer = match head[0] {
-            PING | BLOB => 0,
-            TENSOR => {
-                let (h, a) = unpack_tensor(&mut packer, &buf, &limits)?;
-                let y = model.tail(&a, h.split as usize)?;
-                y.argmax(-1, false).int64_value(&[0])
-            }
-            k => {
-                return Err(io_err(std::io::Error::other(format!(
-                    "unknown frame kind {k}"
-                ))))
-            }
-        };
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&answer.to_le_bytes());
-        out[8..].copy_from_slice(&started.elapsed().as_secs_f64().to_le_bytes());
-        s.write_all(&out).map_err(io_err)?;
+    })
+}
+
+/// One request and its answer on the session.
+async fn ask(conn: &mut Conn, m: &Message) -> Result<Message> {
+    conn.send(m).await.map_err(wire_err)?;
+    conn.recv().await.map_err(wire_err)
+}
+
+/// The cloud's answer to one activation: its own stage time (unpack and tail).
+async fn infer(conn: &mut Conn, request: u64, packed: &[u8]) -> Result<f64> {
+    let m = Message::Infer {
+        request,
+        device: "validate".into(),
+        packed: packed.to_vec(),
+    };
+    match ask(conn, &m).await? {
+        Message::InferOk {
+            unpack_s, tail_s, ..
+        } => Ok(unpack_s + tail_s),
+        m => Err(io_err(std::io::Error::other(format!(
+            "the cloud answered {}",
+            m.kind()
+        )))),
     }
 }
 
@@ -162,23 +188,26 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Measures the link to the cloud thread with the bandwidth estimator.
-fn measure_link(s: &mut TcpStream, start: Instant) -> Result<Link> {
+/// Measures the link to the cloud thread with the bandwidth estimator: heartbeats for
+/// the RTT, 1 MB probes for the bandwidth, as the fleet measures its links.
+async fn measure_link(conn: &mut Conn, start: Instant) -> Result<Link> {
     let mut est = Estimator::default();
-    for _ in 0..21 {
+    for seq in 0..21 {
         let t = Instant::now();
-        send(s, PING, &[0u8; 8])?;
-        reply(s)?;
+        ask(conn, &Message::Heartbeat { seq }).await?;
         est.observe_rtt(start.elapsed().as_secs_f64(), t.elapsed().as_secs_f64());
     }
-    let blob = vec![7u8; 1 << 20];
-    for _ in 0..7 {
+    let padding = vec![7u8; 1 << 20];
+    for seq in 0..7 {
         let t = Instant::now();
-        send(s, BLOB, &blob)?;
-        reply(s)?;
+        let probe = Message::Probe {
+            seq,
+            padding: padding.clone(),
+        };
+        ask(conn, &probe).await?;
         est.observe_transfer(
             start.elapsed().as_secs_f64(),
-            blob.len() as u64,
+            padding.len() as u64,
             t.elapsed().as_secs_f64(),
         );
     }
@@ -205,7 +234,7 @@ pub fn run(
         progress: false,
     };
     let device = latency::measure(model, x, "validation input (device)", &opts)?;
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err)?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err)?;
     let addr = listener.local_addr().map_err(io_err)?;
     let (h, name, xc) = (home.clone(), model.name().to_string(), x.copy());
     let (tx, rx) = std::sync::mpsc::channel();
@@ -215,10 +244,13 @@ pub fn run(
         let cloud_profile = rx
             .recv()
             .map_err(|_| io_err(std::io::Error::other("the cloud thread ended early")))??;
-        let mut s = TcpStream::connect(addr).map_err(io_err)?;
-        s.set_nodelay(true).map_err(io_err)?;
+        let rt = runtime()?;
+        let me = identity(Role::Agent);
+        let mut s = rt
+            .block_on(dial(&addr.to_string(), &me, FRAME_LIMIT))
+            .map_err(wire_err)?;
         let start = Instant::now();
-        let link = measure_link(&mut s, start)?;
+        let link = rt.block_on(measure_link(&mut s, start))?;
         let n = model.num_blocks();
         let opts = PackOptions::new(precision, codec);
         let mut packer = Packer::default();
@@ -243,8 +275,8 @@ pub fn run(
                     let (values, shape) = tensor_values(&a)?;
                     packer.pack_into(&values, &shape, &id, &opts, &mut out)?;
                     let device_s = start.elapsed().as_secs_f64();
-                    send(&mut s, TENSOR, &out)?;
-                    let (_, cloud_s) = reply(&mut s)?;
+                    let request = (round * (n + 1) + split) as u64;
+                    let cloud_s = rt.block_on(infer(&mut s, request, &out))?;
                     if round > 0 {
                         stages[split].0.push(device_s);
                         stages[split].1.push(cloud_s);
@@ -341,7 +373,7 @@ pub fn run(
     })();
     if result.is_err() {
         // The cloud thread may still wait in accept(): give it a connection to end on.
-        let _ = TcpStream::connect(addr);
+        let _ = std::net::TcpStream::connect(addr);
     }
     // Closing the connection ends the cloud thread; its error, if any, comes first.
     let served = cloud

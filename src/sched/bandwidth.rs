@@ -5,10 +5,13 @@
 //! `8 * bytes / (seconds - rtt)`; a transfer so small that the RTT is more than 90 % of
 //! it says little about bandwidth and is used for the RTT only. The estimate is the **median of
 //! the last `window` rates** no older than `max_age_s`: one outlier in a window of five
-//! moves nothing, and after a step the estimate follows within `window / 2 + 1` samples.
+//! moves nothing, and after a step the estimate follows within `window / 2 + 1` samples;
+//! two rates in a row more than `recover` times the estimate restart the window (a link
+//! back from an outage is believed at once, and the transfers it then carries check it).
 //! RTT is the median of recent RTT samples (pings, heartbeats, small transfers).
-//! When nothing was sent for `probe_after_s`, [`Estimator::needs_probe`] asks for an
-//! active probe.
+//! When no transfer gave a rate for `probe_after_s` (nothing was sent, or only transfers
+//! too small to time against the RTT), [`Estimator::needs_probe`] asks for an active
+//! probe.
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +27,8 @@ pub struct EstimatorConfig {
     pub max_age_s: f64,
     /// Seconds without a sample after which a probe is due.
     pub probe_after_s: f64,
+    /// Two rates in a row more than this many times the estimate restart the window.
+    pub recover: f64,
 }
 
 impl Default for EstimatorConfig {
@@ -32,6 +37,7 @@ impl Default for EstimatorConfig {
             window: 5,
             max_age_s: 10.0,
             probe_after_s: 2.0,
+            recover: 4.0,
         }
     }
 }
@@ -44,7 +50,10 @@ pub struct Estimator {
     rates: VecDeque<(f64, f64)>,
     /// (time, seconds).
     rtts: VecDeque<(f64, f64)>,
-    last_sample_s: Option<f64>,
+    /// When the last rate sample was taken.
+    last_rate_s: Option<f64>,
+    /// The last rate, when it was far above the estimate.
+    high: Option<(f64, f64)>,
 }
 
 fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
@@ -77,7 +86,8 @@ impl Estimator {
             config,
             rates: VecDeque::new(),
             rtts: VecDeque::new(),
-            last_sample_s: None,
+            last_rate_s: None,
+            high: None,
         }
     }
 
@@ -87,7 +97,6 @@ impl Estimator {
         if !(seconds.is_finite() && seconds > 0.0 && now_s.is_finite()) || bytes == 0 {
             return;
         }
-        self.last_sample_s = Some(now_s);
         let rtt = self.rtt_s().unwrap_or(0.0);
         let wire = seconds - rtt;
         if wire < 0.1 * seconds {
@@ -97,14 +106,21 @@ impl Estimator {
             }
             return;
         }
+        self.last_rate_s = Some(now_s);
         let c = self.config;
-        push(
-            &mut self.rates,
-            c.window,
-            c.max_age_s,
-            now_s,
-            8.0 * bytes as f64 / wire,
-        );
+        let rate = 8.0 * bytes as f64 / wire;
+        let high = self.bandwidth_bps().is_some_and(|b| rate > c.recover * b);
+        match (high, self.high.take()) {
+            // A link back from an outage (or far faster than believed), seen twice:
+            // believed at once; the transfers it brings check it.
+            (true, Some(first)) => {
+                self.rates.clear();
+                self.rates.push_back(first);
+            }
+            (true, None) => self.high = Some((now_s, rate)),
+            (false, _) => {}
+        }
+        push(&mut self.rates, c.window, c.max_age_s, now_s, rate);
     }
 
     /// A round-trip time sample (a ping, a heartbeat).
@@ -112,9 +128,14 @@ impl Estimator {
         if !(rtt_s.is_finite() && rtt_s >= 0.0 && now_s.is_finite()) {
             return;
         }
-        self.last_sample_s = Some(now_s);
         let c = self.config;
         push(&mut self.rtts, c.window, c.max_age_s, now_s, rtt_s);
+    }
+
+    /// Whether the last rate was far above the estimate and waits for a second one to
+    /// restart the window (worth a probe now).
+    pub fn unconfirmed(&self) -> bool {
+        self.high.is_some()
     }
 
     /// Bits per second, once a transfer was seen.
@@ -134,10 +155,10 @@ impl Estimator {
         })
     }
 
-    /// Whether an active probe is due at `now_s`: nothing was observed yet, or nothing for
+    /// Whether an active probe is due at `now_s`: no rate was measured yet, or none for
     /// `probe_after_s`.
     pub fn needs_probe(&self, now_s: f64) -> bool {
-        match self.last_sample_s {
+        match self.last_rate_s {
             None => true,
             Some(t) => now_s - t >= self.config.probe_after_s,
         }
@@ -268,9 +289,25 @@ mod tests {
         e.observe_transfer(1.0, 1_000_000, 0.8);
         assert!(!e.needs_probe(2.5));
         assert!(e.needs_probe(3.0));
+        // Round trips and transfers too small to time against them do not measure a
+        // rate: the probe stays due.
+        let mut small = e.clone();
+        small.observe_rtt(3.0, 0.05);
+        small.observe_transfer(3.1, 1000, 0.051);
+        assert!(small.needs_probe(3.2));
         for i in 0..4 {
             e.observe_transfer(1.1 + 0.1 * i as f64, 1_000_000, 0.8);
         }
+        // A link back from an outage: one rate far above the estimate restarts the window.
+        let mut back = e.clone();
+        for i in 0..3 {
+            back.observe_transfer(3.0 + 0.1 * i as f64, 1000, 8.0);
+        }
+        assert!(back.bandwidth_bps().unwrap() < 2e4);
+        back.observe_transfer(4.0, 1_000_000, 0.8);
+        assert!(back.bandwidth_bps().unwrap() < 2e4, "one is an outlier");
+        back.observe_transfer(4.1, 1_000_000, 0.8);
+        assert!((back.bandwidth_bps().unwrap() / 10e6 - 1.0).abs() < 1e-9);
         // Twenty seconds later one new sample replaces the whole stale window.
         e.observe_transfer(30.0, 1_000_000, 8.0);
         assert!((e.bandwidth_bps().unwrap() / 1e6 - 1.0).abs() < 1e-9);

@@ -70,13 +70,24 @@ pub struct FleetPlan {
     /// Sum of the devices' rates.
     pub throughput: f64,
     pub slo_unmet: usize,
-    /// `individual` (all fit), `greedy` (steps 2-4) or `equal-share` (step 5 won).
-    pub strategy: &'static str,
+    pub strategy: Strategy,
+}
+
+/// How a fleet plan was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Everyone fits: each device its own optimum (step 1).
+    Individual,
+    /// Steps 2-4.
+    Greedy,
+    /// The equal share won (step 5).
+    EqualShare,
 }
 
 /// Fleet-level hysteresis: whether the devices' current plans (all of them planned) are
 /// still worth keeping against `new`, a plan for a shared pool (with room for everyone,
-/// `new.strategy == "individual"`, each device's own hysteresis applies instead): every
+/// `new.strategy == Strategy::Individual`, each device's own hysteresis applies instead): every
 /// one still meets its SLO's constraints, and
 /// `new` is not better by more than the SLOs' hysteresis (their mean) in total predicted
 /// throughput, the current plans' onloading rates scaled down to fit `capacity` where
@@ -89,7 +100,8 @@ pub fn keep_current(
     capacity: f64,
     new: &FleetPlan,
 ) -> bool {
-    if new.strategy == "individual" || devices.is_empty() || current.len() != devices.len() {
+    if new.strategy == Strategy::Individual || devices.is_empty() || current.len() != devices.len()
+    {
         return false;
     }
     let (mut load, mut local, mut onloading, mut hysteresis) = (0.0, 0.0, 0.0, 0.0);
@@ -304,7 +316,7 @@ pub fn plan(tables: &Tables, devices: &[FleetDevice], capacity: f64) -> FleetPla
         .collect();
     let mut load: f64 = choices.iter().map(|c| c.alloc).sum();
     if load <= capacity {
-        return finish(devices, &menus, choices, capacity, "individual");
+        return finish(devices, &menus, choices, capacity, Strategy::Individual);
     }
     // 2. Cheapest moves to less cloud work.
     let mut heap: BinaryHeap<Move> = choices
@@ -366,7 +378,7 @@ pub fn plan(tables: &Tables, devices: &[FleetDevice], capacity: f64) -> FleetPla
         // 4. Fill the capacity left over.
         fill(devices, &menus, &mut choices, capacity);
     }
-    let greedy = finish(devices, &menus, choices, capacity, "greedy");
+    let greedy = finish(devices, &menus, choices, capacity, Strategy::Greedy);
     // 5. The safeguard.
     let equal = equal_share(devices, &menus, capacity);
     let key = |p: &FleetPlan| (p.slo_unmet, -p.throughput);
@@ -445,7 +457,7 @@ fn equal_share(devices: &[FleetDevice], menus: &[Menu], capacity: f64) -> FleetP
                 })
         })
         .collect();
-    finish(devices, menus, choices, capacity, "equal-share")
+    finish(devices, menus, choices, capacity, Strategy::EqualShare)
 }
 
 fn finish(
@@ -453,7 +465,7 @@ fn finish(
     menus: &[Menu],
     choices: Vec<Choice>,
     capacity: f64,
-    strategy: &'static str,
+    strategy: Strategy,
 ) -> FleetPlan {
     let plans: Vec<DevicePlan> = choices
         .into_iter()
@@ -556,7 +568,7 @@ mod tests {
         let slo = Slo::default();
         let devs = mixed(12, &slo);
         let plan = plan(&t, &devs, 1e6);
-        assert_eq!(plan.strategy, "individual");
+        assert_eq!(plan.strategy, Strategy::Individual);
         let mut s = Scheduler::new();
         for (d, p) in devs.iter().zip(&plan.devices) {
             let own = s.decide(&t, &d.conditions, &d.slo, d.policy, None);
@@ -578,7 +590,11 @@ mod tests {
             assert!(p.load <= cap * (1.0 + 1e-9), "{frac}: {} > {cap}", p.load);
             let eq = equal_share(&devs, &menus(&t, &devs), cap);
             assert!(p.throughput >= eq.throughput, "{frac}");
-            assert_eq!(p.strategy, "greedy", "{frac}: the greedy plan itself wins");
+            assert_eq!(
+                p.strategy,
+                Strategy::Greedy,
+                "{frac}: the greedy plan itself wins"
+            );
             assert!(p.devices.iter().all(|d| d.prediction.drop_points <= 1.0));
         }
     }

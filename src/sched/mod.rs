@@ -19,6 +19,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod bandwidth;
+pub mod control;
 pub mod fleet;
 pub mod perf;
 pub mod slo;

@@ -189,7 +189,7 @@ pub fn cloud_only_agent(
         source: Source::FashionMnist,
         rate_fps,
         duration_s,
-        policy: "cloud-only".into(),
+        policy: dyno::sched::Policy::CloudOnly,
         results: Some(results.to_path_buf()),
         mdns: false,
         ..AgentConfig::default()

@@ -1,0 +1,192 @@
+//! The data path to the workers: one connection per worker, shared by every frame in
+//! flight; each frame waits for its own answer, matched by request id.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use dashmap::DashMap;
+use dyno::wire::session::{dial, pump, Outbox};
+use dyno::wire::{Identity, Message, Stages};
+use tokio::sync::oneshot;
+
+use super::uplink::{self, Stalled, Uplink};
+
+/// A connection to one worker's data endpoint.
+#[derive(Clone)]
+struct DataConn {
+    tx: Outbox,
+    /// Frames waiting for their answer, by request id.
+    pending: Arc<DashMap<u64, oneshot::Sender<Message>>>,
+    alive: Arc<AtomicBool>,
+}
+
+/// The agent's connections to workers, by address.
+pub(super) struct DataPath {
+    me: Identity,
+    max_frame: usize,
+    conns: DashMap<String, DataConn>,
+    uplink: Addr<Uplink>,
+    /// The downlink's one-way delay.
+    one_way: Duration,
+}
+
+impl DataPath {
+    pub fn new(me: Identity, max_frame: usize, uplink: Addr<Uplink>, one_way: Duration) -> Self {
+        DataPath {
+            me,
+            max_frame,
+            conns: DashMap::new(),
+            uplink,
+            one_way,
+        }
+    }
+
+    async fn conn(&self, addr: &str) -> Result<DataConn, String> {
+        if let Some(c) = self.conns.get(addr) {
+            if c.alive.load(Ordering::Acquire) {
+                return Ok(c.clone());
+            }
+        }
+        let conn = dial(addr, &self.me, self.max_frame)
+            .await
+            .map_err(|e| format!("worker {addr}: {e}"))?;
+        let (tx, mut rx) = conn.split();
+        let (out, writer) = pump(tx);
+        let c = DataConn {
+            tx: out,
+            pending: Arc::new(DashMap::new()),
+            alive: Arc::new(AtomicBool::new(true)),
+        };
+        let alive = c.alive.clone();
+        actix_rt::spawn(async move {
+            let _ = writer.await;
+            alive.store(false, Ordering::Release);
+        });
+        let (pending, alive) = (c.pending.clone(), c.alive.clone());
+        let worker = addr.to_string();
+        actix_rt::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(m @ (Message::InferOk { .. } | Message::InferErr { .. })) => {
+                        let request = match &m {
+                            Message::InferOk { request, .. }
+                            | Message::InferErr { request, .. } => *request,
+                            _ => unreachable!("matched above"),
+                        };
+                        match pending.remove(&request) {
+                            Some((_, w)) => {
+                                let _ = w.send(m);
+                            }
+                            None => {
+                                tracing::warn!(%worker, request, "an answer nobody waits for: ignored")
+                            }
+                        }
+                    }
+                    Ok(Message::HeartbeatAck { .. }) => {}
+                    Ok(m) => {
+                        tracing::warn!(%worker, "worker sent {}: dropping the connection", m.kind());
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::info!(%worker, "data connection ended: {e}");
+                        break;
+                    }
+                }
+            }
+            alive.store(false, Ordering::Release);
+            // Waiters see their sender dropped: their frames finish on the device.
+            pending.clear();
+        });
+        self.conns.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// Sends one activation through the uplink to the worker at `addr` and waits for its
+    /// answer: (top1, the worker's stages, wire seconds).
+    pub async fn infer(
+        &self,
+        addr: &str,
+        request: u64,
+        packed: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(i64, Stages, f64), String> {
+        let conn = self.conn(addr).await?;
+        let (tx, rx) = oneshot::channel();
+        conn.pending.insert(request, tx);
+        let t = Instant::now();
+        // The timeout covers the uplink as well as the answer: a link that carries
+        // nothing must not hold the frame (and those behind it) for longer.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let bytes = packed.len();
+        let (uplink_s, queued_s) =
+            match tokio::time::timeout_at(deadline, uplink::cross(&self.uplink, bytes)).await {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    conn.pending.remove(&request);
+                    return Err(e);
+                }
+                Err(_) => {
+                    conn.pending.remove(&request);
+                    self.uplink.do_send(Stalled {
+                        bytes,
+                        waited: t.elapsed(),
+                    });
+                    return Err(format!(
+                        "the uplink did not carry the frame within {timeout:?}"
+                    ));
+                }
+            };
+        let sent = conn.tx.send(Message::Infer {
+            request,
+            device: self.me.name.clone(),
+            packed,
+        });
+        if sent.is_err() {
+            conn.pending.remove(&request);
+            return Err("the data connection is closed".into());
+        }
+        let answer = tokio::time::timeout_at(deadline, rx).await;
+        conn.pending.remove(&request);
+        let m = match answer {
+            Err(_) => return Err(format!("no answer within {timeout:?}")),
+            Ok(Err(_)) => return Err("the data connection broke".into()),
+            Ok(Ok(m)) => m,
+        };
+        // The answer comes back over the downlink's delay.
+        let down = Instant::now();
+        tokio::time::sleep(self.one_way).await;
+        let downlink_s = down.elapsed().as_secs_f64();
+        match m {
+            Message::InferOk {
+                top1,
+                queue_s,
+                unpack_s,
+                tail_s,
+                ..
+            } => {
+                let worker = queue_s + unpack_s + tail_s;
+                // Timed from the first bit out: waiting behind its own earlier frames
+                // says nothing about the link's rate.
+                let wire_s = (t.elapsed().as_secs_f64() - worker - queued_s).max(0.0);
+                Ok((
+                    top1,
+                    Stages {
+                        queue_s,
+                        unpack_s,
+                        tail_s,
+                        link_s: uplink_s + downlink_s,
+                        ..Stages::default()
+                    },
+                    wire_s,
+                ))
+            }
+            Message::InferErr { busy, reason, .. } => Err(if busy {
+                format!("worker busy: {reason}")
+            } else {
+                format!("worker error: {reason}")
+            }),
+            m => Err(format!("unexpected {}", m.kind())),
+        }
+    }
+}

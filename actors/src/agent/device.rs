@@ -1,0 +1,203 @@
+//! The **Device** actor: the device's compute thread (a `SyncArbiter` of one) with its
+//! model, its packer and its input source. It runs heads and packing, and tails when the
+//! cloud cannot; each stage is stretched to the device class's slowdown.
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use dyno::model::Model;
+use dyno::pack::tensor::tensor_values;
+use dyno::pack::{PackOptions, Packer, TensorId};
+use dyno::sched::perf::Candidate;
+use tch::{Kind, Tensor};
+
+/// One frame's input.
+#[derive(Message)]
+#[rtype(result = "Result<Tensor, String>")]
+pub(super) struct NextInput;
+
+/// Runs the head to `split` and packs the activation (nothing to pack at device-only).
+#[derive(Message)]
+#[rtype(result = "Result<HeadOut, String>")]
+pub(super) struct Head {
+    pub x: Tensor,
+    pub candidate: Candidate,
+}
+
+pub(super) struct HeadOut {
+    pub activation: Tensor,
+    pub packed: Vec<u8>,
+    /// At device-only, the answer.
+    pub top1: Option<i64>,
+    pub head_s: f64,
+    pub pack_s: f64,
+}
+
+/// Finishes a frame on the device.
+#[derive(Message)]
+#[rtype(result = "Result<(i64, f64), String>")]
+pub(super) struct Tail {
+    pub activation: Tensor,
+    pub split: u16,
+}
+
+/// The whole model, for `verify`.
+#[derive(Message)]
+#[rtype(result = "Result<i64, String>")]
+pub(super) struct Full {
+    pub x: Tensor,
+}
+
+/// The Device actor: its own thread (a SyncArbiter of one) with its model, its packer and
+/// its input source; runs heads, packing, and tails when the cloud cannot.
+pub(super) struct Device {
+    pub model: Result<Model, String>,
+    pub packer: Packer,
+    pub slowdown: f64,
+    pub source: Inputs,
+    /// This machine's profile of the model: a stage is made to last `slowdown` times its
+    /// profiled time, whatever else runs on this machine meanwhile (without one, `slowdown`
+    /// times what the work took).
+    pub reference: Option<dyno::profile::latency::LatencyProfile>,
+}
+
+pub(super) enum Inputs {
+    Images(Vec<Tensor>, usize),
+    Synthetic(u64, u64, Vec<i64>),
+}
+
+impl Inputs {
+    fn next(&mut self) -> Tensor {
+        match self {
+            Inputs::Images(v, i) => {
+                let x = v[*i % v.len()].shallow_clone();
+                *i += 1;
+                x
+            }
+            Inputs::Synthetic(seed, i, shape) => {
+                let n: i64 = shape.iter().product();
+                let phase = (*seed as f64) * 0.37 + (*i as f64) * 0.11;
+                *i += 1;
+                (Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) * 0.013 + phase)
+                    .sin()
+                    .view(shape.as_slice())
+            }
+        }
+    }
+}
+
+impl Actor for Device {
+    type Context = SyncContext<Self>;
+}
+
+impl Device {
+    /// Makes a stage that took `took` last `slowdown` times its reference time (its
+    /// profiled time, or what it took); returns how long it lasted.
+    fn emulate(&self, took: Duration, reference: Option<f64>) -> f64 {
+        let took_s = took.as_secs_f64();
+        let target = self.slowdown * reference.unwrap_or(took_s);
+        if target > took_s {
+            std::thread::sleep(Duration::from_secs_f64(target - took_s));
+        }
+        target.max(took_s)
+    }
+
+    fn head_ref(&self, split: usize) -> Option<f64> {
+        let p = self.reference.as_ref()?;
+        Some(p.blocks.get(..split)?.iter().map(|b| b.seconds).sum())
+    }
+
+    fn tail_ref(&self, split: usize) -> Option<f64> {
+        let p = self.reference.as_ref()?;
+        Some(p.blocks.get(split..)?.iter().map(|b| b.seconds).sum())
+    }
+
+    fn pack_ref(&self, c: &Candidate) -> Option<f64> {
+        let p = self.reference.as_ref()?;
+        p.codecs
+            .iter()
+            .find(|r| {
+                r.split == c.split as usize && r.precision == c.precision && r.codec == c.codec
+            })
+            .map(|r| r.pack_s)
+    }
+}
+
+impl Handler<NextInput> for Device {
+    type Result = Result<Tensor, String>;
+    fn handle(&mut self, _: NextInput, _: &mut Self::Context) -> Self::Result {
+        Ok(self.source.next())
+    }
+}
+
+impl Handler<Head> for Device {
+    type Result = Result<HeadOut, String>;
+    fn handle(&mut self, m: Head, _: &mut Self::Context) -> Self::Result {
+        let c = m.candidate;
+        let model = self.model.as_ref().map_err(|e| e.clone())?;
+        let t = Instant::now();
+        let a = model
+            .head(&m.x, c.split as usize)
+            .map_err(|e| e.to_string())?;
+        let head_s = self.emulate(t.elapsed(), self.head_ref(c.split as usize));
+        if c.split as usize == model.num_blocks() {
+            let top1 = a.argmax(-1, false).int64_value(&[0]);
+            return Ok(HeadOut {
+                activation: a,
+                packed: Vec::new(),
+                top1: Some(top1),
+                head_s,
+                pack_s: 0.0,
+            });
+        }
+        let t = Instant::now();
+        let (values, shape) = tensor_values(&a).map_err(|e| e.to_string())?;
+        let id = TensorId {
+            model: model.name(),
+            weights_hash: model.weights_hash(),
+            split: c.split,
+        };
+        let mut packed = Vec::new();
+        self.packer
+            .pack_into(
+                &values,
+                &shape,
+                &id,
+                &PackOptions::new(c.precision, c.codec),
+                &mut packed,
+            )
+            .map_err(|e| e.to_string())?;
+        let pack_s = self.emulate(t.elapsed(), self.pack_ref(&c));
+        Ok(HeadOut {
+            activation: a,
+            packed,
+            top1: None,
+            head_s,
+            pack_s,
+        })
+    }
+}
+
+impl Handler<Tail> for Device {
+    type Result = Result<(i64, f64), String>;
+    fn handle(&mut self, m: Tail, _: &mut Self::Context) -> Self::Result {
+        let model = self.model.as_ref().map_err(|e| e.clone())?;
+        let t = Instant::now();
+        let y = model
+            .tail(&m.activation, m.split as usize)
+            .map_err(|e| e.to_string())?;
+        let top1 = y.argmax(-1, false).int64_value(&[0]);
+        Ok((
+            top1,
+            self.emulate(t.elapsed(), self.tail_ref(m.split as usize)),
+        ))
+    }
+}
+
+impl Handler<Full> for Device {
+    type Result = Result<i64, String>;
+    fn handle(&mut self, m: Full, _: &mut Self::Context) -> Self::Result {
+        let model = self.model.as_ref().map_err(|e| e.clone())?;
+        let y = model.forward(&m.x).map_err(|e| e.to_string())?;
+        Ok(y.argmax(-1, false).int64_value(&[0]))
+    }
+}

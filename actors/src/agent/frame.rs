@@ -1,0 +1,152 @@
+//! One frame's path on the device: the plan in force, the head and packing on the
+//! Device actor, the uplink and the worker (`data`), and the fallback: the Device
+//! finishes the frame itself whenever the cloud cannot. Every frame ends with exactly
+//! one result or one explicit error.
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use dyno::sched::perf::Candidate;
+use dyno::wire::{Assignment, Stages};
+use tch::Tensor;
+use tokio::sync::watch;
+
+use super::data::DataPath;
+use super::device::{Device, Full, Head, Tail};
+use super::summary::{Done, FrameResult};
+use super::uplink::{IsStalled, Uplink};
+
+/// What a frame runs through: the device's compute, its uplink and data path, and the
+/// plan in force (the control connection's).
+pub(super) struct FramePath {
+    pub start: Instant,
+    pub compute: Addr<Device>,
+    pub uplink: Addr<Uplink>,
+    pub data: DataPath,
+    pub plan: watch::Receiver<Option<Assignment>>,
+}
+
+/// How every frame of an agent is run.
+#[derive(Clone, Copy)]
+pub(super) struct FrameRules {
+    pub device_only: Candidate,
+    pub pin: Option<Candidate>,
+    pub verify: bool,
+    pub timeout: Duration,
+}
+
+/// One frame, start to end: exactly one result or one error.
+pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: FrameRules) -> Done {
+    let FrameRules {
+        device_only,
+        pin,
+        verify,
+        timeout,
+    } = rules;
+    let t0 = Instant::now();
+    let compute = &path.compute;
+    let plan = path.plan.borrow().clone();
+    let stalled = path.uplink.send(IsStalled).await.unwrap_or(true);
+    let (mut candidate, worker) = match &plan {
+        Some(a) if a.worker.is_some() && !stalled => (a.candidate, a.worker.clone()),
+        _ => (device_only, None),
+    };
+    if let (Some(p), Some(_)) = (pin, &worker) {
+        candidate = p;
+    }
+    let local_top1 = if verify {
+        compute
+            .send(Full {
+                x: x.shallow_clone(),
+            })
+            .await
+            .ok()
+            .and_then(Result::ok)
+    } else {
+        None
+    };
+    let fail = |candidate, error: String| Done {
+        result: FrameResult {
+            request,
+            start_s: t0.duration_since(path.start).as_secs_f64(),
+            candidate,
+            top1: None,
+            local_top1,
+            fallback: false,
+            error: Some(error),
+            stages: Stages::default(),
+            latency_s: t0.elapsed().as_secs_f64(),
+            bytes: 0,
+        },
+        candidate,
+        stages: Stages::default(),
+        bytes: 0,
+    };
+    let head = match compute.send(Head { x, candidate }).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return fail(candidate, format!("head: {e}")),
+        Err(e) => return fail(candidate, format!("device thread: {e}")),
+    };
+    let mut stages = Stages {
+        head_s: head.head_s,
+        pack_s: head.pack_s,
+        ..Stages::default()
+    };
+    let done = |top1, fallback, stages: Stages, bytes| Done {
+        result: FrameResult {
+            request,
+            start_s: t0.duration_since(path.start).as_secs_f64(),
+            candidate,
+            top1: Some(top1),
+            local_top1,
+            fallback,
+            error: None,
+            stages,
+            latency_s: t0.elapsed().as_secs_f64(),
+            bytes,
+        },
+        candidate,
+        stages,
+        bytes,
+    };
+    if let Some(top1) = head.top1 {
+        return done(top1, false, stages, 0);
+    }
+    let bytes = head.packed.len() as u64;
+    let answer = match worker {
+        Some(addr) => path.data.infer(&addr, request, head.packed, timeout).await,
+        None => Err("no worker assigned".to_string()),
+    };
+    match answer {
+        Ok((top1, worker_stages, wire_s)) => {
+            stages.queue_s = worker_stages.queue_s;
+            stages.unpack_s = worker_stages.unpack_s;
+            stages.tail_s = worker_stages.tail_s;
+            stages.link_s = worker_stages.link_s;
+            stages.wire_s = wire_s;
+            done(top1, false, stages, bytes)
+        }
+        Err(why) => {
+            tracing::debug!(request, "finishing on the device: {why}");
+            match compute
+                .send(Tail {
+                    activation: head.activation,
+                    split: candidate.split,
+                })
+                .await
+            {
+                Ok(Ok((top1, tail_s))) => {
+                    stages.tail_s = tail_s;
+                    done(top1, true, stages, bytes)
+                }
+                Ok(Err(e)) => fail(
+                    candidate,
+                    format!("cloud failed ({why}), device tail failed: {e}"),
+                ),
+                Err(e) => fail(
+                    candidate,
+                    format!("cloud failed ({why}), device thread: {e}"),
+                ),
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! `dyno agent`: one device. Each part is owned by one actor or one task:
+//!
+//! - `device`: the **Device** actor (its own thread: inputs, heads, packing, tails on
+//!   fallback, the class's slowdown);
+//! - `uplink`: the **Uplink** actor (the emulated uplink and its stall state);
+//! - `data`: the connections to the workers, each frame waiting for its own answer;
+//! - `frame`: one frame's path, which always ends with exactly one result (or one
+//!   explicit error);
+//! - `control`: the control connection's task (registration, plans, reports,
+//!   heartbeats, probes);
+//! - `setup`, `summary`: the checked set-up, and what the agent did.
+//!
+//! This file wires them and runs the frame loop.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use anyhow::Context as _;
+use dyno::home::Home;
+use dyno::model::zoo;
+use dyno::pack::{Codec, Packer, Precision};
+use dyno::sched::perf::Candidate;
+use dyno::wire::{DeviceInfo, FrameReport, Identity, Role};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::Instrument;
+
+use crate::config::AgentConfig;
+
+mod control;
+mod data;
+mod device;
+mod frame;
+mod setup;
+mod summary;
+mod uplink;
+
+pub use summary::{AgentSummary, FrameResult};
+
+use control::{ControlLink, Upward};
+use device::{Device, NextInput};
+use frame::{FramePath, FrameRules};
+
+/// Runs an agent inside the current actix system until its frames are done (forever
+/// with `frames = 0`).
+pub async fn run(cfg: AgentConfig, home: Home) -> anyhow::Result<AgentSummary> {
+    Ok(run_with_results(cfg, home).await?.0)
+}
+
+/// Like [`run`], with every frame's record.
+pub async fn run_with_results(
+    cfg: AgentConfig,
+    home: Home,
+) -> anyhow::Result<(AgentSummary, Vec<FrameResult>)> {
+    let key = cfg.fleet.key()?;
+    let s = setup::setup(&cfg, &home)?;
+    let blocks = s.model.num_blocks();
+    let info = DeviceInfo {
+        id: cfg.id.clone(),
+        model: s.model.name().to_string(),
+        class: s.class.clone(),
+        slowdown: s.slowdown,
+        threads: s.threads,
+        slo: s.slo.clone(),
+        policy: cfg.policy,
+    };
+    let (slowdown, threads) = (s.slowdown, s.threads);
+    // A model is not Send: the device thread loads its own copy (this one was checked).
+    let model_name = cfg.model.clone();
+    drop(s.model);
+    let cell = Mutex::new(Some((s.source, home.clone(), s.reference)));
+    let compute = SyncArbiter::start(1, move || {
+        tch::set_num_threads(threads as i32);
+        let (source, home, reference) = cell
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .expect("one device thread");
+        Device {
+            model: zoo::load(&model_name, &home).map_err(|e| e.to_string()),
+            packer: Packer::default(),
+            slowdown,
+            source,
+            reference,
+        }
+    });
+    let me = Identity {
+        fleet: cfg.fleet.id.clone(),
+        name: cfg.id.clone(),
+        role: Role::Agent,
+        key,
+    };
+    let start = Instant::now();
+    let one_way = Duration::from_secs_f64(cfg.link.rtt_ms / 2e3);
+    let (upward, upward_rx) = mpsc::unbounded_channel::<Upward>();
+    let uplink = uplink::Uplink::new(start, s.shaper, upward.clone()).start();
+    let (plan_tx, plan_rx) = watch::channel(None);
+    let plans = Arc::new(AtomicU64::new(0));
+    let control = actix_rt::spawn(
+        ControlLink {
+            me: me.clone(),
+            max_frame: cfg.fleet.max_frame,
+            coordinators: cfg.coordinators.clone(),
+            mdns: cfg.mdns,
+            info,
+            uplink: uplink.clone(),
+            one_way,
+            plan: plan_tx,
+            plans: plans.clone(),
+        }
+        .run(upward_rx),
+    );
+    let path = Arc::new(FramePath {
+        start,
+        compute: compute.clone(),
+        uplink: uplink.clone(),
+        data: data::DataPath::new(me.clone(), cfg.fleet.max_frame, uplink, one_way),
+        plan: plan_rx,
+    });
+    let rules = FrameRules {
+        device_only: Candidate {
+            split: blocks as u16,
+            precision: Precision::Fp32,
+            codec: Codec::None,
+        },
+        pin: cfg.pin,
+        verify: cfg.verify,
+        timeout: Duration::from_secs_f64(cfg.timeout_s.max(0.01)),
+    };
+    let gate = Arc::new(Semaphore::new(cfg.in_flight.max(1)));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let mut request = 0u64;
+    loop {
+        if cfg.frames > 0 && request >= cfg.frames {
+            break;
+        }
+        if cfg.duration_s > 0.0 && started.elapsed().as_secs_f64() >= cfg.duration_s {
+            break;
+        }
+        if cfg.rate_fps > 0.0 {
+            let at = started + Duration::from_secs_f64(request as f64 / cfg.rate_fps);
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let permit = gate.clone().acquire_owned().await.expect("never closed");
+        request += 1;
+        let x = compute
+            .send(NextInput)
+            .await
+            .map_err(|e| anyhow::anyhow!("device thread: {e}"))?
+            .map_err(anyhow::Error::msg)?;
+        let (path, upward, name) = (path.clone(), upward.clone(), me.name.clone());
+        // One span per frame: the worker opens one with the same device and request, so
+        // that a frame is one trace across the processes' logs.
+        let span = tracing::info_span!("frame", device = %me.name, request);
+        tasks.push(actix_rt::spawn(
+            async move {
+                let r = frame::frame(&path, request, x, rules).await;
+                tracing::debug!(
+                    plan = %r.candidate,
+                    bytes = r.bytes,
+                    fallback = r.result.fallback,
+                    latency_ms = r.result.latency_s * 1e3,
+                    "frame done"
+                );
+                let _ = upward.send(Upward::Report(FrameReport {
+                    request,
+                    candidate: r.candidate,
+                    stages: r.stages,
+                    bytes: r.bytes,
+                    transfer_s: r.stages.wire_s,
+                    fallback: r.result.fallback,
+                }));
+                summary::record(&name, &r);
+                drop(permit);
+                r.result
+            }
+            .instrument(span),
+        ));
+    }
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if let Ok(r) = t.await {
+            results.push(r);
+        }
+    }
+    control.abort();
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(path) = &cfg.results {
+        let mut text = String::new();
+        for r in &results {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+        }
+        std::fs::write(path, text).with_context(|| format!("results file {}", path.display()))?;
+    }
+    let summary = summary::summarize(
+        &cfg.id,
+        &results,
+        request,
+        seconds,
+        plans.load(Ordering::Relaxed),
+        blocks,
+    );
+    Ok((summary, results))
+}

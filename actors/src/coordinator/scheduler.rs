@@ -1,0 +1,369 @@
+//! The **Scheduler** actor: the one owner of the fleet's control state
+//! (`dyno::sched::control::Control`) and of every device's and worker's session on the
+//! coordinator. It feeds the control state the events the endpoint receives, does what
+//! it answers (re-plan now, later, or not), and pushes the plans that changed and the
+//! probes it asks for.
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use dyno::sched::control::{Control, DeviceSpec, Reaction, Sharing, PROBE};
+use dyno::sched::perf::Tables;
+use dyno::wire::session::Outbox;
+use dyno::wire::{Assignment, DeviceInfo, FrameReport, Message};
+
+/// The window of reports behind a device's rate and latency figures, seconds.
+pub const RECENT_S: f64 = 10.0;
+
+/// A device's session and its figures.
+pub(super) struct DeviceSession {
+    pub info: DeviceInfo,
+    pub tx: Outbox,
+    pub plan: Option<Assignment>,
+    pub frames: u64,
+    pub fallbacks: u64,
+    /// (when, end-to-end seconds) of the reports of the last `RECENT_S` seconds.
+    pub recent: VecDeque<(Instant, f64)>,
+}
+
+pub(super) struct WorkerSession {
+    pub data_addr: String,
+    pub slots: u32,
+    pub queued: u32,
+}
+
+/// The Scheduler actor.
+pub struct SchedulerActor {
+    pub(super) tables: Tables,
+    pub(super) control: Control,
+    started: Instant,
+    pub(super) devices: HashMap<String, DeviceSession>,
+    pub(super) workers: HashMap<String, WorkerSession>,
+    replan_every: Duration,
+    pub(super) plans_sent: u64,
+    /// Accepted registrations per device id since this coordinator started.
+    pub(super) registrations: HashMap<String, u64>,
+}
+
+impl SchedulerActor {
+    /// `replan_every`: the periodic re-plan; `replan_gap`: joins and link changes
+    /// re-plan at most this often.
+    pub fn new(
+        tables: Tables,
+        cloud_slowdown: f64,
+        sharing: Sharing,
+        replan_every: Duration,
+        replan_gap: Duration,
+    ) -> SchedulerActor {
+        SchedulerActor {
+            tables,
+            control: Control::new(sharing, cloud_slowdown, replan_gap.as_secs_f64()),
+            started: Instant::now(),
+            devices: HashMap::new(),
+            workers: HashMap::new(),
+            replan_every,
+            plans_sent: 0,
+            registrations: HashMap::new(),
+        }
+    }
+
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Does what the control state answered.
+    fn react(&mut self, r: Reaction, ctx: &mut Context<Self>) {
+        match r {
+            Reaction::None => {}
+            Reaction::Now => self.replan(),
+            Reaction::At(at) => {
+                let wait = Duration::from_secs_f64((at - self.now()).max(0.0));
+                ctx.run_later(wait, |me, _| {
+                    if me.control.replan_due() {
+                        me.replan();
+                    }
+                });
+            }
+        }
+    }
+
+    /// Plans the fleet and pushes the plans that changed and the probes asked for.
+    fn replan(&mut self) {
+        let timer = Instant::now();
+        let r = self.control.replan(&self.tables, self.now());
+        metrics::histogram!("dyno_replan_seconds").record(timer.elapsed().as_secs_f64());
+        metrics::gauge!("dyno_pool_utilisation").set(self.control.utilisation());
+        for (id, plan) in r.changed {
+            let Some(d) = self.devices.get_mut(&id) else {
+                continue;
+            };
+            let worker = plan
+                .worker
+                .as_ref()
+                .and_then(|w| self.workers.get(w))
+                .map(|w| w.data_addr.clone());
+            let a = Assignment {
+                candidate: plan.candidate,
+                worker,
+                prediction: plan.prediction,
+                feasible: plan.feasible,
+                rate_fps: plan.rate_fps,
+                epoch: plan.epoch,
+            };
+            tracing::info!(device = %id, plan = %a.candidate, worker = ?a.worker, "new plan");
+            metrics::gauge!("dyno_plan_split", "device" => id.clone())
+                .set(f64::from(a.candidate.split));
+            metrics::gauge!("dyno_plan_bits", "device" => id.clone())
+                .set(f64::from(a.candidate.precision.bits_per_value()));
+            let _ = d.tx.send(Message::Plan(a.clone()));
+            d.plan = Some(a);
+            self.plans_sent += 1;
+        }
+        self.probe(r.probes);
+    }
+
+    fn probe(&self, ids: Vec<(String, u32)>) {
+        for (id, bytes) in ids {
+            if let Some(d) = self.devices.get(&id) {
+                let _ = d.tx.send(Message::ProbeRequest { bytes });
+            }
+        }
+    }
+}
+
+impl Actor for SchedulerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.replan_every, |me, _| me.replan());
+        ctx.run_interval(Duration::from_secs_f64(PROBE.beat_s), |me, _| {
+            let ids = me.control.probes(me.now());
+            me.probe(ids);
+        });
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeviceJoined {
+    pub info: DeviceInfo,
+    pub tx: Outbox,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeviceLeft {
+    pub id: String,
+    /// The session's outbox: a device that re-registered meanwhile is not removed.
+    pub tx: Outbox,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerJoined {
+    pub name: String,
+    pub data_addr: String,
+    pub slots: u32,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerLeft {
+    pub name: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerLoad {
+    pub name: String,
+    pub queued: u32,
+}
+
+/// A link sample of a device: `bytes` in `seconds` (one RTT included); 0 bytes is a
+/// round-trip time.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkSample {
+    pub id: String,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FrameDone {
+    pub id: String,
+    pub report: FrameReport,
+}
+
+/// Re-plan now (the periodic tick, on demand).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Replan;
+
+/// Why a device is refused at registration.
+fn check(info: &DeviceInfo) -> Result<(), String> {
+    if !(info.slowdown.is_finite() && info.slowdown > 0.0) {
+        return Err(format!(
+            "slowdown {} of class `{}`: give a number > 0 in the devices file",
+            info.slowdown, info.class
+        ));
+    }
+    info.slo.validate().map_err(|e| format!("SLO: {e}"))
+}
+
+impl Handler<DeviceJoined> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, m: DeviceJoined, ctx: &mut Self::Context) {
+        if let Err(e) = check(&m.info) {
+            tracing::warn!(device = %m.info.id, "refused a device: {e}");
+            let _ = m.tx.send(Message::Refused { reason: e });
+            return;
+        }
+        tracing::info!(device = %m.info.id, class = %m.info.class, "device joined");
+        let id = m.info.id.clone();
+        *self.registrations.entry(id.clone()).or_default() += 1;
+        metrics::counter!("dyno_registrations_total", "role" => "agent").increment(1);
+        let spec = DeviceSpec {
+            slowdown: m.info.slowdown,
+            slo: m.info.slo.clone(),
+            policy: m.info.policy,
+        };
+        let old = self.devices.insert(
+            id.clone(),
+            DeviceSession {
+                info: m.info,
+                tx: m.tx,
+                plan: None,
+                frames: 0,
+                fallbacks: 0,
+                recent: VecDeque::new(),
+            },
+        );
+        if old.is_some() {
+            tracing::info!("a device re-registered: its old session is replaced");
+        }
+        let r = self.control.join_device(&id, spec, self.now());
+        self.react(r, ctx);
+    }
+}
+
+impl Handler<DeviceLeft> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, m: DeviceLeft, ctx: &mut Self::Context) {
+        if self
+            .devices
+            .get(&m.id)
+            .is_some_and(|d| d.tx.same_channel(&m.tx))
+        {
+            self.devices.remove(&m.id);
+            tracing::info!(device = %m.id, "device left");
+            let r = self.control.leave_device(&m.id);
+            self.react(r, ctx);
+        }
+    }
+}
+
+impl Handler<WorkerJoined> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, m: WorkerJoined, ctx: &mut Self::Context) {
+        tracing::info!(worker = %m.name, data = %m.data_addr, slots = m.slots, "worker joined");
+        metrics::counter!("dyno_registrations_total", "role" => "worker").increment(1);
+        let r = self.control.join_worker(&m.name, m.slots);
+        self.workers.insert(
+            m.name,
+            WorkerSession {
+                data_addr: m.data_addr,
+                slots: m.slots,
+                queued: 0,
+            },
+        );
+        self.react(r, ctx);
+    }
+}
+
+impl Handler<WorkerLeft> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, m: WorkerLeft, ctx: &mut Self::Context) {
+        if self.workers.remove(&m.name).is_some() {
+            tracing::info!(worker = %m.name, "worker left");
+            let r = self.control.leave_worker(&m.name);
+            self.react(r, ctx);
+        }
+    }
+}
+
+impl Handler<WorkerLoad> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, m: WorkerLoad, _: &mut Self::Context) {
+        if let Some(w) = self.workers.get_mut(&m.name) {
+            w.queued = m.queued;
+        }
+    }
+}
+
+impl Handler<LinkSample> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, m: LinkSample, ctx: &mut Self::Context) {
+        let now = self.now();
+        let r = if m.bytes == 0 {
+            self.control.observe_rtt(&m.id, now, m.seconds)
+        } else {
+            self.control
+                .observe_transfer(&m.id, now, m.bytes, m.seconds)
+        };
+        if let Some(link) = self.control.link(&m.id) {
+            metrics::gauge!("dyno_bandwidth_estimate_mbps", "device" => m.id.clone())
+                .set(link.bandwidth_bps / 1e6);
+        }
+        self.react(r, ctx);
+    }
+}
+
+impl Handler<FrameDone> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, m: FrameDone, _: &mut Self::Context) {
+        let Some(d) = self.devices.get_mut(&m.id) else {
+            return;
+        };
+        d.frames += 1;
+        let now = Instant::now();
+        let total_s = m.report.stages.total();
+        d.recent.push_back((now, total_s));
+        while d
+            .recent
+            .front()
+            .is_some_and(|f| now.duration_since(f.0).as_secs_f64() > RECENT_S)
+        {
+            d.recent.pop_front();
+        }
+        if d.info
+            .slo
+            .constraints
+            .max_latency_ms
+            .is_some_and(|max| total_s * 1e3 > max)
+        {
+            metrics::counter!("dyno_slo_violations_total", "device" => m.id.clone()).increment(1);
+        }
+        if m.report.fallback {
+            d.fallbacks += 1;
+            return;
+        }
+        let s = m.report.stages;
+        let remote = m.report.bytes > 0;
+        self.control.observe_frame(
+            &self.tables,
+            &m.id,
+            &m.report.candidate,
+            s.head_s + s.pack_s,
+            remote.then_some(s.unpack_s + s.tail_s),
+        );
+    }
+}
+
+impl Handler<Replan> for SchedulerActor {
+    type Result = ();
+    fn handle(&mut self, _: Replan, _: &mut Self::Context) {
+        self.replan();
+    }
+}

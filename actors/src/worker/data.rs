@@ -1,0 +1,80 @@
+//! The data endpoint: each agent connection is handshaken, then every `Infer` is
+//! answered with `InferOk` or `InferErr`. A peer that fails the handshake or sends
+//! garbage is dropped with a logged reason.
+use std::net::SocketAddr;
+
+use dyno::wire::session::{self, pump};
+use dyno::wire::{self, Conn, Identity, Message};
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use super::pool::{Pool, TailError};
+
+/// Serves the data endpoint on `listener` until the process ends: each agent connection
+/// is handshaken, then every `Infer` is answered with `InferOk` or `InferErr`. A peer that
+/// fails the handshake or sends garbage is dropped with a logged reason.
+pub async fn serve_data(listener: TcpListener, pool: Pool, me: Identity, max_frame: usize) {
+    session::serve(listener, me, max_frame, "data", move |conn, peer| {
+        data_session(conn, peer, pool.clone())
+    })
+    .await
+}
+
+async fn data_session(conn: Conn, peer: SocketAddr, pool: Pool) {
+    let name = conn.peer.clone();
+    let (tx, mut rx) = conn.split();
+    let (out, writer) = pump(tx);
+    loop {
+        match rx.recv().await {
+            Ok(Message::Infer {
+                request, packed, ..
+            }) => {
+                let (pool, out) = (pool.clone(), out.clone());
+                // The frame's span, as the agent names it (device, request).
+                let span = tracing::info_span!("frame", device = %name, request);
+                tokio::spawn(
+                    async move {
+                        let m = match pool.run(packed).await {
+                            Ok(d) => {
+                                metrics::counter!("dyno_worker_inferences_total").increment(1);
+                                tracing::debug!(
+                                    queue_ms = d.queue_s * 1e3,
+                                    tail_ms = (d.unpack_s + d.tail_s) * 1e3,
+                                    "tail done"
+                                );
+                                Message::InferOk {
+                                    request,
+                                    top1: d.top1,
+                                    queue_s: d.queue_s,
+                                    unpack_s: d.unpack_s,
+                                    tail_s: d.tail_s,
+                                }
+                            }
+                            Err(e) => Message::InferErr {
+                                request,
+                                busy: matches!(e, TailError::Busy(_)),
+                                reason: e.to_string(),
+                            },
+                        };
+                        let _ = out.send(m);
+                    }
+                    .instrument(span),
+                );
+            }
+            Ok(Message::Heartbeat { seq }) => {
+                let _ = out.send(Message::HeartbeatAck { seq });
+            }
+            Ok(m) => {
+                tracing::warn!(%peer, %name, "data endpoint: dropped a peer that sent {}", m.kind());
+                break;
+            }
+            Err(wire::WireError::Closed) => break,
+            Err(e) => {
+                tracing::warn!(%peer, %name, "data endpoint: dropped a peer: {e}");
+                break;
+            }
+        }
+    }
+    drop(out);
+    let _ = writer.await;
+}

@@ -1,0 +1,257 @@
+//! What travels: every [`Message`], and its bincode 2 encoding (serde) with a size limit
+//! checked before anything is allocated.
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{WireError, FRAME_LIMIT};
+use crate::sched::perf::{Candidate, Prediction};
+use crate::sched::slo::Slo;
+use crate::sched::Policy;
+
+/// Who is connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Agent,
+    Worker,
+    /// `dyno status` and other read-only clients.
+    Observer,
+}
+
+/// Stage times of one frame, seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Stages {
+    pub head_s: f64,
+    pub pack_s: f64,
+    /// From the first byte sent to the answer, minus the worker's own time.
+    pub wire_s: f64,
+    /// Of which the emulated link's share (uplink serialisation, delay and loss, and the
+    /// downlink delay): the network a real link would add.
+    pub link_s: f64,
+    pub queue_s: f64,
+    pub unpack_s: f64,
+    pub tail_s: f64,
+}
+
+impl Stages {
+    pub fn total(&self) -> f64 {
+        self.head_s + self.pack_s + self.wire_s + self.queue_s + self.unpack_s + self.tail_s
+    }
+}
+
+/// What a device tells the coordinator about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub model: String,
+    pub class: String,
+    pub slowdown: f64,
+    pub threads: u32,
+    pub slo: Slo,
+    pub policy: Policy,
+}
+
+/// A plan the coordinator assigns to a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub candidate: Candidate,
+    /// Where to send activations (`None`: device-only).
+    pub worker: Option<String>,
+    pub prediction: Prediction,
+    pub feasible: bool,
+    /// The onload rate the plan allows, frames per second (infinite: no limit).
+    pub rate_fps: f64,
+    /// Increases with every new plan for this device.
+    pub epoch: u64,
+}
+
+/// One finished frame, as the device reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameReport {
+    pub request: u64,
+    pub candidate: Candidate,
+    pub stages: Stages,
+    /// Bytes sent and the seconds from the first byte to the answer (for bandwidth).
+    pub bytes: u64,
+    pub transfer_s: f64,
+    /// True when the frame ran device-only because the cloud failed.
+    pub fallback: bool,
+}
+
+/// A snapshot of the fleet (`dyno status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    pub devices: Vec<DeviceStatus>,
+    pub workers: Vec<WorkerStatus>,
+    pub plans_sent: u64,
+    /// The planned cloud load over the pool's slots.
+    pub pool_utilisation: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    pub id: String,
+    pub class: String,
+    pub plan: Option<Assignment>,
+    pub bandwidth_mbps: f64,
+    pub rtt_ms: f64,
+    pub frames: u64,
+    pub fallbacks: u64,
+    /// Frames reported over the coordinator's recent window, per second.
+    pub fps: f64,
+    /// End-to-end latency of those frames, ms (NaN before any).
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    /// How often this id registered since the coordinator started (1 unless it
+    /// reconnected).
+    pub registrations: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub name: String,
+    pub data_addr: String,
+    pub slots: u32,
+    pub queued: u32,
+}
+
+/// Everything that travels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    // The handshake.
+    Hello {
+        version: u16,
+        role: Role,
+        fleet: String,
+        name: String,
+        nonce: [u8; 32],
+        insecure: bool,
+    },
+    Challenge {
+        nonce: [u8; 32],
+        proof: [u8; 32],
+    },
+    Auth {
+        proof: [u8; 32],
+    },
+    Welcome,
+    Refused {
+        reason: String,
+    },
+    // Liveness.
+    Heartbeat {
+        seq: u64,
+    },
+    HeartbeatAck {
+        seq: u64,
+    },
+    // Agent and coordinator.
+    RegisterDevice(DeviceInfo),
+    Plan(Assignment),
+    Report(FrameReport),
+    /// An active probe of the uplink (padding of the size to time).
+    Probe {
+        seq: u64,
+        padding: Vec<u8>,
+    },
+    ProbeAck {
+        seq: u64,
+    },
+    /// The coordinator asks for a probe of an idle uplink (`sched::control::ProbeRule`).
+    ProbeRequest {
+        bytes: u32,
+    },
+    /// A link sample measured by the device: bytes and seconds including one RTT
+    /// (bytes 0: a round-trip time sample).
+    LinkSample {
+        bytes: u64,
+        seconds: f64,
+    },
+    // Worker and coordinator.
+    RegisterWorker {
+        name: String,
+        data_addr: String,
+        slots: u32,
+        models: Vec<String>,
+    },
+    WorkerLoad {
+        queued: u32,
+        slots: u32,
+    },
+    // Agent and worker: the data path.
+    Infer {
+        request: u64,
+        device: String,
+        packed: Vec<u8>,
+    },
+    InferOk {
+        request: u64,
+        top1: i64,
+        queue_s: f64,
+        unpack_s: f64,
+        tail_s: f64,
+    },
+    InferErr {
+        request: u64,
+        /// True when the worker's queue was full: try elsewhere.
+        busy: bool,
+        reason: String,
+    },
+    // An observer (`dyno status`) and the coordinator.
+    StatusRequest,
+    /// The fleet's state.
+    Status(FleetStatus),
+}
+
+impl Message {
+    /// The variant's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Challenge { .. } => "Challenge",
+            Message::Auth { .. } => "Auth",
+            Message::Welcome => "Welcome",
+            Message::Refused { .. } => "Refused",
+            Message::Heartbeat { .. } => "Heartbeat",
+            Message::HeartbeatAck { .. } => "HeartbeatAck",
+            Message::RegisterDevice(_) => "RegisterDevice",
+            Message::Plan(_) => "Plan",
+            Message::Report(_) => "Report",
+            Message::Probe { .. } => "Probe",
+            Message::ProbeAck { .. } => "ProbeAck",
+            Message::ProbeRequest { .. } => "ProbeRequest",
+            Message::LinkSample { .. } => "LinkSample",
+            Message::RegisterWorker { .. } => "RegisterWorker",
+            Message::WorkerLoad { .. } => "WorkerLoad",
+            Message::Infer { .. } => "Infer",
+            Message::InferOk { .. } => "InferOk",
+            Message::InferErr { .. } => "InferErr",
+            Message::StatusRequest => "StatusRequest",
+            Message::Status(_) => "Status",
+        }
+    }
+}
+
+fn config() -> impl bincode::config::Config {
+    // Without a limit bincode allocates what a length field claims before reading it:
+    // 11 bytes of garbage claiming a 2^60-byte string panicked (found by fuzz/wire).
+    bincode::config::standard().with_limit::<FRAME_LIMIT>()
+}
+
+/// Encodes one message.
+pub fn encode(m: &Message) -> Bytes {
+    Bytes::from(bincode::serde::encode_to_vec(m, config()).expect("every message encodes"))
+}
+
+/// Decodes one frame's payload; anything else than exactly one message is garbage.
+pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
+    let (m, used): (Message, usize) = bincode::serde::decode_from_slice(buf, config())
+        .map_err(|e| WireError::Garbage(e.to_string()))?;
+    if used != buf.len() {
+        return Err(WireError::Garbage(format!(
+            "{} bytes left over after a {}",
+            buf.len() - used,
+            m.kind()
+        )));
+    }
+    Ok(m)
+}
