@@ -1,6 +1,7 @@
 //! The scheduler's cost: one device's full decision for MobileNetV2 (every split x
-//! precision x codec, 1081 candidates) and planning a fleet of 1000 devices against one
-//! cloud pool, both on the shipped profiles.
+//! precision x codec, 1081 candidates), planning a fleet of 1000 devices against one
+//! cloud pool, and the coordinator's whole control step for those 1000 devices on four
+//! workers (the fleet plan, hysteresis, worker assignment), all on the shipped profiles.
 //!
 //! Run: `cargo bench --bench scheduler`.
 use std::hint::black_box;
@@ -9,6 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dyno::home::Home;
 use dyno::profile::latency::LatencyProfile;
 use dyno::profile::AccuracyProfile;
+use dyno::sched::control::{Control, DeviceSpec, Sharing};
 use dyno::sched::fleet::{self, FleetDevice};
 use dyno::sched::perf::{Conditions, Link, Tables};
 use dyno::sched::slo::Slo;
@@ -67,6 +69,30 @@ fn scheduler(c: &mut Criterion) {
     g.bench_function("fleet_1000_scarce", |b| {
         b.iter(|| fleet::plan(black_box(&t), black_box(&devices), 0.3 * full))
     });
+    // The coordinator's (and the simulator's) whole step, each device on its own
+    // measured link and with a plan in force.
+    for (name, sharing) in [
+        ("control_1000_per_device", Sharing::PerDevice),
+        ("control_1000_fleet_aware", Sharing::FleetAware),
+    ] {
+        let mut ctl = Control::new(sharing, 1.0, 0.0);
+        for w in 0..4 {
+            ctl.join_worker(&format!("w{w}"), 8);
+        }
+        for d in &devices {
+            let spec = DeviceSpec {
+                slowdown: d.conditions.device_slowdown,
+                slo: slo.clone(),
+                policy: Policy::Dyno,
+            };
+            ctl.join_device(&d.id, spec, 0.0);
+            let l = d.conditions.link;
+            ctl.observe_rtt(&d.id, 0.0, l.rtt_s);
+            ctl.observe_transfer(&d.id, 0.0, 1_000_000, 8e6 / l.bandwidth_bps + l.rtt_s);
+        }
+        ctl.replan(&t, 0.0);
+        g.bench_function(name, |b| b.iter(|| ctl.replan(black_box(&t), 1.0)));
+    }
     g.finish();
 }
 

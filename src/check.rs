@@ -8,7 +8,7 @@ use serde::Serialize;
 use tch::Tensor;
 
 use crate::data;
-use crate::error::{ModelError, Result};
+use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::model::{zoo, Model, SplitPoint};
 
@@ -72,7 +72,7 @@ pub fn default_inputs(model: &Model, home: &Home) -> Result<Inputs> {
         let d = data::fashion_mnist(&dir)?;
         return Ok(Inputs {
             description: format!("Fashion-MNIST official test set ({})", dir.display()),
-            labels: Vec::<i64>::try_from(&d.test_labels).map_err(ModelError::Torch)?,
+            labels: Vec::<i64>::try_from(&d.test_labels).map_err(Error::Torch)?,
             xs: d.test_images,
             files: vec![],
         });
@@ -80,14 +80,14 @@ pub fn default_inputs(model: &Model, home: &Home) -> Result<Inputs> {
     if model.input().shape[0] == 3 {
         let dir = home.imagenet_dir();
         if !dir.is_dir() {
-            return Err(ModelError::Dataset {
+            return Err(Error::Dataset {
                 path: dir,
                 reason: "the ImageNet sample images are not there".into(),
             });
         }
         return image_inputs(model, dir);
     }
-    Err(ModelError::Dataset {
+    Err(Error::Dataset {
         path: home.root().to_path_buf(),
         reason: format!(
             "`{}` has no default data set; give an image folder with --images DIR",
@@ -119,7 +119,7 @@ pub fn predict(model: &Model, xs: &Tensor, batch: i64) -> Result<Vec<i64>> {
     while start < n {
         let len = batch.min(n - start);
         let logits = model.forward(&xs.narrow(0, start, len))?;
-        out.extend(Vec::<i64>::try_from(&logits.argmax(-1, false)).map_err(ModelError::Torch)?);
+        out.extend(Vec::<i64>::try_from(&logits.argmax(-1, false)).map_err(Error::Torch)?);
         start += len;
     }
     Ok(out)

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
-use crate::error::{ModelError, Result};
+use crate::error::{Error, Result};
 use crate::model::InputSpec;
 
 /// An image file and, when its name ends in `_<number>`, its class label.
@@ -17,10 +17,10 @@ pub struct LabeledImage {
 /// The JPEG and PNG files of a folder, sorted by name, with labels from their names
 /// (`imagenet_07_438.jpg` has label 438).
 pub fn list_images(dir: &Path) -> Result<Vec<LabeledImage>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| ModelError::io(dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut out = Vec::new();
     for entry in entries {
-        let path = entry.map_err(|e| ModelError::io(dir, e))?.path();
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
@@ -37,7 +37,7 @@ pub fn list_images(dir: &Path) -> Result<Vec<LabeledImage>> {
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     if out.is_empty() {
-        return Err(ModelError::Dataset {
+        return Err(Error::Dataset {
             path: dir.to_path_buf(),
             reason: "the folder holds no .jpg, .jpeg or .png file".into(),
         });
@@ -113,11 +113,11 @@ pub fn variant_views(spec: &InputSpec) -> Vec<View> {
 
 /// Decodes an image into a `[1, C, H, W]` fp32 tensor of 0..=255 pixel values.
 pub fn decode_image(path: &Path, spec: &InputSpec) -> Result<Tensor> {
-    let bad = |reason: String| ModelError::BadImage {
+    let bad = |reason: String| Error::BadImage {
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let img = image::load_from_memory(&bytes).map_err(|e| bad(e.to_string()))?;
     let c = spec.shape[0];
     let (raw, iw, ih) = match c {
@@ -161,7 +161,7 @@ pub fn preprocess(x: &Tensor, spec: &InputSpec, view: View, path: &Path) -> Resu
         x.shallow_clone()
     };
     if nh < h || nw < w {
-        return Err(ModelError::BadImage {
+        return Err(Error::BadImage {
             path: path.to_path_buf(),
             reason: format!(
                 "resized to {nh}x{nw}, smaller than the {h}x{w} crop; the model's resize must be at \
@@ -219,7 +219,7 @@ pub struct FashionMnist {
 
 /// Reads the official Fashion-MNIST IDX files (gunzipped by set-up) from `dir`.
 pub fn fashion_mnist(dir: &Path) -> Result<FashionMnist> {
-    let d = tch::vision::mnist::load_dir(dir).map_err(|e| ModelError::Dataset {
+    let d = tch::vision::mnist::load_dir(dir).map_err(|e| Error::Dataset {
         path: dir.to_path_buf(),
         reason: e.to_string(),
     })?;

@@ -1,9 +1,9 @@
 //! The library's error type. Every message names the offending value and the fix.
 use std::path::PathBuf;
 
-/// What can go wrong when loading or running a model.
+/// The library's error: models, weights, data, profiles, packing, files, libtorch.
 #[derive(Debug, thiserror::Error)]
-pub enum ModelError {
+pub enum Error {
     #[error(
         "unknown model `{name}`: the built-in models are {known}; a user model is a folder \
          holding a manifest.toml (see models/README.md)"
@@ -74,13 +74,13 @@ pub enum ModelError {
     Torch(#[from] tch::TchError),
 }
 
-impl ModelError {
+impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ModelError::Io {
+        Error::Io {
             path: path.into(),
             source,
         }
     }
 }
 
-pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -18,21 +18,23 @@
 //!   (DynO and the baselines) and fleet planning. Pure: plain data in and out.
 //! - [`config`]: device classes and the cloud, from TOML.
 //! - [`experiment`]: TOML experiments; the simulated mode (a discrete-event run on the
-//!   profiles, with the same scheduler and estimator).
+//!   profiles, with the coordinator's own control loop, `sched::control`).
 //! - [`link`]: user-space link emulation: bandwidth traces, a token bucket, delay, loss.
-//! - [`wire`]: the wire protocol: framed bincode messages, the authenticated handshake.
+//! - [`wire`]: the wire protocol and session layer: framed bincode messages, the
+//!   authenticated handshake, dialling, the writer pump, the accept loop.
 //! - [`plot`]: pictures (the accuracy-drop heat map).
 //! - [`data`]: real inputs: image files preprocessed as torchvision does, Fashion-MNIST.
 //! - [`check`]: `dyno models check`: accuracy on real data, split exactness, block times.
 //! - [`train`]: trains `fashion_cnn` with a fixed seed.
 //! - [`home`]: where set-up put weights and data.
 //! - [`error`]: the typed errors, each naming the problem and the fix.
-//! - [`cli`]: the `dyno` command line.
+//! - [`stats`]: percentiles.
+//!
+//! The command line is the `dyno` binary's (`dyno_actors::cli`); this library has none.
 //!
 //! Every tensor computation goes through libtorch (the `tch` crate).
 
 pub mod check;
-pub mod cli;
 pub mod config;
 pub mod data;
 pub mod error;
@@ -48,5 +50,5 @@ pub mod stats;
 pub mod train;
 pub mod wire;
 
-pub use error::{ModelError, Result};
+pub use error::{Error, Result};
 pub use model::Model;

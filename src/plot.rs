@@ -8,13 +8,13 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::error::{ModelError, Result};
+use crate::error::{Error, Result};
 use crate::profile::{AccuracyProfile, Metric};
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
-fn plot_error(path: &Path, e: impl std::fmt::Display) -> ModelError {
-    ModelError::Profile {
+fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Profile {
         path: path.to_path_buf(),
         reason: format!("cannot draw the heat map: {e}"),
     }

@@ -11,7 +11,7 @@ use tch::{nn, Kind, Tensor};
 
 use crate::check::predict;
 use crate::data;
-use crate::error::{ModelError, Result};
+use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::model::zoo::{self, Init};
 use crate::model::Model;
@@ -132,7 +132,7 @@ fn loss_terms(model: &Model, xs: &Tensor, ys: &Tensor, train: bool) -> Result<(T
 
 fn save_with_checksum(vs: &nn::VarStore, out: &Path) -> Result<()> {
     if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     vs.save(out)?;
     let sum = zoo::sha256_file(out)?;
@@ -141,7 +141,7 @@ fn save_with_checksum(vs: &nn::VarStore, out: &Path) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let sum_path = PathBuf::from(format!("{}.sha256", out.display()));
-    std::fs::write(&sum_path, format!("{sum}  {name}\n")).map_err(|e| ModelError::io(&sum_path, e))
+    std::fs::write(&sum_path, format!("{sum}  {name}\n")).map_err(|e| Error::io(&sum_path, e))
 }
 
 #[cfg(test)]

@@ -326,3 +326,24 @@ pub fn from_toml<T: DeserializeOwned>(text: &str) -> anyhow::Result<T> {
 pub fn print_default<T: Serialize + Default>() -> String {
     toml::to_string_pretty(&T::default()).expect("defaults serialise")
 }
+
+/// What every process's file has: its fleet and whether it uses mDNS.
+pub trait RoleConfig: Serialize + DeserializeOwned + Default {
+    fn fleet_mut(&mut self) -> &mut Fleet;
+    fn set_mdns(&mut self, on: bool);
+}
+
+macro_rules! role_config {
+    ($($t:ty),*) => {$(
+        impl RoleConfig for $t {
+            fn fleet_mut(&mut self) -> &mut Fleet {
+                &mut self.fleet
+            }
+            fn set_mdns(&mut self, on: bool) {
+                self.mdns = on;
+            }
+        }
+    )*};
+}
+
+role_config!(CoordinatorConfig, WorkerConfig, AgentConfig);

@@ -6,9 +6,8 @@
 //! With [`Runner::Processes`], the coordinator (with the pool's workers) and every agent
 //! are separate processes of the `dyno` binary instead, started with config files and
 //! talking TCP over loopback, as a fleet on one host would.
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use anyhow::Context;
 use dyno::experiment::sim::{SimFrame, SimTick};
@@ -18,6 +17,7 @@ use dyno::link::Trace;
 use dyno::sched::control::Sharing;
 
 use crate::agent::{self, FrameResult};
+use crate::child::{control_addr, Proc};
 use crate::config::{AgentConfig, CoordinatorConfig, Fleet, LinkConfig, Source};
 use crate::coordinator;
 
@@ -215,16 +215,6 @@ fn in_process(
     })
 }
 
-/// A child process killed when dropped (the coordinator outlives no experiment).
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The coordinator (with its embedded workers) and every agent as processes of `exe`,
 /// configured by files in a temporary folder; each agent's results come back as its
 /// summary on stdout and its per-frame JSON lines.
@@ -244,46 +234,32 @@ fn processes(
         Ok(std::fs::File::create(dir.path().join(name))?.into())
     };
     let coordinator_toml = write("coordinator.toml", toml::to_string(cfg)?)?;
-    let mut c = Command::new(exe)
-        .arg("--home")
-        .arg(home.root())
-        .args(["coordinator", "--ready-json", "--config"])
-        .arg(&coordinator_toml)
-        .stdout(Stdio::piped())
-        .stderr(log("coordinator.log")?)
-        .spawn()
-        .with_context(|| format!("starting {} coordinator", exe.display()))?;
-    let stdout = c.stdout.take();
-    let c = Killed(c);
-    let mut line = String::new();
-    if let Some(out) = stdout {
-        BufReader::new(out).read_line(&mut line)?;
-    }
-    let ready: serde_json::Value = serde_json::from_str(&line).with_context(|| {
-        format!(
-            "the coordinator process did not report its addresses (its log: {})",
-            dir.path().join("coordinator.log").display()
-        )
-    })?;
-    let control = ready["control"]
-        .as_str()
-        .context("the coordinator's ready line has no control address")?
-        .to_string();
+    let (c, ready) = Proc::spawn_ready(
+        Command::new(exe)
+            .arg("--home")
+            .arg(home.root())
+            .args(["coordinator", "--ready-json", "--config"])
+            .arg(&coordinator_toml)
+            .stderr(log("coordinator.log")?),
+        &dir.path().join("coordinator.log"),
+    )?;
+    let control = control_addr(&ready)?;
     let mut children = Vec::new();
     for mut a in agents {
         a.coordinators = vec![control.clone()];
         let results = dir.path().join(format!("{}.jsonl", a.id));
         a.results = Some(results.clone());
         let path = write(&format!("{}.toml", a.id), toml::to_string(&a)?)?;
-        let child = Command::new(exe)
-            .arg("--home")
-            .arg(home.root())
-            .args(["agent", "--config"])
-            .arg(&path)
-            .stdout(Stdio::piped())
-            .stderr(log(&format!("{}.log", a.id))?)
-            .spawn()
-            .with_context(|| format!("starting agent {}", a.id))?;
+        let child = Proc::spawn(
+            Command::new(exe)
+                .arg("--home")
+                .arg(home.root())
+                .args(["agent", "--config"])
+                .arg(&path)
+                .stdout(Stdio::piped())
+                .stderr(log(&format!("{}.log", a.id))?),
+        )
+        .with_context(|| format!("starting agent {}", a.id))?;
         children.push((a.id, results, child));
     }
     let mut out = Vec::new();

@@ -18,6 +18,8 @@
 //! - [`config`]: the processes' TOML files.
 
 pub mod agent;
+pub mod child;
+pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod discovery;

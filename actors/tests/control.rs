@@ -190,14 +190,7 @@ fn through_the_simulator(planning: Planning, classes: &Devices, home: &Home) -> 
         assert_eq!(deferred, None, "with no gap nothing is deferred");
         let mut plans = Plans::new();
         for id in &devices {
-            let a = c.control().plan(id).map(|p| Assignment {
-                candidate: p.candidate,
-                worker: p.worker.clone(),
-                prediction: p.prediction,
-                feasible: p.feasible,
-                rate_fps: p.rate_fps,
-                epoch: p.epoch,
-            });
+            let a = c.control().plan(id).cloned();
             plans.insert(id.to_string(), a);
         }
         out.push(plans);

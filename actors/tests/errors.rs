@@ -5,7 +5,7 @@ use std::path::Path;
 
 use dyno::home::Home;
 use dyno::model::{torchscript, zoo};
-use dyno::{data, ModelError};
+use dyno::{data, Error};
 use tch::{Kind, Tensor};
 
 fn zeros(dims: &[i64]) -> Tensor {
@@ -15,7 +15,7 @@ fn zeros(dims: &[i64]) -> Tensor {
 #[test]
 fn unknown_model_names_the_known_ones() {
     let err = zoo::load("mobilenet_v3", &Home::discover()).err().unwrap();
-    assert!(matches!(err, ModelError::UnknownModel { .. }));
+    assert!(matches!(err, Error::UnknownModel { .. }));
     let msg = err.to_string();
     assert!(
         msg.contains("mobilenet_v3") && msg.contains("mobilenet_v2, resnet50"),
@@ -33,10 +33,7 @@ fn missing_weights_name_the_setup_command() {
     let home = Home::at(empty.path());
     for name in ["mobilenet_v2", "fashion_cnn"] {
         let err = zoo::load(name, &home).err().unwrap();
-        assert!(
-            matches!(err, ModelError::WeightsMissing { .. }),
-            "{name}: {err}"
-        );
+        assert!(matches!(err, Error::WeightsMissing { .. }), "{name}: {err}");
         assert!(err.to_string().contains("scripts/setup.sh"), "{err}");
     }
     let home_arg = empty.path().to_str().unwrap();
@@ -67,7 +64,7 @@ fn tampered_weights_fail_their_checksum() {
     let err = zoo::load("fashion_cnn", &Home::at(dir.path()))
         .err()
         .unwrap();
-    assert!(matches!(err, ModelError::WeightsInvalid { .. }), "{err}");
+    assert!(matches!(err, Error::WeightsInvalid { .. }), "{err}");
     assert!(err.to_string().contains("sha256"), "{err}");
 }
 
@@ -78,7 +75,7 @@ fn a_file_that_is_not_an_image_is_refused() {
     std::fs::write(&bogus, b"this is not a JPEG").unwrap();
     let spec = zoo::builtin("mobilenet_v2").unwrap().input;
     let err = data::load_image(&bogus, &spec).err().unwrap();
-    assert!(matches!(err, ModelError::BadImage { .. }), "{err}");
+    assert!(matches!(err, Error::BadImage { .. }), "{err}");
     assert!(err.to_string().contains("cat_281.jpg") && err.to_string().contains("JPEG or PNG"));
     let images = dir.path().to_str().unwrap();
     assert_clean_failure(
@@ -106,7 +103,7 @@ fn wrong_input_shapes_are_refused_before_running() {
             model.tail(&xs, split)
         };
         let err = err.err().unwrap();
-        assert!(matches!(err, ModelError::WrongShape { .. }), "{err}");
+        assert!(matches!(err, Error::WrongShape { .. }), "{err}");
         assert!(err.to_string().contains("expected [batch, "), "{err}");
     }
     let err = model
@@ -122,7 +119,7 @@ fn split_out_of_range_names_the_valid_range() {
     let err = model.head(&zeros(&[1, 1, 28, 28]), 8).err().unwrap();
     assert!(matches!(
         err,
-        ModelError::SplitOutOfRange {
+        Error::SplitOutOfRange {
             split: 8,
             blocks: 7,
             ..

@@ -64,7 +64,7 @@ fn a_worker_killed_mid_stream_loses_no_frame() {
     std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
     let k = workers.iter().position(|(addr, _)| *addr == used).unwrap();
     let (_, mut victim) = workers.remove(k);
-    victim.0.kill().unwrap(); // SIGKILL
+    victim.child().kill().unwrap(); // SIGKILL
     let killed_s = started.elapsed().as_secs_f64();
     // Every frame answered exactly once.
     let (s, frames) = common::answered_once(agent, &cfg);
@@ -147,14 +147,13 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
             };
             let path = dir.path().join(format!("cam-{i}.toml"));
             std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-            Proc(
-                Command::new(env!("CARGO_BIN_EXE_dyno"))
+            Proc::spawn(
+                &mut Command::new(env!("CARGO_BIN_EXE_dyno"))
                     .args(["agent", "--config", path.to_str().unwrap()])
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
+                    .stderr(Stdio::null()),
             )
+            .unwrap()
         })
         .collect();
     // A device's planned share of the pool: its cloud seconds per second over the slots.
@@ -210,7 +209,7 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
     // SIGKILL one agent: it is gone from the fleet, and its load from the pool's plan,
     // within the heartbeat timeout.
     let mut victim = agents.remove(v);
-    victim.0.kill().unwrap();
+    victim.child().kill().unwrap();
     let killed = Instant::now();
     let after = loop {
         let st = common::status(&control, fleet);
@@ -358,7 +357,7 @@ fn a_restarted_coordinator_gets_its_fleet_back_without_losing_a_frame() {
     // Four seconds in, SIGKILL the coordinator; two seconds later start it again on the
     // same address.
     std::thread::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()));
-    c.0.kill().unwrap();
+    c.child().kill().unwrap();
     let killed_s = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
     let _c2 = coordinator();

@@ -2,7 +2,7 @@
 //! peers. `fashion_cnn` on its real test images keeps these fast.
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use dyno::home::Home;
@@ -148,7 +148,7 @@ fn real_processes_on_loopback() {
     std::thread::sleep(Duration::from_millis(700));
     let dir = tempfile::tempdir().unwrap();
     let frames = 120;
-    let children: Vec<(String, Child)> = agents(&control, frames, POLICIES)
+    let children: Vec<(String, Proc)> = agents(&control, frames, POLICIES)
         .into_iter()
         .map(|a| (a.id.clone(), common::spawn_agent(dir.path(), &a)))
         .collect();

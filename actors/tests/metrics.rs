@@ -12,15 +12,14 @@ fn a_running_fleet_serves_metrics_that_move_and_its_status() {
     let metrics = format!("127.0.0.1:{cm}");
     let (_c, control) =
         common::spawn_coordinator("test-metrics", "127.0.0.1:0", 1, &["--metrics", &metrics]);
-    let _a = Proc(
-        Command::new(env!("CARGO_BIN_EXE_dyno"))
+    let _a = Proc::spawn(
+        &mut Command::new(env!("CARGO_BIN_EXE_dyno"))
             .args(common::agent_args("test-metrics", "cam-1", &control, 0))
             .args(["--metrics", &format!("127.0.0.1:{am}")])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
     // The agent's frames and phases move from one scrape to the next.
     let first = wait_for(am, "dyno_frames_total", 5.0);
     let second = wait_for(

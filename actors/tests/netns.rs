@@ -5,7 +5,7 @@
 //! test made is removed afterwards. Needs root (and `ip`, `tc`, `avahi-daemon`);
 //! elsewhere it is skipped with a message saying why.
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -135,14 +135,7 @@ fn shape(mbit: u32) -> Result<(), String> {
     ])
 }
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use dyno_actors::child::Proc;
 
 fn in_ns(ns: &str, bus: &str, args: &[&str]) -> Command {
     let mut c = Command::new("ip");
@@ -165,7 +158,7 @@ fn across_namespaces_found_over_mdns_and_following_a_shaped_link() {
         return;
     }
     let (_net, bus_c, bus_a) = setup().unwrap();
-    let mut coord = in_ns(
+    let mut cmd = in_ns(
         NS_C,
         &bus_c,
         &[
@@ -183,17 +176,15 @@ fn across_namespaces_found_over_mdns_and_following_a_shaped_link() {
             "1",
             "--ready-json",
         ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut coord = Proc::spawn(&mut cmd).unwrap();
     let mut line = String::new();
-    BufReader::new(coord.stdout.take().unwrap())
+    BufReader::new(coord.child().stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     assert!(line.contains("10.77.0.1:7700"), "{line}");
-    let _coord = Proc(coord);
+    let _coord = coord;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
     std::fs::write(
@@ -218,14 +209,15 @@ seed = 3
 "#,
     )
     .unwrap();
-    let mut agent = in_ns(NS_A, &bus_a, &["agent", "--config", cfg.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = agent.stderr.take().unwrap();
-    let _agent = Proc(agent);
+    let mut agent = Proc::spawn(
+        in_ns(NS_A, &bus_a, &["agent", "--config", cfg.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let stderr = agent.child().stderr.take().unwrap();
+    let _agent = agent;
     // Plans as the agent logs them: (when, split).
     let (tx, rx) = mpsc::channel::<(Instant, String)>();
     std::thread::spawn(move || {

@@ -14,7 +14,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
-use crate::error::{ModelError, Result};
+use crate::error::{Error, Result};
 
 pub mod fashion_cnn;
 pub mod inception_v3;
@@ -281,7 +281,7 @@ impl Model {
     /// times blocks one by one).
     pub fn run_block(&self, index: usize, xs: &Tensor) -> Result<Tensor> {
         if index >= self.blocks.len() {
-            return Err(ModelError::SplitOutOfRange {
+            return Err(Error::SplitOutOfRange {
                 model: self.name.clone(),
                 split: index,
                 blocks: self.blocks.len(),
@@ -315,7 +315,7 @@ impl Model {
 
     fn check_split(&self, split: usize) -> Result<()> {
         if split > self.blocks.len() {
-            return Err(ModelError::SplitOutOfRange {
+            return Err(Error::SplitOutOfRange {
                 model: self.name.clone(),
                 split,
                 blocks: self.blocks.len(),
@@ -338,7 +338,7 @@ impl Model {
         };
         let kind_ok = matches!(xs.kind(), Kind::Float);
         if !kind_ok || got.len() != expected.len() + 1 || got[1..] != expected[..] || got[0] < 1 {
-            return Err(ModelError::WrongShape {
+            return Err(Error::WrongShape {
                 model: self.name.clone(),
                 split,
                 expected: format!(
@@ -434,7 +434,7 @@ mod tests {
         }
         assert!(matches!(
             m.head(&x, 3),
-            Err(ModelError::SplitOutOfRange {
+            Err(Error::SplitOutOfRange {
                 split: 3,
                 blocks: 2,
                 ..
@@ -442,7 +442,7 @@ mod tests {
         ));
         assert!(matches!(
             m.tail(&x, 2),
-            Err(ModelError::WrongShape { split: 2, .. })
+            Err(Error::WrongShape { split: 2, .. })
         ));
     }
 }

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tch::{CModule, Kind, Tensor};
 
 use super::{Block, InputSpec, Model, NamedBlock, WeightSource};
-use crate::error::{ModelError, Result};
+use crate::error::{Error, Result};
 
 /// The parsed `manifest.toml` of a package.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,7 +64,7 @@ impl Block for ScriptBlock {
 impl Manifest {
     /// Parses and validates a manifest; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
-        let bad = |reason: String| ModelError::Manifest {
+        let bad = |reason: String| Error::Manifest {
             path: path.to_path_buf(),
             reason,
         };
@@ -114,10 +114,9 @@ impl Manifest {
 /// Loads a package folder as a [`Model`].
 pub fn load_package(dir: &Path) -> Result<Model> {
     let manifest_path = dir.join("manifest.toml");
-    let text =
-        std::fs::read_to_string(&manifest_path).map_err(|e| ModelError::io(&manifest_path, e))?;
+    let text = std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
     let m = Manifest::parse(&text, &manifest_path)?;
-    let bad = |reason: String| ModelError::Manifest {
+    let bad = |reason: String| Error::Manifest {
         path: manifest_path.clone(),
         reason,
     };
@@ -133,7 +132,7 @@ pub fn load_package(dir: &Path) -> Result<Model> {
                 file.display()
             )));
         }
-        let bytes = std::fs::read(&file).map_err(|e| ModelError::io(&file, e))?;
+        let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
         hashed.extend_from_slice(&super::zoo::hash64(&bytes).to_le_bytes());
         let mut module = CModule::load_data(&mut bytes.as_slice()).map_err(|e| {
             bad(format!(
@@ -146,7 +145,7 @@ pub fn load_package(dir: &Path) -> Result<Model> {
         module.set_eval();
         params += module
             .named_parameters()
-            .map_err(ModelError::Torch)?
+            .map_err(Error::Torch)?
             .iter()
             .map(|(_, t)| t.numel() as u64)
             .sum::<u64>();
@@ -181,7 +180,7 @@ pub fn load_package(dir: &Path) -> Result<Model> {
 /// Writes `model` as a package in `dir` (created if needed), tracing each block on the
 /// activation that reaches it. Returns the manifest path.
 pub fn export_package(model: &Model, dir: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let _guard = tch::no_grad_guard();
     let mut dims = vec![1i64];
     dims.extend_from_slice(&model.input.shape);
@@ -215,7 +214,7 @@ pub fn export_package(model: &Model, dir: &Path) -> Result<PathBuf> {
     let labels = match &model.labels {
         Some(l) => {
             let p = dir.join("labels.txt");
-            std::fs::write(&p, l.join("\n")).map_err(|e| ModelError::io(&p, e))?;
+            std::fs::write(&p, l.join("\n")).map_err(|e| Error::io(&p, e))?;
             Some("labels.txt".to_string())
         }
         None => None,
@@ -229,7 +228,7 @@ pub fn export_package(model: &Model, dir: &Path) -> Result<PathBuf> {
     };
     let path = dir.join("manifest.toml");
     let text = toml::to_string(&manifest).expect("a manifest always serialises");
-    std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))?;
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
     Ok(path)
 }
 

@@ -8,7 +8,7 @@ use tch::{nn, Device};
 
 use super::{count_params, fashion_cnn, inception_v3, mobilenet_v2, resnet, torchscript, vgg};
 use super::{InputSpec, Model, NamedBlock, WeightSource};
-use crate::error::{ModelError, Result};
+use crate::error::{Error, Result};
 use crate::home::Home;
 
 /// The seed of the random weights of `resnet50`, `vgg16` and `inception_v3`.
@@ -103,7 +103,7 @@ pub fn load(name_or_path: &str, home: &Home) -> Result<Model> {
         if path.join("manifest.toml").is_file() {
             return torchscript::load_package(path);
         }
-        return Err(ModelError::Manifest {
+        return Err(Error::Manifest {
             path: path.to_path_buf(),
             reason: "no manifest.toml in this folder; a model package needs one (see \
                      models/README.md)"
@@ -115,7 +115,7 @@ pub fn load(name_or_path: &str, home: &Home) -> Result<Model> {
 
 /// Builds a built-in model with the given weights.
 pub fn build(name: &str, home: &Home, init: Init) -> Result<Model> {
-    let info = builtin(name).ok_or_else(|| ModelError::UnknownModel {
+    let info = builtin(name).ok_or_else(|| Error::UnknownModel {
         name: name.to_string(),
         known: BUILTINS.join(", "),
     })?;
@@ -126,7 +126,7 @@ pub fn build(name: &str, home: &Home, init: Init) -> Result<Model> {
     };
     if let Some(f) = &file {
         if !f.is_file() {
-            return Err(ModelError::WeightsMissing {
+            return Err(Error::WeightsMissing {
                 model: name.into(),
                 path: f.clone(),
             });
@@ -158,7 +158,7 @@ pub fn build(name: &str, home: &Home, init: Init) -> Result<Model> {
             if name == "fashion_cnn" {
                 verify_sha256(name, f, &sum)?;
             }
-            vs.load(f).map_err(|e| ModelError::WeightsInvalid {
+            vs.load(f).map_err(|e| Error::WeightsInvalid {
                 model: name.into(),
                 path: f.clone(),
                 reason: format!("{e}; rerun `scripts/setup.sh` to fetch them again"),
@@ -195,11 +195,11 @@ pub fn build(name: &str, home: &Home, init: Init) -> Result<Model> {
 
 /// The sha256 of a file, as lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf).map_err(|e| ModelError::io(path, e))?;
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
         if n == 0 {
             break;
         }
@@ -225,7 +225,7 @@ fn hex_prefix_u64(hex: &str) -> u64 {
 /// Checks a committed weights file (whose sha256 is `got`) against `<file>.sha256`.
 fn verify_sha256(model: &str, file: &Path, got: &str) -> Result<()> {
     let sum_path = PathBuf::from(format!("{}.sha256", file.display()));
-    let expected = std::fs::read_to_string(&sum_path).map_err(|e| ModelError::WeightsInvalid {
+    let expected = std::fs::read_to_string(&sum_path).map_err(|e| Error::WeightsInvalid {
         model: model.into(),
         path: sum_path.clone(),
         reason: format!(
@@ -238,7 +238,7 @@ fn verify_sha256(model: &str, file: &Path, got: &str) -> Result<()> {
         .unwrap_or_default()
         .to_lowercase();
     if got != expected {
-        return Err(ModelError::WeightsInvalid {
+        return Err(Error::WeightsInvalid {
             model: model.into(),
             path: file.to_path_buf(),
             reason: format!(
@@ -256,14 +256,14 @@ fn verify_sha256(model: &str, file: &Path, got: &str) -> Result<()> {
 pub fn tch_mobilenet_v2(home: &Home) -> Result<(nn::VarStore, impl nn::ModuleT)> {
     let path = weights_path(home, "mobilenet_v2").expect("mobilenet_v2 has a weights file");
     if !path.is_file() {
-        return Err(ModelError::WeightsMissing {
+        return Err(Error::WeightsMissing {
             model: "mobilenet_v2".into(),
             path,
         });
     }
     let mut vs = nn::VarStore::new(Device::Cpu);
     let net = tch::vision::mobilenet::v2(&vs.root(), 1000);
-    vs.load(&path).map_err(|e| ModelError::WeightsInvalid {
+    vs.load(&path).map_err(|e| Error::WeightsInvalid {
         model: "mobilenet_v2".into(),
         path: path.clone(),
         reason: e.to_string(),

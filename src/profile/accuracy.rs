@@ -8,7 +8,7 @@ use tch::Tensor;
 use super::{AccuracyProfile, CodecBytes, Entry, Metric, SplitProfile, ACCURACY_FORMAT};
 use crate::check::{self, predict};
 use crate::data;
-use crate::error::{ModelError, Result};
+use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::model::Model;
 use crate::pack::tensor::tensor_values;
@@ -120,7 +120,7 @@ pub fn profile(
     let n_all = inputs.xs.size()[0] as usize;
     let n = opts.limit.unwrap_or(n_all).min(n_all);
     if n == 0 {
-        return Err(ModelError::Dataset {
+        return Err(Error::Dataset {
             path: PathBuf::from(&inputs.description),
             reason: "no inputs to profile".into(),
         });
@@ -164,7 +164,7 @@ pub fn profile(
                 let t = Tensor::from_slice(&restored).view(dims.as_slice());
                 let logits = model.tail(&t, sp.index)?;
                 let preds =
-                    Vec::<i64>::try_from(&logits.argmax(-1, false)).map_err(ModelError::Torch)?;
+                    Vec::<i64>::try_from(&logits.argmax(-1, false)).map_err(Error::Torch)?;
                 tally.agree += count_eq(&preds, &baseline[start..start + len]);
                 if let Some(l) = labels {
                     tally.correct += count_eq(&preds, &l[start..start + len]);

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::error::{ModelError, Result};
+use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::model::Model;
 use crate::pack::tensor::tensor_values;
@@ -244,8 +244,8 @@ impl LatencyProfile {
     }
 
     pub fn load(path: &Path) -> Result<LatencyProfile> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let bad = |reason: String| ModelError::Profile {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bad = |reason: String| Error::Profile {
             path: path.to_path_buf(),
             reason,
         };

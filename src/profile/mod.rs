@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ModelError, Result};
+use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::pack::{Clip, Codec, Granularity, Precision};
 
@@ -21,10 +21,10 @@ pub mod validate;
 /// Writes a profile as pretty JSON, making its folder.
 pub(crate) fn save_json<T: Serialize>(profile: &T, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     let text = serde_json::to_string_pretty(profile).expect("a profile always serialises");
-    std::fs::write(path, text).map_err(|e| ModelError::io(path, e))
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
 /// `out/profiles/<model>.<kind>.json`: where the profile commands write.
@@ -194,8 +194,8 @@ impl AccuracyProfile {
     }
 
     pub fn load(path: &Path) -> Result<AccuracyProfile> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let p: AccuracyProfile = serde_json::from_str(&text).map_err(|e| ModelError::Profile {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let p: AccuracyProfile = serde_json::from_str(&text).map_err(|e| Error::Profile {
             path: path.to_path_buf(),
             reason: format!(
                 "not an accuracy profile: {e}; write one with `dyno profile accuracy` \
@@ -204,7 +204,7 @@ impl AccuracyProfile {
         })?;
         for (i, sp) in p.splits.iter().enumerate() {
             for (j, e) in sp.entries.iter().enumerate() {
-                let bad = |key: &str, v: f64| ModelError::Profile {
+                let bad = |key: &str, v: f64| Error::Profile {
                     path: path.to_path_buf(),
                     reason: format!(
                         "splits[{i}].entries[{j}].{key} is {v}: it must be a finite number \
@@ -223,7 +223,7 @@ impl AccuracyProfile {
             }
         }
         if p.format != ACCURACY_FORMAT {
-            return Err(ModelError::Profile {
+            return Err(Error::Profile {
                 path: path.to_path_buf(),
                 reason: format!(
                     "format {} is not {ACCURACY_FORMAT}; rerun `dyno profile accuracy`",

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tch::Tensor;
 
 use super::latency::{self, LatencyOptions, LatencyProfile};
-use crate::error::{ModelError, Result};
+use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::model::{zoo, Model};
 use crate::pack::tensor::{tensor_values, unpack_tensor};
@@ -59,11 +59,11 @@ pub struct Validation {
     pub max_abs_corrected_error: f64,
 }
 
-fn io_err(e: std::io::Error) -> ModelError {
-    ModelError::io("loopback connection", e)
+fn io_err(e: std::io::Error) -> Error {
+    Error::io("loopback connection", e)
 }
 
-fn wire_err(e: WireError) -> ModelError {
+fn wire_err(e: WireError) -> Error {
     io_err(std::io::Error::other(e.to_string()))
 }
 
@@ -102,7 +102,7 @@ fn serve(
     let model = match zoo::load(&model_name, &home) {
         Ok(m) => m,
         Err(e) => {
-            let _ = profiled.send(Err(ModelError::Profile {
+            let _ = profiled.send(Err(Error::Profile {
                 path: home.root().to_path_buf(),
                 reason: format!("the cloud thread could not load {model_name}: {e}"),
             }));
@@ -369,7 +369,7 @@ pub fn run(
             c.corrected_error = c.measured_ms / c.corrected_ms - 1.0;
         }
         correction = k;
-        Ok::<_, ModelError>((link, splits))
+        Ok::<_, Error>((link, splits))
     })();
     if result.is_err() {
         // The cloud thread may still wait in accept(): give it a connection to end on.

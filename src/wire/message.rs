@@ -4,7 +4,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{WireError, FRAME_LIMIT};
-use crate::sched::perf::{Candidate, Prediction};
+use crate::sched::perf::Candidate;
 use crate::sched::slo::Slo;
 use crate::sched::Policy;
 
@@ -50,19 +50,9 @@ pub struct DeviceInfo {
     pub policy: Policy,
 }
 
-/// A plan the coordinator assigns to a device.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Assignment {
-    pub candidate: Candidate,
-    /// Where to send activations (`None`: device-only).
-    pub worker: Option<String>,
-    pub prediction: Prediction,
-    pub feasible: bool,
-    /// The onload rate the plan allows, frames per second (infinite: no limit).
-    pub rate_fps: f64,
-    /// Increases with every new plan for this device.
-    pub epoch: u64,
-}
+/// A plan the coordinator assigns to a device (its worker: the address to send
+/// activations to).
+pub use crate::sched::control::Plan as Assignment;
 
 /// One finished frame, as the device reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,14 +10,29 @@ use dyno::pack::{PackOptions, Packer, TensorId};
 use dyno::sched::perf::Candidate;
 use tch::{Kind, Tensor};
 
+/// Why the Device could not do a stage.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DeviceError {
+    #[error("the device's model did not load: {0}")]
+    NoModel(String),
+    #[error(transparent)]
+    Dyno(#[from] dyno::Error),
+}
+
+impl From<dyno::pack::PackError> for DeviceError {
+    fn from(e: dyno::pack::PackError) -> Self {
+        DeviceError::Dyno(e.into())
+    }
+}
+
 /// One frame's input.
 #[derive(Message)]
-#[rtype(result = "Result<Tensor, String>")]
+#[rtype(result = "Result<Tensor, DeviceError>")]
 pub(super) struct NextInput;
 
 /// Runs the head to `split` and packs the activation (nothing to pack at device-only).
 #[derive(Message)]
-#[rtype(result = "Result<HeadOut, String>")]
+#[rtype(result = "Result<HeadOut, DeviceError>")]
 pub(super) struct Head {
     pub x: Tensor,
     pub candidate: Candidate,
@@ -34,7 +49,7 @@ pub(super) struct HeadOut {
 
 /// Finishes a frame on the device.
 #[derive(Message)]
-#[rtype(result = "Result<(i64, f64), String>")]
+#[rtype(result = "Result<(i64, f64), DeviceError>")]
 pub(super) struct Tail {
     pub activation: Tensor,
     pub split: u16,
@@ -42,7 +57,7 @@ pub(super) struct Tail {
 
 /// The whole model, for `verify`.
 #[derive(Message)]
-#[rtype(result = "Result<i64, String>")]
+#[rtype(result = "Result<i64, DeviceError>")]
 pub(super) struct Full {
     pub x: Tensor,
 }
@@ -50,6 +65,7 @@ pub(super) struct Full {
 /// The Device actor: its own thread (a SyncArbiter of one) with its model, its packer and
 /// its input source; runs heads, packing, and tails when the cloud cannot.
 pub(super) struct Device {
+    /// The model, or why it did not load.
     pub model: Result<Model, String>,
     pub packer: Packer,
     pub slowdown: f64,
@@ -123,21 +139,22 @@ impl Device {
 }
 
 impl Handler<NextInput> for Device {
-    type Result = Result<Tensor, String>;
+    type Result = Result<Tensor, DeviceError>;
     fn handle(&mut self, _: NextInput, _: &mut Self::Context) -> Self::Result {
         Ok(self.source.next())
     }
 }
 
 impl Handler<Head> for Device {
-    type Result = Result<HeadOut, String>;
+    type Result = Result<HeadOut, DeviceError>;
     fn handle(&mut self, m: Head, _: &mut Self::Context) -> Self::Result {
         let c = m.candidate;
-        let model = self.model.as_ref().map_err(|e| e.clone())?;
+        let model = self
+            .model
+            .as_ref()
+            .map_err(|e| DeviceError::NoModel(e.clone()))?;
         let t = Instant::now();
-        let a = model
-            .head(&m.x, c.split as usize)
-            .map_err(|e| e.to_string())?;
+        let a = model.head(&m.x, c.split as usize)?;
         let head_s = self.emulate(t.elapsed(), self.head_ref(c.split as usize));
         if c.split as usize == model.num_blocks() {
             let top1 = a.argmax(-1, false).int64_value(&[0]);
@@ -150,22 +167,20 @@ impl Handler<Head> for Device {
             });
         }
         let t = Instant::now();
-        let (values, shape) = tensor_values(&a).map_err(|e| e.to_string())?;
+        let (values, shape) = tensor_values(&a)?;
         let id = TensorId {
             model: model.name(),
             weights_hash: model.weights_hash(),
             split: c.split,
         };
         let mut packed = Vec::new();
-        self.packer
-            .pack_into(
-                &values,
-                &shape,
-                &id,
-                &PackOptions::new(c.precision, c.codec),
-                &mut packed,
-            )
-            .map_err(|e| e.to_string())?;
+        self.packer.pack_into(
+            &values,
+            &shape,
+            &id,
+            &PackOptions::new(c.precision, c.codec),
+            &mut packed,
+        )?;
         let pack_s = self.emulate(t.elapsed(), self.pack_ref(&c));
         Ok(HeadOut {
             activation: a,
@@ -178,13 +193,14 @@ impl Handler<Head> for Device {
 }
 
 impl Handler<Tail> for Device {
-    type Result = Result<(i64, f64), String>;
+    type Result = Result<(i64, f64), DeviceError>;
     fn handle(&mut self, m: Tail, _: &mut Self::Context) -> Self::Result {
-        let model = self.model.as_ref().map_err(|e| e.clone())?;
+        let model = self
+            .model
+            .as_ref()
+            .map_err(|e| DeviceError::NoModel(e.clone()))?;
         let t = Instant::now();
-        let y = model
-            .tail(&m.activation, m.split as usize)
-            .map_err(|e| e.to_string())?;
+        let y = model.tail(&m.activation, m.split as usize)?;
         let top1 = y.argmax(-1, false).int64_value(&[0]);
         Ok((
             top1,
@@ -194,10 +210,13 @@ impl Handler<Tail> for Device {
 }
 
 impl Handler<Full> for Device {
-    type Result = Result<i64, String>;
+    type Result = Result<i64, DeviceError>;
     fn handle(&mut self, m: Full, _: &mut Self::Context) -> Self::Result {
-        let model = self.model.as_ref().map_err(|e| e.clone())?;
-        let y = model.forward(&m.x).map_err(|e| e.to_string())?;
+        let model = self
+            .model
+            .as_ref()
+            .map_err(|e| DeviceError::NoModel(e.clone()))?;
+        let y = model.forward(&m.x)?;
         Ok(y.argmax(-1, false).int64_value(&[0]))
     }
 }

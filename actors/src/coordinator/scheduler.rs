@@ -93,23 +93,16 @@ impl SchedulerActor {
         let r = self.control.replan(&self.tables, self.now());
         metrics::histogram!("dyno_replan_seconds").record(timer.elapsed().as_secs_f64());
         metrics::gauge!("dyno_pool_utilisation").set(self.control.utilisation());
-        for (id, plan) in r.changed {
+        for (id, mut a) in r.changed {
             let Some(d) = self.devices.get_mut(&id) else {
                 continue;
             };
-            let worker = plan
+            // On the wire, the worker is where to send activations.
+            a.worker = a
                 .worker
                 .as_ref()
                 .and_then(|w| self.workers.get(w))
                 .map(|w| w.data_addr.clone());
-            let a = Assignment {
-                candidate: plan.candidate,
-                worker,
-                prediction: plan.prediction,
-                feasible: plan.feasible,
-                rate_fps: plan.rate_fps,
-                epoch: plan.epoch,
-            };
             tracing::info!(device = %id, plan = %a.candidate, worker = ?a.worker, "new plan");
             metrics::gauge!("dyno_plan_split", "device" => id.clone())
                 .set(f64::from(a.candidate.split));

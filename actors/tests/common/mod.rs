@@ -74,27 +74,21 @@ pub fn wait_for(port: u16, name: &str, above: f64) -> String {
     }
 }
 
-/// A child process, killed when dropped.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// A child process, killed when dropped (the runtime's own helper).
+pub use dyno_actors::child::Proc;
 
 /// Starts `dyno args` and returns it with the JSON line it prints when ready
 /// (`--ready-json`).
 pub fn spawn_ready(args: &[&str]) -> (Proc, serde_json::Value) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dyno"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let v = read_ready(&mut child, args);
-    (Proc(child), v)
+    let mut p = Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_dyno"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let v = read_ready(p.child(), args);
+    (p, v)
 }
 
 /// The JSON line a child started with `--ready-json` prints once ready.
@@ -108,16 +102,17 @@ fn read_ready(child: &mut Child, args: &[impl std::fmt::Debug]) -> serde_json::V
 
 /// Writes `cfg` into `dir` and starts `dyno agent --config` on it: stdout piped for the
 /// summary, the log in `dir/ID.log` (a pipe nobody reads until the end could fill).
-pub fn spawn_agent(dir: &std::path::Path, cfg: &dyno_actors::config::AgentConfig) -> Child {
+pub fn spawn_agent(dir: &std::path::Path, cfg: &dyno_actors::config::AgentConfig) -> Proc {
     let path = dir.join(format!("{}.toml", cfg.id));
     std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
     let log = std::fs::File::create(dir.join(format!("{}.log", cfg.id))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_dyno"))
-        .args(["agent", "--config", path.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_dyno"))
+            .args(["agent", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(log),
+    )
+    .unwrap()
 }
 
 /// Waits for an agent started by `spawn_agent` with a `results` file in the same
@@ -125,7 +120,7 @@ pub fn spawn_agent(dir: &std::path::Path, cfg: &dyno_actors::config::AgentConfig
 /// that every frame was answered exactly once with no error; returns its summary and
 /// its frames.
 pub fn answered_once(
-    agent: Child,
+    agent: Proc,
     cfg: &dyno_actors::config::AgentConfig,
 ) -> (
     dyno_actors::agent::AgentSummary,
@@ -280,22 +275,23 @@ impl Logged {
 
 /// Starts `dyno args` with `env`, reads its ready line and collects its stderr.
 pub fn spawn_logged(args: &[String], env: &[(&str, &str)]) -> Logged {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dyno"))
-        .args(args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ready = read_ready(&mut child, args);
-    let mut stderr = child.stderr.take().unwrap();
+    let mut p = Proc::spawn(
+        Command::new(env!("CARGO_BIN_EXE_dyno"))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .unwrap();
+    let ready = read_ready(p.child(), args);
+    let mut stderr = p.child().stderr.take().unwrap();
     let log = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = stderr.read_to_string(&mut s);
         s
     });
     Logged {
-        proc: Proc(child),
+        proc: p,
         ready,
         log,
     }

@@ -5,16 +5,16 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::{print_json, PlanArgs, ValidateArgs};
-use crate::check;
-use crate::config::{latency_profile_path, DeviceClass, Devices};
-use crate::home::Home;
-use crate::model::zoo;
-use crate::pack::{Codec, Precision};
-use crate::profile::latency::LatencyProfile;
-use crate::profile::{self, validate, AccuracyProfile};
-use crate::sched::perf::{Conditions, Link, Tables};
-use crate::sched::slo::Slo;
-use crate::sched::{Explanation, Policy, Scheduler};
+use dyno::check;
+use dyno::config::{latency_profile_path, DeviceClass, Devices};
+use dyno::home::Home;
+use dyno::model::zoo;
+use dyno::pack::{Codec, Precision};
+use dyno::profile::latency::LatencyProfile;
+use dyno::profile::{self, validate, AccuracyProfile};
+use dyno::sched::perf::{Conditions, Link, Tables};
+use dyno::sched::slo::Slo;
+use dyno::sched::{Explanation, Policy, Scheduler};
 
 /// Everything `dyno plan` reads, loaded and checked.
 pub struct PlanInputs {

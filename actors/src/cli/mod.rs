@@ -1,17 +1,24 @@
-//! The `dyno` command line: argument definitions and what each subcommand prints.
-//! The binary (in the `actors/` crate, which adds the runtime's subcommands) parses and
-//! calls [`run`].
+//! The `dyno` command line, in one place: argument definitions, and what each subcommand
+//! runs and prints. The binary (`main.rs`) parses and calls [`run`].
+//!
+//! - `models`, `profile`, `plan`, `experiment`: the library's offline work (and the
+//!   live mode of experiments);
+//! - `runtime`: `dyno coordinator`, `dyno worker`, `dyno agent`;
+//! - `status`, `load`: the fleet seen from outside.
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::home::Home;
-use crate::pack::Clip;
+use dyno::home::Home;
+use dyno::pack::Clip;
 
 pub mod experiment;
+mod load;
 mod models;
 mod plan;
 mod profile;
+pub mod runtime;
+mod status;
 
 /// Options every subcommand takes.
 #[derive(Debug, Clone, Args)]
@@ -39,7 +46,7 @@ impl Global {
     }
 }
 
-/// The library's part of the command line (the binary adds the runtime's subcommands).
+/// The whole command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "dyno",
@@ -66,6 +73,29 @@ pub enum Command {
     /// TOML experiments: policies compared on a fleet, with a table, files and plots.
     #[command(subcommand)]
     Experiment(ExperimentCommand),
+    /// The fleet coordinator daemon: scheduler, bandwidth monitor, embedded workers.
+    Coordinator(runtime::CoordinatorArgs),
+    /// A cloud worker: registers with the coordinator and serves tails.
+    Worker(runtime::WorkerArgs),
+    /// One device: runs heads, packs, sends activations to its worker.
+    Agent(runtime::AgentArgs),
+    /// The live fleet from its coordinator: devices, plans, rates, latency, workers, pool.
+    Status(status::StatusArgs),
+    /// Load-test a coordinator: many synthetic agents over the real protocol.
+    Load(load::LoadArgs),
+}
+
+impl Command {
+    /// Whether it uses sockets: the runtime's processes, a live experiment, `profile
+    /// validate` (over loopback TCP), `status` and `load`.
+    pub fn uses_sockets(&self) -> bool {
+        match self {
+            Command::Models(_) | Command::Plan(_) => false,
+            Command::Profile(p) => matches!(p, ProfileCommand::Validate(_)),
+            Command::Experiment(ExperimentCommand::Run(a)) => a.mode == Mode::Live,
+            _ => true,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,9 +330,18 @@ pub struct TrainArgs {
 }
 
 /// Runs a parsed command line.
-pub fn run(global: &Global, command: Command) -> anyhow::Result<()> {
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let global = &cli.global;
+    match cli.command {
+        Command::Coordinator(a) => return runtime::run_coordinator(global, a),
+        Command::Worker(a) => return runtime::run_worker(global, a),
+        Command::Agent(a) => return runtime::run_agent(global, a),
+        Command::Status(a) => return status::run_status(a),
+        Command::Load(a) => return load::run_load(global, a),
+        _ => {}
+    }
     let home = global.setup()?;
-    match command {
+    match cli.command {
         Command::Models(cmd) => match cmd {
             ModelsCommand::List(a) => models::list(&home, a),
             ModelsCommand::Check(a) => models::check(&home, a),
@@ -314,6 +353,11 @@ pub fn run(global: &Global, command: Command) -> anyhow::Result<()> {
         Command::Profile(ProfileCommand::Validate(a)) => plan::validate(&home, a),
         Command::Plan(a) => plan::plan(&home, a),
         Command::Experiment(ExperimentCommand::Run(a)) => experiment::run(&home, a),
+        Command::Coordinator(_)
+        | Command::Worker(_)
+        | Command::Agent(_)
+        | Command::Status(_)
+        | Command::Load(_) => unreachable!("run above"),
     }
 }
 

@@ -1,21 +1,33 @@
 //! `dyno experiment run`.
 use super::{print_json, ExperimentArgs};
-use crate::experiment::{self, plots, Experiment};
-use crate::home::Home;
+use dyno::experiment::{self, plots, Experiment};
+use dyno::home::Home;
 
-/// Runs a simulated experiment (the live mode runs from the `dyno` binary, which has the
-/// runtime).
+use crate::experiment::Runner;
+
+/// Runs an experiment: simulated, or live (the runtime's actors in this process, or as
+/// processes of this binary with `--processes`).
 pub fn run(home: &Home, a: ExperimentArgs) -> anyhow::Result<()> {
     let e = Experiment::load(&a.file).map_err(anyhow::Error::msg)?;
-    anyhow::ensure!(
-        a.mode == super::Mode::Simulated,
-        "--mode live needs the runtime: run it with the `dyno` binary"
-    );
-    anyhow::ensure!(
-        !a.processes,
-        "--processes is for --mode live: a simulated run has no processes"
-    );
-    let out = experiment::simulate(&e, home, !a.json)?;
+    let out = match a.mode {
+        super::Mode::Simulated => {
+            anyhow::ensure!(
+                !a.processes,
+                "--processes is for --mode live: a simulated run has no processes"
+            );
+            experiment::simulate(&e, home, !a.json)?
+        }
+        super::Mode::Live => {
+            let runner = if a.processes {
+                Runner::Processes {
+                    exe: std::env::current_exe()?,
+                }
+            } else {
+                Runner::InProcess
+            };
+            crate::experiment::live_with(&e, home, !a.json, &runner)?
+        }
+    };
     report(home, &a, &e, &out)
 }
 

@@ -6,21 +6,22 @@
 //! precision and sends it to the worker the plan names, whose real tail answers it. The
 //! coordinator is a real `dyno coordinator` process (started here unless one is given),
 //! whose memory and CPU time are sampled from /proc.
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use dyno::pack::{PackOptions, Packer, TensorId};
-use dyno::wire::session::{dial, pump};
-use dyno::wire::{self, DeviceInfo, FrameReport, Identity, Key, Message, Role, Stages};
+use dyno::wire::{self, Identity, Key, Role};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
+use crate::child::{control_addr, Proc};
 use crate::config::{CoordinatorConfig, Fleet};
-use crate::coordinator::FleetStatus;
+use dyno::wire::FleetStatus;
+
+mod agent;
+use agent::{agent, Ctx, Stats, MODEL};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -112,40 +113,6 @@ pub struct LoadReport {
     pub replan_mean_ms: f64,
 }
 
-#[derive(Default)]
-struct Stats {
-    registered: AtomicU64,
-    planned: AtomicU64,
-    sent: AtomicU64,
-    answered: AtomicU64,
-    busy: AtomicU64,
-    failed: AtomicU64,
-    lost: AtomicU64,
-    not_onloading: AtomicU64,
-    reports: AtomicU64,
-    control_lost: AtomicU64,
-    control_rtt: Mutex<Vec<f64>>,
-    frame_rtt: Mutex<Vec<f64>>,
-    last_planned: Mutex<Option<Instant>>,
-}
-
-struct Ctx {
-    coordinator: String,
-    fleet: String,
-    key: Key,
-    rate_fps: f64,
-    timeout: Duration,
-    stop_frames: Instant,
-    weights_hash: u64,
-    stats: Stats,
-    /// Flips to true once the final status is taken: agents then hang up.
-    release: watch::Receiver<bool>,
-}
-
-/// The fashion_cnn input: one 28x28 grey image.
-const SHAPE: [usize; 4] = [1, 1, 28, 28];
-const MODEL: &str = "fashion_cnn";
-
 /// A key for a coordinator started here (its child gets it through DYNO_FLEET_KEY).
 fn fresh_key() -> String {
     let t = std::time::SystemTime::now()
@@ -155,21 +122,14 @@ fn fresh_key() -> String {
 }
 
 /// A coordinator process started for the run; killed when dropped.
-struct Child {
-    child: std::process::Child,
+struct Started {
+    proc: Proc,
     /// Its Prometheus endpoint.
     metrics: std::net::SocketAddr,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_coordinator(o: &LoadOptions, key: &str) -> anyhow::Result<(Child, String)> {
+fn start_coordinator(o: &LoadOptions, key: &str) -> anyhow::Result<(Started, String)> {
     let dir = tempfile::tempdir()?;
     let cfg = CoordinatorConfig {
         fleet: Fleet {
@@ -187,37 +147,24 @@ fn start_coordinator(o: &LoadOptions, key: &str) -> anyhow::Result<(Child, Strin
     };
     let path = dir.path().join("coordinator.toml");
     std::fs::write(&path, toml::to_string(&cfg)?)?;
-    let log = std::fs::File::create(dir.path().join("coordinator.log"))?;
+    let log_path = dir.path().join("coordinator.log");
+    let log = std::fs::File::create(&log_path)?;
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let mut child = std::process::Command::new(&o.exe)
-        .args(["coordinator", "--ready-json", "--config"])
-        .arg(&path)
-        .arg("--metrics")
-        .arg(metrics.to_string())
-        .env("DYNO_FLEET_KEY", key)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {} coordinator", o.exe.display()))?;
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
-        &mut line,
+    let (proc, ready) = Proc::spawn_ready(
+        std::process::Command::new(&o.exe)
+            .args(["coordinator", "--ready-json", "--config"])
+            .arg(&path)
+            .arg("--metrics")
+            .arg(metrics.to_string())
+            .env("DYNO_FLEET_KEY", key)
+            .env("RUST_LOG", "warn")
+            .stderr(log),
+        &log_path,
     )?;
-    let ready: serde_json::Value = serde_json::from_str(&line).with_context(|| {
-        format!(
-            "the coordinator did not start (its log: {})",
-            std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap_or_default()
-        )
-    })?;
-    let control = ready["control"]
-        .as_str()
-        .context("the coordinator's ready line has no control address")?
-        .to_string();
+    let control = control_addr(&ready)?;
     Ok((
-        Child {
-            child,
+        Started {
+            proc,
             metrics,
             _dir: dir,
         },
@@ -279,7 +226,7 @@ pub fn run(
             (Some(c), addr, Key::Secret(key.into_bytes()))
         }
     };
-    let pid = child.as_ref().map(|c| c.child.id());
+    let pid = child.as_ref().map(|c| c.proc.id());
     let metrics = child.as_ref().map(|c| c.metrics);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -427,242 +374,6 @@ fn frames_of_load_agents(st: &FleetStatus) -> u64 {
         .filter(|d| d.id.starts_with("load-"))
         .map(|d| d.frames)
         .sum()
-}
-
-/// One synthetic agent: connects, registers, heartbeats, and sends a frame to its worker
-/// every 1/rate seconds while its plan onloads from the input.
-async fn agent(i: usize, ctx: Arc<Ctx>) {
-    let me = Identity {
-        fleet: ctx.fleet.clone(),
-        name: format!("load-{i:04}"),
-        role: Role::Agent,
-        key: ctx.key.clone(),
-    };
-    let st = &ctx.stats;
-    let connect_by = Instant::now() + Duration::from_secs(30);
-    let conn = loop {
-        match dial(&ctx.coordinator, &me, wire::DEFAULT_MAX_FRAME).await {
-            Ok(c) => break c,
-            Err(e) if Instant::now() > connect_by => {
-                tracing::warn!(agent = %me.name, "could not connect in 30 s: {e}");
-                return;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    };
-    let (tx, mut rx) = conn.split();
-    let (out, writer) = pump(tx);
-    let info = DeviceInfo {
-        id: me.name.clone(),
-        model: MODEL.into(),
-        class: "load".into(),
-        slowdown: 1.0,
-        threads: 1,
-        slo: dyno::sched::slo::Slo::default(),
-        policy: dyno::sched::Policy::CloudOnly,
-    };
-    if out.send(Message::RegisterDevice(info)).is_err() {
-        st.control_lost.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    st.registered.fetch_add(1, Ordering::Relaxed);
-    let (plan_tx, plan) = watch::channel(None);
-    let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-    let reader = {
-        let (ctx, sent_at) = (ctx.clone(), sent_at.clone());
-        tokio::spawn(async move {
-            let st = &ctx.stats;
-            let mut planned = false;
-            loop {
-                match rx.recv().await {
-                    Ok(Message::Plan(a)) => {
-                        if !planned && a.worker.is_some() {
-                            planned = true;
-                            st.planned.fetch_add(1, Ordering::Relaxed);
-                            *st.last_planned.lock().expect("not poisoned") = Some(Instant::now());
-                        }
-                        let _ = plan_tx.send(Some(a));
-                    }
-                    Ok(Message::HeartbeatAck { seq }) => {
-                        if let Some(t) = sent_at.lock().expect("not poisoned").remove(&seq) {
-                            let ms = t.elapsed().as_secs_f64() * 1e3;
-                            st.control_rtt.lock().expect("not poisoned").push(ms);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        if !*ctx.release.borrow() {
-                            st.control_lost.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let _ = plan_tx.send(None);
-                        break;
-                    }
-                }
-            }
-        })
-    };
-    let beats = {
-        let (out, sent_at) = (out.clone(), sent_at.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            for seq in 1u64.. {
-                tick.tick().await;
-                sent_at
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(seq, Instant::now());
-                if out.send(Message::Heartbeat { seq }).is_err() {
-                    break;
-                }
-            }
-        })
-    };
-    frames(i, &ctx, &me, &plan, &out).await;
-    let mut release = ctx.release.clone();
-    let _ = release.wait_for(|r| *r).await;
-    beats.abort();
-    reader.abort();
-    drop(out);
-    let _ = writer.await;
-}
-
-/// A worker's answer to one frame: its queue, unpack and tail seconds, or an error.
-enum Answer {
-    Ok(f64, f64, f64),
-    Err { busy: bool },
-}
-
-/// The frame loop of agent `i`, until the run stops sending frames.
-async fn frames(
-    i: usize,
-    ctx: &Ctx,
-    me: &Identity,
-    plan: &watch::Receiver<Option<wire::Assignment>>,
-    out: &mpsc::UnboundedSender<Message>,
-) {
-    let st = &ctx.stats;
-    let period = Duration::from_secs_f64(1.0 / ctx.rate_fps);
-    // Agents' ticks spread over the period (a golden-ratio sequence), not in step.
-    let phase = period.mul_f64((i as f64 * 0.618_034).fract());
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut data: Option<(String, wire::Conn)> = None;
-    let mut packer = Packer::default();
-    let mut packed = Vec::new();
-    let mut values = vec![0f32; SHAPE.iter().product()];
-    let mut request = 0u64;
-    while Instant::now() < ctx.stop_frames {
-        tick.tick().await;
-        let Some(a) = plan.borrow().clone() else {
-            st.not_onloading.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        let Some(worker) = a.worker.clone().filter(|_| a.candidate.split == 0) else {
-            st.not_onloading.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        if data.as_ref().is_none_or(|(addr, _)| *addr != worker) {
-            match dial(&worker, me, wire::DEFAULT_MAX_FRAME).await {
-                Ok(c) => data = Some((worker.clone(), c)),
-                Err(e) => {
-                    tracing::warn!(agent = %me.name, %worker, "data connection: {e}");
-                    st.not_onloading.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-            }
-        }
-        let Some((_, conn)) = data.as_mut() else {
-            continue;
-        };
-        request += 1;
-        // A synthetic image: a gradient that moves with the agent and the frame.
-        for (k, v) in values.iter_mut().enumerate() {
-            *v = ((k + i * 7 + request as usize * 13) % 256) as f32 / 255.0;
-        }
-        let t = Instant::now();
-        let id = TensorId {
-            model: MODEL,
-            weights_hash: ctx.weights_hash,
-            split: 0,
-        };
-        let opts = PackOptions::new(a.candidate.precision, a.candidate.codec);
-        if let Err(e) = packer.pack_into(&values, &SHAPE, &id, &opts, &mut packed) {
-            tracing::warn!(agent = %me.name, "pack: {e}");
-            continue;
-        }
-        let pack_s = t.elapsed().as_secs_f64();
-        let bytes = packed.len() as u64;
-        st.sent.fetch_add(1, Ordering::Relaxed);
-        let sent = Instant::now();
-        let infer = Message::Infer {
-            request,
-            device: me.name.clone(),
-            packed: packed.clone(),
-        };
-        let answer = tokio::time::timeout(ctx.timeout, async {
-            conn.send(&infer).await?;
-            loop {
-                match conn.recv().await? {
-                    Message::InferOk {
-                        request: r,
-                        queue_s,
-                        unpack_s,
-                        tail_s,
-                        ..
-                    } if r == request => return Ok(Answer::Ok(queue_s, unpack_s, tail_s)),
-                    Message::InferErr {
-                        request: r, busy, ..
-                    } if r == request => return Ok(Answer::Err { busy }),
-                    _ => continue,
-                }
-            }
-        })
-        .await;
-        let rtt_s = sent.elapsed().as_secs_f64();
-        let (stages, fallback) = match answer {
-            Ok(Ok(Answer::Ok(queue_s, unpack_s, tail_s))) => {
-                st.answered.fetch_add(1, Ordering::Relaxed);
-                st.frame_rtt.lock().expect("not poisoned").push(rtt_s * 1e3);
-                let stages = Stages {
-                    pack_s,
-                    wire_s: (rtt_s - queue_s - unpack_s - tail_s).max(0.0),
-                    queue_s,
-                    unpack_s,
-                    tail_s,
-                    ..Stages::default()
-                };
-                (stages, false)
-            }
-            Ok(Ok(Answer::Err { busy })) => {
-                let counter = if busy { &st.busy } else { &st.failed };
-                counter.fetch_add(1, Ordering::Relaxed);
-                (Stages::default(), true)
-            }
-            Ok(Err::<_, wire::WireError>(e)) => {
-                tracing::warn!(agent = %me.name, "data connection lost with a frame on it: {e}");
-                st.lost.fetch_add(1, Ordering::Relaxed);
-                data = None;
-                continue;
-            }
-            Err(_) => {
-                st.lost.fetch_add(1, Ordering::Relaxed);
-                data = None;
-                continue;
-            }
-        };
-        // A real agent finishes a refused frame on the device and reports it as a fallback.
-        let report = FrameReport {
-            request,
-            candidate: a.candidate,
-            stages,
-            bytes,
-            transfer_s: stages.wire_s,
-            fallback,
-        };
-        if out.send(Message::Report(report)).is_ok() {
-            st.reports.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 /// The report as a table for the terminal (and docs/BENCHMARKS.md).

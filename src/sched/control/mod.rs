@@ -23,11 +23,15 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::bandwidth::Estimator;
-use super::fleet::{self, FleetDevice, Status};
 use super::perf::{Candidate, Conditions, Correction, Link, Prediction, Tables};
 use super::slo::Slo;
 use super::{Policy, Scheduler};
+
+mod link;
+mod step;
+
+pub use link::{LinkState, ProbeRule, PROBE};
+pub use step::{step, Assigned, DeviceView, Step, WorkerView};
 
 /// The link assumed for a device before anything was measured.
 pub const STARTING_LINK: Link = Link {
@@ -41,36 +45,6 @@ pub const REPLAN_GAP_S: f64 = 0.1;
 
 /// The name of a coordinator's embedded worker pool (and of the simulator's pool).
 pub const EMBEDDED_WORKER: &str = "embedded";
-
-/// When links are probed: the agents' heartbeat period, the time without a measured
-/// rate after which a link is probed, and the probe's size: enough bytes to last
-/// `rtts` round trips at the rate the link is believed to have (a transfer that is
-/// mostly RTT says nothing of the rate), within `min_bytes..=max_bytes`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProbeRule {
-    pub beat_s: f64,
-    pub idle_s: f64,
-    pub rtts: f64,
-    pub min_bytes: u32,
-    pub max_bytes: u32,
-}
-
-/// The rule the fleet runs by.
-pub const PROBE: ProbeRule = ProbeRule {
-    beat_s: 0.5,
-    idle_s: 2.0,
-    rtts: 2.0,
-    min_bytes: 32 << 10,
-    max_bytes: 1 << 20,
-};
-
-impl ProbeRule {
-    /// The probe's size for a link believed to be `link`.
-    pub fn bytes(&self, link: Link) -> u32 {
-        let want = self.rtts * link.bandwidth_bps * link.rtt_s.max(0.001) / 8.0;
-        want.clamp(f64::from(self.min_bytes), f64::from(self.max_bytes)) as u32
-    }
-}
 
 /// How the pool is shared between the devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -149,99 +123,6 @@ impl<'de> Deserialize<'de> for Planning {
     }
 }
 
-/// One device's link as the planner sees it.
-#[derive(Debug, Clone, Default)]
-pub struct LinkState {
-    estimator: Estimator,
-    /// The estimate the last plan used (`None`: nothing measured yet).
-    planned: Option<Link>,
-    /// When a probe was last asked for, and its size.
-    probed: Option<(f64, u32)>,
-}
-
-impl LinkState {
-    /// The link to plan with.
-    pub fn link(&self) -> Link {
-        self.planned.unwrap_or(STARTING_LINK)
-    }
-
-    /// Whether anything was measured yet.
-    pub fn measured(&self) -> bool {
-        self.planned.is_some()
-    }
-
-    /// A transfer of `bytes` in `seconds` (one RTT included); true when the estimate
-    /// moved enough to re-plan for.
-    pub fn observe_transfer(&mut self, now_s: f64, bytes: u64, seconds: f64) -> bool {
-        self.estimator.observe_transfer(now_s, bytes, seconds);
-        self.update()
-    }
-
-    /// A round trip; true when the estimate moved enough to re-plan for.
-    pub fn observe_rtt(&mut self, now_s: f64, rtt_s: f64) -> bool {
-        self.estimator.observe_rtt(now_s, rtt_s);
-        self.update()
-    }
-
-    fn update(&mut self) -> bool {
-        let Some(mut link) = self.estimator.link() else {
-            return false;
-        };
-        if self.estimator.rtt_s().is_none() {
-            link.rtt_s = STARTING_LINK.rtt_s;
-        }
-        if moved(self.planned, link) {
-            self.planned = Some(link);
-            true
-        } else {
-            false
-        }
-    }
-
-    /// The probe to send now, in bytes (and, if any, that it was asked for): when no
-    /// rate was measured for the rule's idle time, nor a probe asked for within it. A
-    /// probe that measured no rate (it was mostly RTT, or lost) is followed by one twice
-    /// its size; a rate far above the estimate is confirmed by a probe at the next beat.
-    pub fn probe_due(&mut self, now_s: f64, rule: &ProbeRule) -> Option<u32> {
-        // A rate far above the estimate is confirmed at the next beat, not in idle_s.
-        if self.estimator.unconfirmed() {
-            if self
-                .probed
-                .is_some_and(|(t, _)| now_s - t < 0.5 * rule.beat_s)
-            {
-                return None;
-            }
-            let bytes = rule.bytes(self.link());
-            self.probed = Some((now_s, bytes));
-            return Some(bytes);
-        }
-        if !self.estimator.needs_probe(now_s) {
-            return None;
-        }
-        let bytes = match self.probed {
-            Some((t, _)) if now_s - t < rule.idle_s => return None,
-            // Asked before, and no rate since.
-            Some((t, b)) if self.estimator.needs_probe(t + rule.idle_s) => {
-                b.saturating_mul(2).min(rule.max_bytes)
-            }
-            _ => rule.bytes(self.link()),
-        };
-        self.probed = Some((now_s, bytes));
-        Some(bytes)
-    }
-}
-
-/// An estimate moved enough to re-plan for.
-fn moved(old: Option<Link>, new: Link) -> bool {
-    match old {
-        None => true,
-        Some(o) => {
-            (new.bandwidth_bps / o.bandwidth_bps - 1.0).abs() > 0.1
-                || (new.rtt_s - o.rtt_s).abs() > 0.2 * o.rtt_s.max(0.005)
-        }
-    }
-}
-
 /// Joins and link changes re-plan at most every `gap_s`: with hundreds of devices each
 /// sends its own, and a plan of the whole fleet takes milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -305,192 +186,6 @@ impl Reaction {
     }
 }
 
-/// A device's view for the control step.
-#[derive(Debug, Clone)]
-pub struct DeviceView<'a> {
-    pub id: &'a str,
-    pub slowdown: f64,
-    pub link: Link,
-    pub correction: Correction,
-    pub slo: &'a Slo,
-    pub policy: Policy,
-    /// The plan in force: its candidate, and its worker's index in the pool (`None`:
-    /// device-only, or its worker is gone).
-    pub current: Option<(Candidate, Option<usize>)>,
-}
-
-/// A worker's view for the control step.
-#[derive(Debug, Clone, Copy)]
-pub struct WorkerView<'a> {
-    pub name: &'a str,
-    pub slots: u32,
-}
-
-/// One device's assignment.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Assigned {
-    pub candidate: Candidate,
-    /// Index of its worker in the pool; `None`: device-only.
-    pub worker: Option<usize>,
-    pub prediction: Prediction,
-    /// Whether it meets the device's SLO.
-    pub feasible: bool,
-    /// The onload rate the plan allows, frames per second (infinite when the device
-    /// does not onload).
-    pub rate_fps: f64,
-}
-
-/// The step's answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Step {
-    /// Every device's assignment, in the order given; `None` when the fleet keeps its
-    /// current plans (fleet-level hysteresis).
-    pub devices: Option<Vec<Assigned>>,
-    /// Planned cloud load over the pool's slots.
-    pub utilisation: f64,
-}
-
-/// The control step: every device's assignment against the pool.
-pub fn step(
-    tables: &Tables,
-    planner: &mut Scheduler,
-    sharing: Sharing,
-    cloud_slowdown: f64,
-    devices: &[DeviceView],
-    workers: &[WorkerView],
-) -> Step {
-    if devices.is_empty() {
-        return Step {
-            devices: Some(Vec::new()),
-            utilisation: 0.0,
-        };
-    }
-    let slots_total: f64 = workers.iter().map(|w| f64::from(w.slots)).sum();
-    // A device gets one worker; its slots serve the device's frames at once.
-    let slots = workers
-        .iter()
-        .map(|w| f64::from(w.slots))
-        .fold(1.0, f64::max);
-    let fleet_devices: Vec<FleetDevice> = devices
-        .iter()
-        .map(|d| {
-            let mut c = Conditions::new(d.slowdown, d.link);
-            c.cloud_slowdown = cloud_slowdown;
-            c.correction = d.correction;
-            c.cloud_slots = slots;
-            FleetDevice {
-                id: d.id.to_string(),
-                conditions: c,
-                slo: d.slo.clone(),
-                policy: d.policy,
-                demand_fps: None,
-            }
-        })
-        .collect();
-    let capacity = match sharing {
-        Sharing::FleetAware => slots_total,
-        Sharing::PerDevice => f64::INFINITY,
-    };
-    let plan = fleet::plan(tables, &fleet_devices, capacity);
-    let utilisation = if slots_total > 0.0 {
-        plan.load / slots_total
-    } else {
-        0.0
-    };
-    // Keep the fleet's plans while they hold, as long as every device's worker is
-    // still there.
-    let current: Vec<Option<Candidate>> = devices
-        .iter()
-        .map(|d| {
-            let (c, w) = d.current?;
-            let onloads = (c.split as usize) < tables.blocks;
-            (!onloads || w.is_some()).then_some(c)
-        })
-        .collect();
-    if fleet::keep_current(tables, &fleet_devices, &current, capacity, &plan) {
-        return Step {
-            devices: None,
-            utilisation,
-        };
-    }
-    // Workers by spare slots, filled greedily by each device's cloud load.
-    let mut load = vec![0.0f64; workers.len()];
-    let mut order: Vec<usize> = (0..devices.len()).collect();
-    order.sort_by(|&a, &b| {
-        plan.devices[b]
-            .cloud_load
-            .total_cmp(&plan.devices[a].cloud_load)
-    });
-    let mut out: Vec<Option<Assigned>> = vec![None; devices.len()];
-    for i in order {
-        let p = &plan.devices[i];
-        let d = &devices[i];
-        let mut candidate = p.candidate;
-        let mut prediction = p.prediction;
-        let mut rate_fps = p.rate_fps;
-        // With room for everyone, hysteresis: keep a plan that is still good enough.
-        if plan.strategy == fleet::Strategy::Individual {
-            if let Some((cur, _)) = d.current {
-                let dec = planner.decide(
-                    tables,
-                    &fleet_devices[i].conditions,
-                    d.slo,
-                    d.policy,
-                    Some(cur),
-                );
-                candidate = dec.candidate;
-                prediction = dec.prediction;
-                rate_fps = prediction.throughput;
-            }
-        }
-        let onloads = (candidate.split as usize) < tables.blocks;
-        let worker = if onloads && !workers.is_empty() {
-            // Stay with the current worker if it is still there.
-            let w = d.current.and_then(|c| c.1).unwrap_or_else(|| {
-                (0..workers.len())
-                    .min_by(|&a, &b| {
-                        let la = load[a] / f64::from(workers[a].slots.max(1));
-                        let lb = load[b] / f64::from(workers[b].slots.max(1));
-                        la.total_cmp(&lb).then(workers[a].name.cmp(workers[b].name))
-                    })
-                    .expect("workers is not empty")
-            });
-            load[w] += p.cloud_load;
-            Some(w)
-        } else {
-            None
-        };
-        let feasible = p.status != Status::SloUnmet;
-        let (candidate, prediction, rate_fps) = if onloads && worker.is_none() {
-            let row = tables.device_only();
-            let p = row.predict(&fleet_devices[i].conditions);
-            (row.candidate, p, p.throughput)
-        } else {
-            (candidate, prediction, rate_fps)
-        };
-        let rate_fps = if (candidate.split as usize) < tables.blocks {
-            rate_fps
-        } else {
-            f64::INFINITY
-        };
-        out[i] = Some(Assigned {
-            candidate,
-            worker,
-            prediction,
-            feasible,
-            rate_fps,
-        });
-    }
-    Step {
-        devices: Some(
-            out.into_iter()
-                .map(|a| a.expect("every device was assigned"))
-                .collect(),
-        ),
-        utilisation,
-    }
-}
-
 /// What a device brings when it joins.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceSpec {
@@ -500,11 +195,12 @@ pub struct DeviceSpec {
     pub policy: Policy,
 }
 
-/// A device's plan in force.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A device's plan in force; on the wire, the coordinator's `Assignment`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub candidate: Candidate,
-    /// Its worker's name (`None`: device-only).
+    /// Its worker (`None`: device-only): the worker's name in the control state; on the
+    /// wire, the address to send activations to.
     pub worker: Option<String>,
     pub prediction: Prediction,
     pub feasible: bool,
@@ -795,38 +491,5 @@ mod tests {
         g.ran(0.1);
         assert!(!g.due());
         assert_eq!(Reaction::gated(&mut g, 0.3), Reaction::Now);
-    }
-
-    #[test]
-    fn a_link_starts_assumed_moves_by_ten_percent_and_is_probed_when_idle() {
-        let mut l = LinkState::default();
-        assert_eq!(l.link(), STARTING_LINK);
-        // Two round trips at 10 Mbit/s and 20 ms: 50 kB.
-        assert_eq!(l.probe_due(0.0, &PROBE), Some(50_000));
-        // Asked once: not again within the idle time.
-        assert_eq!(l.probe_due(1.0, &PROBE), None);
-        assert!(l.observe_transfer(1.0, 1_000_000, 0.8));
-        assert!((l.link().bandwidth_bps / 10e6 - 1.0).abs() < 1e-9);
-        // 2.5 % (the median of 10 and 10.5) is not a move; a step is followed after
-        // three samples.
-        assert!(!l.observe_transfer(1.1, 1_000_000, 0.8 / 1.05));
-        for t in [1.2, 1.3, 1.4] {
-            l.observe_transfer(t, 1_000_000, 1.6);
-        }
-        assert!((l.link().bandwidth_bps / 5e6 - 1.0).abs() < 1e-9);
-        assert_eq!(l.probe_due(3.0, &PROBE), None);
-        // At 5 Mbit/s the probe would be smaller than the floor.
-        assert_eq!(l.probe_due(3.5, &PROBE), Some(32 << 10));
-        // That probe measured nothing: the next one is twice as large.
-        assert_eq!(l.probe_due(5.5, &PROBE), Some(64 << 10));
-        // The link comes back at 50 Mbit/s: the first fast rate is checked by a probe at
-        // the next beat, and the second one is believed.
-        assert!(!l.observe_transfer(6.0, 1_000_000, 0.16));
-        assert_eq!(l.probe_due(6.0, &PROBE), Some(32 << 10));
-        assert_eq!(l.probe_due(6.1, &PROBE), None);
-        assert!(l.observe_transfer(6.4, 1_000_000, 0.16));
-        assert!((l.link().bandwidth_bps / 50e6 - 1.0).abs() < 1e-9);
-        let fast = Link::mbps(1000.0, 40.0);
-        assert_eq!(PROBE.bytes(fast), 1 << 20);
     }
 }

@@ -3,11 +3,11 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::{print_json, CheckArgs, ExportArgs, ListArgs, TrainArgs};
-use crate::check::{self, CheckOptions};
-use crate::error::ModelError;
-use crate::home::{Home, SETUP_COMMAND};
-use crate::model::{torchscript, zoo, SplitPoint};
-use crate::train::{self, TrainOptions};
+use dyno::check::{self, CheckOptions};
+use dyno::error::Error;
+use dyno::home::{Home, SETUP_COMMAND};
+use dyno::model::{torchscript, zoo, SplitPoint};
+use dyno::train::{self, TrainOptions};
 
 #[derive(Debug, Serialize)]
 struct Listing {
@@ -31,7 +31,7 @@ pub fn list(home: &Home, args: ListArgs) -> anyhow::Result<()> {
                 let w = m.weights().to_string();
                 (m, w)
             }
-            Err(ModelError::WeightsMissing { path, .. }) => (
+            Err(Error::WeightsMissing { path, .. }) => (
                 zoo::build(name, home, zoo::Init::Random(zoo::SEED))?,
                 format!(
                     "missing ({} not found; run {SETUP_COMMAND})",

@@ -2,14 +2,14 @@
 use serde::Serialize;
 
 use super::{print_json, AccuracyArgs, LatencyArgs};
-use crate::check;
-use crate::home::Home;
-use crate::model::zoo;
-use crate::pack::{Codec, Granularity, Precision};
-use crate::plot;
-use crate::profile::accuracy::{self, AccuracyOptions};
-use crate::profile::latency::{self, LatencyOptions, LatencyProfile};
-use crate::profile::{AccuracyProfile, SplitChoice};
+use dyno::check;
+use dyno::home::Home;
+use dyno::model::zoo;
+use dyno::pack::{Codec, Granularity, Precision};
+use dyno::plot;
+use dyno::profile::accuracy::{self, AccuracyOptions};
+use dyno::profile::latency::{self, LatencyOptions, LatencyProfile};
+use dyno::profile::{AccuracyProfile, SplitChoice};
 
 #[derive(Serialize)]
 struct Report<'a> {

@@ -1,0 +1,280 @@
+//! The runtime's processes on the command line: `dyno coordinator`, `dyno worker` and
+//! `dyno agent` (flags over the TOML file, `--print-default-config`, logs, metrics,
+//! signals).
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::Global;
+use crate::config::{self, AgentConfig, CoordinatorConfig, RoleConfig, WorkerConfig};
+use crate::{agent, coordinator, worker};
+
+/// Options every runtime process takes.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// TOML configuration file (`--print-default-config` shows every key).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print the default configuration and exit.
+    #[arg(long)]
+    pub print_default_config: bool,
+    /// Run without a fleet key (no authentication): local experiments only.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Fleet id (over the file's).
+    #[arg(long)]
+    pub fleet: Option<String>,
+    /// Log lines as JSON.
+    #[arg(long)]
+    pub log_json: bool,
+    /// No mDNS: neither advertise nor browse (static addresses only).
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Serve Prometheus metrics on this address (any GET path, e.g. /metrics).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl Common {
+    /// Starts the metrics endpoint when asked for.
+    fn serve_metrics(&self) -> anyhow::Result<()> {
+        match self.metrics {
+            Some(addr) => crate::metrics::serve(addr),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Control endpoint address.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Data endpoint of the embedded workers.
+    #[arg(long)]
+    pub data_listen: Option<String>,
+    /// Embedded workers (0: only `dyno worker` processes serve tails).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Print one JSON line with the bound addresses once listening.
+    #[arg(long)]
+    pub ready_json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Coordinator control address (repeatable; over the file's).
+    #[arg(long)]
+    pub coordinator: Vec<String>,
+    #[arg(long)]
+    pub listen: Option<String>,
+    #[arg(long)]
+    pub workers: Option<usize>,
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub ready_json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub id: Option<String>,
+    #[arg(long)]
+    pub coordinator: Vec<String>,
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Device class (from the device-classes file).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Frames to run (0: until stopped).
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// Uplink Mbit/s (a constant trace).
+    #[arg(long)]
+    pub mbps: Option<f64>,
+    #[arg(long)]
+    pub rtt_ms: Option<f64>,
+    /// Compare each frame with the whole model run locally.
+    #[arg(long)]
+    pub verify: bool,
+    /// JSON lines of every result.
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+}
+
+pub(crate) fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// The process's configuration: its file (or the defaults), then the common flags over
+/// it; `None` when it only printed the defaults (`--print-default-config`). Starts the
+/// logs and, when asked, the metrics endpoint.
+fn configure<T: RoleConfig>(c: &Common) -> anyhow::Result<Option<T>> {
+    if c.print_default_config {
+        print!("{}", config::print_default::<T>());
+        return Ok(None);
+    }
+    let mut cfg: T = config::load(c.config.as_deref())?;
+    init_logs(c.log_json);
+    let fleet = cfg.fleet_mut();
+    if c.insecure {
+        fleet.insecure = true;
+    }
+    if let Some(f) = &c.fleet {
+        fleet.id = f.clone();
+    }
+    fleet.check()?;
+    if c.no_mdns {
+        cfg.set_mdns(false);
+    }
+    c.serve_metrics()?;
+    Ok(Some(cfg))
+}
+
+/// Runs a daemon in an actix system: `start` it, print its ready line when asked, then
+/// serve until SIGINT or SIGTERM.
+fn serve<T, F, Fut>(what: &str, ready_json: bool, start: F) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(T, serde_json::Value)>>,
+{
+    actix::System::new().block_on(async move {
+        let (_running, ready) = start().await?;
+        if ready_json {
+            println!("{ready}");
+        }
+        shutdown_signal().await;
+        tracing::info!("{what}: shutting down");
+        Ok(())
+    })
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub fn run_coordinator(global: &Global, a: CoordinatorArgs) -> anyhow::Result<()> {
+    let Some(mut cfg) = configure::<CoordinatorConfig>(&a.common)? else {
+        return Ok(());
+    };
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = a.data_listen {
+        cfg.data_listen = v;
+    }
+    if let Some(v) = a.workers {
+        cfg.workers = v;
+    }
+    if let Some(v) = a.model {
+        cfg.model = v;
+    }
+    let home = global.setup()?;
+    serve("coordinator", a.ready_json, || async move {
+        let c = coordinator::start(&cfg, &home).await?;
+        let ready = serde_json::json!({
+            "control": c.control.to_string(),
+            "data": c.data.map(|d| d.to_string()),
+        });
+        Ok((c, ready))
+    })
+}
+
+pub fn run_worker(global: &Global, a: WorkerArgs) -> anyhow::Result<()> {
+    let Some(mut cfg) = configure::<WorkerConfig>(&a.common)? else {
+        return Ok(());
+    };
+    if let Some(v) = a.name {
+        cfg.name = v;
+    }
+    if !a.coordinator.is_empty() {
+        cfg.coordinators = a.coordinator;
+    }
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = a.workers {
+        cfg.workers = v;
+    }
+    if let Some(v) = a.model {
+        cfg.model = v;
+    }
+    let home = global.setup()?;
+    serve("worker", a.ready_json, || async move {
+        let w = worker::start(&cfg, &home).await?;
+        let ready = serde_json::json!({"data": w.data.to_string()});
+        Ok((w, ready))
+    })
+}
+
+pub fn run_agent(global: &Global, a: AgentArgs) -> anyhow::Result<()> {
+    let Some(mut cfg) = configure::<AgentConfig>(&a.common)? else {
+        return Ok(());
+    };
+    if let Some(v) = a.id {
+        cfg.id = v;
+    }
+    if !a.coordinator.is_empty() {
+        cfg.coordinators = a.coordinator;
+    }
+    if let Some(v) = a.model {
+        cfg.model = v;
+    }
+    if let Some(v) = a.class {
+        cfg.class = v;
+    }
+    if let Some(v) = a.frames {
+        cfg.frames = v;
+    }
+    if let Some(v) = a.mbps {
+        cfg.link.mbps = v;
+        cfg.link.steps.clear();
+        cfg.link.trace = None;
+    }
+    if let Some(v) = a.rtt_ms {
+        cfg.link.rtt_ms = v;
+    }
+    if a.verify {
+        cfg.verify = true;
+    }
+    if let Some(v) = a.results {
+        cfg.results = Some(v);
+    }
+    let home = global.setup()?;
+    actix::System::new().block_on(async move {
+        let summary = tokio::select! {
+            s = agent::run(cfg, home) => s?,
+            _ = shutdown_signal() => anyhow::bail!("stopped by a signal"),
+        };
+        println!("{}", serde_json::to_string(&summary)?);
+        Ok(())
+    })
+}

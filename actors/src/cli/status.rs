@@ -1,0 +1,95 @@
+//! `dyno status`: the live fleet from its coordinator, as a table or JSON.
+use clap::Args;
+
+use crate::{config, coordinator};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The coordinator's control address.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub coordinator: String,
+    /// Fleet id.
+    #[arg(long, default_value = "dyno")]
+    pub fleet: String,
+    /// The coordinator runs without a fleet key (otherwise DYNO_FLEET_KEY is used).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Print the status as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run_status(a: StatusArgs) -> anyhow::Result<()> {
+    use dyno::wire::{Identity, Role};
+    let fleet = config::Fleet {
+        id: a.fleet.clone(),
+        insecure: a.insecure,
+        ..config::Fleet::default()
+    };
+    let me = Identity {
+        fleet: fleet.id.clone(),
+        name: "status".into(),
+        role: Role::Observer,
+        key: fleet.key()?,
+    };
+    let st = actix::System::new().block_on(coordinator::fetch_status(
+        &a.coordinator,
+        &me,
+        fleet.max_frame,
+    ))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(());
+    }
+    println!(
+        "fleet {}: {} devices, {} workers, pool {:.0} % planned, {} plans sent",
+        a.fleet,
+        st.devices.len(),
+        st.workers.len(),
+        100.0 * st.pool_utilisation,
+        st.plans_sent
+    );
+    println!(
+        "\n{:<16} {:<10} {:<28} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9}",
+        "device",
+        "class",
+        "plan",
+        "Mbit/s",
+        "rtt ms",
+        "fps",
+        "p50 ms",
+        "p95 ms",
+        "frames",
+        "fallbacks"
+    );
+    for d in &st.devices {
+        let plan = d
+            .plan
+            .as_ref()
+            .map_or("-".to_string(), |p| p.candidate.to_string());
+        println!(
+            "{:<16} {:<10} {:<28} {:>8.2} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8} {:>9}",
+            d.id,
+            d.class,
+            plan,
+            d.bandwidth_mbps,
+            d.rtt_ms,
+            d.fps,
+            d.latency_p50_ms,
+            d.latency_p95_ms,
+            d.frames,
+            d.fallbacks
+        );
+    }
+    println!(
+        "\n{:<16} {:<24} {:>6} {:>7}",
+        "worker", "data address", "slots", "queued"
+    );
+    for w in &st.workers {
+        println!(
+            "{:<16} {:<24} {:>6} {:>7}",
+            w.name, w.data_addr, w.slots, w.queued
+        );
+    }
+    Ok(())
+}

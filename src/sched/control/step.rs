@@ -1,0 +1,194 @@
+//! The control step itself: pure, every device's assignment against the pool.
+use crate::sched::fleet::{self, FleetDevice, Status};
+use crate::sched::perf::{Candidate, Conditions, Correction, Link, Prediction, Tables};
+use crate::sched::slo::Slo;
+use crate::sched::{Policy, Scheduler};
+use serde::Serialize;
+
+use super::Sharing;
+
+/// A device's view for the control step.
+#[derive(Debug, Clone)]
+pub struct DeviceView<'a> {
+    pub id: &'a str,
+    pub slowdown: f64,
+    pub link: Link,
+    pub correction: Correction,
+    pub slo: &'a Slo,
+    pub policy: Policy,
+    /// The plan in force: its candidate, and its worker's index in the pool (`None`:
+    /// device-only, or its worker is gone).
+    pub current: Option<(Candidate, Option<usize>)>,
+}
+
+/// A worker's view for the control step.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerView<'a> {
+    pub name: &'a str,
+    pub slots: u32,
+}
+
+/// One device's assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Assigned {
+    pub candidate: Candidate,
+    /// Index of its worker in the pool; `None`: device-only.
+    pub worker: Option<usize>,
+    pub prediction: Prediction,
+    /// Whether it meets the device's SLO.
+    pub feasible: bool,
+    /// The onload rate the plan allows, frames per second (infinite when the device
+    /// does not onload).
+    pub rate_fps: f64,
+}
+
+/// The step's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Every device's assignment, in the order given; `None` when the fleet keeps its
+    /// current plans (fleet-level hysteresis).
+    pub devices: Option<Vec<Assigned>>,
+    /// Planned cloud load over the pool's slots.
+    pub utilisation: f64,
+}
+
+/// The control step: every device's assignment against the pool.
+pub fn step(
+    tables: &Tables,
+    planner: &mut Scheduler,
+    sharing: Sharing,
+    cloud_slowdown: f64,
+    devices: &[DeviceView],
+    workers: &[WorkerView],
+) -> Step {
+    if devices.is_empty() {
+        return Step {
+            devices: Some(Vec::new()),
+            utilisation: 0.0,
+        };
+    }
+    let slots_total: f64 = workers.iter().map(|w| f64::from(w.slots)).sum();
+    // A device gets one worker; its slots serve the device's frames at once.
+    let slots = workers
+        .iter()
+        .map(|w| f64::from(w.slots))
+        .fold(1.0, f64::max);
+    let fleet_devices: Vec<FleetDevice> = devices
+        .iter()
+        .map(|d| {
+            let mut c = Conditions::new(d.slowdown, d.link);
+            c.cloud_slowdown = cloud_slowdown;
+            c.correction = d.correction;
+            c.cloud_slots = slots;
+            FleetDevice {
+                id: d.id.to_string(),
+                conditions: c,
+                slo: d.slo.clone(),
+                policy: d.policy,
+                demand_fps: None,
+            }
+        })
+        .collect();
+    let capacity = match sharing {
+        Sharing::FleetAware => slots_total,
+        Sharing::PerDevice => f64::INFINITY,
+    };
+    let plan = fleet::plan(tables, &fleet_devices, capacity);
+    let utilisation = if slots_total > 0.0 {
+        plan.load / slots_total
+    } else {
+        0.0
+    };
+    // Keep the fleet's plans while they hold, as long as every device's worker is
+    // still there.
+    let current: Vec<Option<Candidate>> = devices
+        .iter()
+        .map(|d| {
+            let (c, w) = d.current?;
+            let onloads = (c.split as usize) < tables.blocks;
+            (!onloads || w.is_some()).then_some(c)
+        })
+        .collect();
+    if fleet::keep_current(tables, &fleet_devices, &current, capacity, &plan) {
+        return Step {
+            devices: None,
+            utilisation,
+        };
+    }
+    // Workers by spare slots, filled greedily by each device's cloud load.
+    let mut load = vec![0.0f64; workers.len()];
+    let mut order: Vec<usize> = (0..devices.len()).collect();
+    order.sort_by(|&a, &b| {
+        plan.devices[b]
+            .cloud_load
+            .total_cmp(&plan.devices[a].cloud_load)
+    });
+    let mut out: Vec<Option<Assigned>> = vec![None; devices.len()];
+    for i in order {
+        let p = &plan.devices[i];
+        let d = &devices[i];
+        let mut candidate = p.candidate;
+        let mut prediction = p.prediction;
+        let mut rate_fps = p.rate_fps;
+        // With room for everyone, hysteresis: keep a plan that is still good enough.
+        if plan.strategy == fleet::Strategy::Individual {
+            if let Some((cur, _)) = d.current {
+                let dec = planner.decide(
+                    tables,
+                    &fleet_devices[i].conditions,
+                    d.slo,
+                    d.policy,
+                    Some(cur),
+                );
+                candidate = dec.candidate;
+                prediction = dec.prediction;
+                rate_fps = prediction.throughput;
+            }
+        }
+        let onloads = (candidate.split as usize) < tables.blocks;
+        let worker = if onloads && !workers.is_empty() {
+            // Stay with the current worker if it is still there.
+            let w = d.current.and_then(|c| c.1).unwrap_or_else(|| {
+                (0..workers.len())
+                    .min_by(|&a, &b| {
+                        let la = load[a] / f64::from(workers[a].slots.max(1));
+                        let lb = load[b] / f64::from(workers[b].slots.max(1));
+                        la.total_cmp(&lb).then(workers[a].name.cmp(workers[b].name))
+                    })
+                    .expect("workers is not empty")
+            });
+            load[w] += p.cloud_load;
+            Some(w)
+        } else {
+            None
+        };
+        let feasible = p.status != Status::SloUnmet;
+        let (candidate, prediction, rate_fps) = if onloads && worker.is_none() {
+            let row = tables.device_only();
+            let p = row.predict(&fleet_devices[i].conditions);
+            (row.candidate, p, p.throughput)
+        } else {
+            (candidate, prediction, rate_fps)
+        };
+        let rate_fps = if (candidate.split as usize) < tables.blocks {
+            rate_fps
+        } else {
+            f64::INFINITY
+        };
+        out[i] = Some(Assigned {
+            candidate,
+            worker,
+            prediction,
+            feasible,
+            rate_fps,
+        });
+    }
+    Step {
+        devices: Some(
+            out.into_iter()
+                .map(|a| a.expect("every device was assigned"))
+                .collect(),
+        ),
+        utilisation,
+    }
+}
