@@ -136,21 +136,32 @@ pub struct Sweep {
     pub mbps: Vec<f64>,
 }
 
+/// A bad experiment file: the key, what is wrong, the fix.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ExperimentError(pub String);
+
 impl Experiment {
     /// Parses and checks an experiment; errors name the key and the allowed values.
-    pub fn from_toml(text: &str) -> Result<Experiment, String> {
-        let e: Experiment =
-            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+    pub fn from_toml(text: &str) -> Result<Experiment, ExperimentError> {
+        let e: Experiment = toml::from_str(text)
+            .map_err(|e| ExperimentError(e.to_string().trim_end().to_string()))?;
         e.validate()?;
         Ok(e)
     }
 
-    pub fn load(path: &Path) -> Result<Experiment, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Experiment::from_toml(&text).map_err(|e| format!("experiment {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Experiment, ExperimentError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ExperimentError(format!("{}: {e}", path.display())))?;
+        Experiment::from_toml(&text)
+            .map_err(|e| ExperimentError(format!("experiment {}: {e}", path.display())))
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ExperimentError> {
+        self.check().map_err(ExperimentError)
+    }
+
+    fn check(&self) -> Result<(), String> {
         let pos = |key: &str, v: f64| {
             if v.is_finite() && v > 0.0 {
                 Ok(())
@@ -478,20 +489,21 @@ mbps = 10.0
         assert_eq!(e.duration_s, 60.0);
         assert_eq!(e.devices[0].count, 1);
         let bad = GOOD.replace("\"dyno-fleet\"", "\"fastest\"");
-        let err = Experiment::from_toml(&bad).unwrap_err();
+        let err = Experiment::from_toml(&bad).unwrap_err().0;
         assert!(
             err.contains("fastest") && err.contains("dyno-fleet"),
             "{err}"
         );
         let bad = GOOD.replace("mbps = 10.0", "mbps = 10.0\nspeed = 3");
-        let err = Experiment::from_toml(&bad).unwrap_err();
+        let err = Experiment::from_toml(&bad).unwrap_err().0;
         assert!(err.contains("speed") && err.contains("line"), "{err}");
         let bad = GOOD.replace("mbps = 10.0", "");
         assert!(Experiment::from_toml(&bad)
             .unwrap_err()
+            .0
             .contains("exactly one of mbps"));
         let bad = GOOD.replace("mbps = 10.0", "mbps = 10.0\nsource = \" \"");
-        let err = Experiment::from_toml(&bad).unwrap_err();
+        let err = Experiment::from_toml(&bad).unwrap_err().0;
         assert!(
             err.contains("devices[0].source") && err.contains("synthetic"),
             "{err}"
@@ -499,6 +511,7 @@ mbps = 10.0
         let bad = format!("{GOOD}\n[sweep]\nmbps = [1, -2]\n");
         assert!(Experiment::from_toml(&bad)
             .unwrap_err()
+            .0
             .contains("sweep.mbps[1]"));
     }
 }

@@ -12,6 +12,34 @@ use tokio::sync::oneshot;
 
 use super::uplink::{self, Stalled, Uplink};
 
+/// Why the cloud did not answer a frame (the Device then finishes it).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CloudError {
+    #[error("worker {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: dyno::wire::WireError,
+    },
+    #[error("the uplink did not carry the frame within {0:?}")]
+    Stalled(Duration),
+    #[error("uplink: {0}")]
+    Uplink(String),
+    #[error("the data connection is closed")]
+    Closed,
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("the data connection broke")]
+    Broke,
+    #[error("worker busy: {0}")]
+    Busy(String),
+    #[error("worker error: {0}")]
+    Worker(String),
+    #[error("unexpected {0}")]
+    Unexpected(&'static str),
+    #[error("no worker assigned")]
+    NoWorker,
+}
+
 /// A connection to one worker's data endpoint.
 #[derive(Clone)]
 struct DataConn {
@@ -42,7 +70,7 @@ impl DataPath {
         }
     }
 
-    async fn conn(&self, addr: &str) -> Result<DataConn, String> {
+    async fn conn(&self, addr: &str) -> Result<DataConn, CloudError> {
         if let Some(c) = self.conns.get(addr) {
             if c.alive.load(Ordering::Acquire) {
                 return Ok(c.clone());
@@ -50,7 +78,10 @@ impl DataPath {
         }
         let conn = dial(addr, &self.me, self.max_frame)
             .await
-            .map_err(|e| format!("worker {addr}: {e}"))?;
+            .map_err(|source| CloudError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
         let (tx, mut rx) = conn.split();
         let (out, writer) = pump(tx);
         let c = DataConn {
@@ -110,7 +141,7 @@ impl DataPath {
         request: u64,
         packed: Vec<u8>,
         timeout: Duration,
-    ) -> Result<(i64, Stages, f64), String> {
+    ) -> Result<(i64, Stages, f64), CloudError> {
         let conn = self.conn(addr).await?;
         let (tx, rx) = oneshot::channel();
         conn.pending.insert(request, tx);
@@ -124,7 +155,7 @@ impl DataPath {
                 Ok(Ok(x)) => x,
                 Ok(Err(e)) => {
                     conn.pending.remove(&request);
-                    return Err(e);
+                    return Err(CloudError::Uplink(e));
                 }
                 Err(_) => {
                     conn.pending.remove(&request);
@@ -132,9 +163,7 @@ impl DataPath {
                         bytes,
                         waited: t.elapsed(),
                     });
-                    return Err(format!(
-                        "the uplink did not carry the frame within {timeout:?}"
-                    ));
+                    return Err(CloudError::Stalled(timeout));
                 }
             };
         let sent = conn.tx.send(Message::Infer {
@@ -144,13 +173,13 @@ impl DataPath {
         });
         if sent.is_err() {
             conn.pending.remove(&request);
-            return Err("the data connection is closed".into());
+            return Err(CloudError::Closed);
         }
         let answer = tokio::time::timeout_at(deadline, rx).await;
         conn.pending.remove(&request);
         let m = match answer {
-            Err(_) => return Err(format!("no answer within {timeout:?}")),
-            Ok(Err(_)) => return Err("the data connection broke".into()),
+            Err(_) => return Err(CloudError::NoAnswer(timeout)),
+            Ok(Err(_)) => return Err(CloudError::Broke),
             Ok(Ok(m)) => m,
         };
         // The answer comes back over the downlink's delay.
@@ -182,11 +211,11 @@ impl DataPath {
                 ))
             }
             Message::InferErr { busy, reason, .. } => Err(if busy {
-                format!("worker busy: {reason}")
+                CloudError::Busy(reason)
             } else {
-                format!("worker error: {reason}")
+                CloudError::Worker(reason)
             }),
-            m => Err(format!("unexpected {}", m.kind())),
+            m => Err(CloudError::Unexpected(m.kind())),
         }
     }
 }

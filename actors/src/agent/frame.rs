@@ -10,7 +10,7 @@ use dyno::wire::{Assignment, Stages};
 use tch::Tensor;
 use tokio::sync::watch;
 
-use super::data::DataPath;
+use super::data::{CloudError, DataPath};
 use super::device::{Device, Full, Head, Tail};
 use super::summary::{Done, FrameResult};
 use super::uplink::{IsStalled, Uplink};
@@ -114,7 +114,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
     let bytes = head.packed.len() as u64;
     let answer = match worker {
         Some(addr) => path.data.infer(&addr, request, head.packed, timeout).await,
-        None => Err("no worker assigned".to_string()),
+        None => Err(CloudError::NoWorker),
     };
     match answer {
         Ok((top1, worker_stages, wire_s)) => {
