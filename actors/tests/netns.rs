@@ -3,7 +3,7 @@
 //! the agent's uplink is shaped with `tc tbf`. When its bandwidth is cut from 50 to
 //! 2 Mbit/s, its plan must move to a later split within a few seconds. Everything the
 //! test made is removed afterwards. Needs root (and `ip`, `tc`, `avahi-daemon`);
-//! elsewhere it is skipped with a message saying why.
+//! elsewhere it is skipped with a message saying why (under `CI=true` it fails instead).
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
