@@ -299,13 +299,15 @@ impl Handler<LinkSample> for SchedulerActor {
     type Result = ();
     fn handle(&mut self, m: LinkSample, ctx: &mut Self::Context) {
         let now = self.now();
+        let before = self.control.link(&m.id);
         let r = if m.bytes == 0 {
             self.control.observe_rtt(&m.id, now, m.seconds)
         } else {
             self.control
                 .observe_transfer(&m.id, now, m.bytes, m.seconds)
         };
-        if let Some(link) = self.control.link(&m.id) {
+        // The gauge moves with the estimate, not with every report.
+        if let Some(link) = self.control.link(&m.id).filter(|l| Some(*l) != before) {
             metrics::gauge!("dyno_bandwidth_estimate_mbps", "device" => m.id.clone())
                 .set(link.bandwidth_bps / 1e6);
         }

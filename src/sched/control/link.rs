@@ -49,11 +49,6 @@ impl LinkState {
         self.planned.unwrap_or(STARTING_LINK)
     }
 
-    /// Whether anything was measured yet.
-    pub fn measured(&self) -> bool {
-        self.planned.is_some()
-    }
-
     /// A transfer of `bytes` in `seconds` (one RTT included); true when the estimate
     /// moved enough to re-plan for.
     pub fn observe_transfer(&mut self, now_s: f64, bytes: u64, seconds: f64) -> bool {

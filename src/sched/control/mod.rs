@@ -257,10 +257,6 @@ impl Control {
         }
     }
 
-    pub fn sharing(&self) -> Sharing {
-        self.sharing
-    }
-
     /// A device joined (or joined again: its old state is replaced).
     pub fn join_device(&mut self, id: &str, spec: DeviceSpec, now_s: f64) -> Reaction {
         self.devices.insert(
@@ -296,22 +292,26 @@ impl Control {
 
     /// A transfer on a device's uplink: `bytes` in `seconds` (one RTT included).
     pub fn observe_transfer(&mut self, id: &str, now_s: f64, bytes: u64, seconds: f64) -> Reaction {
-        let Some(d) = self.devices.get_mut(id) else {
-            return Reaction::None;
-        };
-        if d.link.observe_transfer(now_s, bytes, seconds) {
-            Reaction::gated(&mut self.gate, now_s)
-        } else {
-            Reaction::None
-        }
+        self.observe_link(id, now_s, |l| l.observe_transfer(now_s, bytes, seconds))
     }
 
     /// A round trip on a device's link.
     pub fn observe_rtt(&mut self, id: &str, now_s: f64, rtt_s: f64) -> Reaction {
-        let Some(d) = self.devices.get_mut(id) else {
-            return Reaction::None;
-        };
-        if d.link.observe_rtt(now_s, rtt_s) {
+        self.observe_link(id, now_s, |l| l.observe_rtt(now_s, rtt_s))
+    }
+
+    /// A sample of a device's link: a (gated) re-plan when its estimate moved.
+    fn observe_link(
+        &mut self,
+        id: &str,
+        now_s: f64,
+        sample: impl FnOnce(&mut LinkState) -> bool,
+    ) -> Reaction {
+        if self
+            .devices
+            .get_mut(id)
+            .is_some_and(|d| sample(&mut d.link))
+        {
             Reaction::gated(&mut self.gate, now_s)
         } else {
             Reaction::None
@@ -363,7 +363,7 @@ impl Control {
     /// probe.
     pub fn replan(&mut self, tables: &Tables, now_s: f64) -> Replanned {
         self.gate.ran(now_s);
-        let names: Vec<&str> = self.workers.keys().map(String::as_str).collect();
+        let names: Vec<String> = self.workers.keys().cloned().collect();
         let workers: Vec<WorkerView> = self
             .workers
             .iter()
@@ -386,7 +386,7 @@ impl Control {
                     let w = p
                         .worker
                         .as_deref()
-                        .and_then(|w| names.iter().position(|n| *n == w));
+                        .and_then(|w| names.iter().position(|n| n == w));
                     (p.candidate, w)
                 }),
             })
@@ -399,13 +399,12 @@ impl Control {
             &views,
             &workers,
         );
-        let worker_names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         drop(views);
         self.utilisation = s.utilisation;
         let mut out = Replanned::default();
         if let Some(assigned) = s.devices {
             for ((id, d), a) in self.devices.iter_mut().zip(assigned) {
-                let worker = a.worker.map(|w| worker_names[w].clone());
+                let worker = a.worker.map(|w| names[w].clone());
                 let changed = d
                     .plan
                     .as_ref()
@@ -439,27 +438,9 @@ impl Control {
         Some(self.devices.get(id)?.link.link())
     }
 
-    pub fn correction(&self, id: &str) -> Option<Correction> {
-        Some(self.devices.get(id)?.correction)
-    }
-
-    pub fn spec(&self, id: &str) -> Option<&DeviceSpec> {
-        Some(&self.devices.get(id)?.spec)
-    }
-
     /// The planned cloud load over the pool's slots, at the last re-plan.
     pub fn utilisation(&self) -> f64 {
         self.utilisation
-    }
-
-    /// Device ids, in order.
-    pub fn device_ids(&self) -> impl Iterator<Item = &str> {
-        self.devices.keys().map(String::as_str)
-    }
-
-    /// Workers and their slots, in name order.
-    pub fn workers(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.workers.iter().map(|(n, w)| (n.as_str(), w.slots))
     }
 }
 

@@ -163,17 +163,16 @@ pub fn step(
             None
         };
         let feasible = p.status != Status::SloUnmet;
-        let (candidate, prediction, rate_fps) = if onloads && worker.is_none() {
-            let row = tables.device_only();
-            let p = row.predict(&fleet_devices[i].conditions);
-            (row.candidate, p, p.throughput)
-        } else {
-            (candidate, prediction, rate_fps)
-        };
-        let rate_fps = if (candidate.split as usize) < tables.blocks {
-            rate_fps
-        } else {
-            f64::INFINITY
+        // Only frames that onload are limited.
+        let (candidate, prediction, rate_fps) = match (onloads, worker) {
+            (true, Some(_)) => (candidate, prediction, rate_fps),
+            // No worker left: device-only.
+            (true, None) => {
+                let row = tables.device_only();
+                let p = row.predict(&fleet_devices[i].conditions);
+                (row.candidate, p, f64::INFINITY)
+            }
+            (false, _) => (candidate, prediction, f64::INFINITY),
         };
         out[i] = Some(Assigned {
             candidate,
