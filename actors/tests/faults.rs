@@ -171,7 +171,13 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
             .filter(|d| d["id"] == id)
             .map(|d| {
                 let p = &d["plan"]["prediction"];
-                p["throughput"].as_f64().unwrap() * p["cloud_s"].as_f64().unwrap() / slots
+                // The rate planned: the prediction's, or the onload budget below it
+                // (`null`: no budget).
+                let rate = p["throughput"]
+                    .as_f64()
+                    .unwrap()
+                    .min(d["plan"]["rate_fps"].as_f64().unwrap_or(f64::INFINITY));
+                rate * p["cloud_s"].as_f64().unwrap() / slots
             })
             .sum()
     };

@@ -92,26 +92,25 @@ pub enum Strategy {
 /// `new` is not better by more than the SLOs' hysteresis (their mean) in total predicted
 /// throughput, the current plans' onloading rates scaled down to fit `capacity` where
 /// their load exceeds it. Without it, a fleet plan that moves with every new link or
-/// correction sample flaps.
+/// correction sample flaps. When they are kept, returns the scale their onloading rates
+/// take to fit `capacity` (1 when they fit).
 pub fn keep_current(
     tables: &Tables,
     devices: &[FleetDevice],
     current: &[Option<Candidate>],
     capacity: f64,
     new: &FleetPlan,
-) -> bool {
+) -> Option<f64> {
     if new.strategy == Strategy::Individual || devices.is_empty() || current.len() != devices.len()
     {
-        return false;
+        return None;
     }
     let (mut load, mut local, mut onloading, mut hysteresis) = (0.0, 0.0, 0.0, 0.0);
     for (d, c) in devices.iter().zip(current) {
-        let Some(row) = c.as_ref().and_then(|c| tables.row(c)) else {
-            return false;
-        };
+        let row = c.as_ref().and_then(|c| tables.row(c))?;
         let p = row.predict(&d.conditions);
         if !d.slo.constraints.allows(&p) {
-            return false;
+            return None;
         }
         let rate = d.demand_fps.map_or(p.throughput, |f| f.min(p.throughput));
         if p.cloud_s > 0.0 {
@@ -128,7 +127,7 @@ pub fn keep_current(
     } else {
         1.0
     };
-    new.throughput <= (local + scale * onloading) * (1.0 + hysteresis)
+    (new.throughput <= (local + scale * onloading) * (1.0 + hysteresis)).then_some(scale)
 }
 
 /// A plan a device may take, at full rate.
@@ -537,29 +536,19 @@ mod tests {
         let current: Vec<Option<Candidate>> =
             new.devices.iter().map(|p| Some(p.candidate)).collect();
         // The plan itself is kept against itself...
-        assert!(keep_current(&tables, &devices, &current, capacity, &new));
+        assert!(keep_current(&tables, &devices, &current, capacity, &new).is_some());
         // ...not when a device has no plan yet, when the pool shrank under the plans'
         // load, or when the alternative is more than the hysteresis better.
         let mut missing = current.clone();
         missing[3] = None;
-        assert!(!keep_current(&tables, &devices, &missing, capacity, &new));
-        assert!(!keep_current(
-            &tables,
-            &devices,
-            &current,
-            capacity * 0.2,
-            &new
-        ));
+        assert!(keep_current(&tables, &devices, &missing, capacity, &new).is_none());
+        assert!(keep_current(&tables, &devices, &current, capacity * 0.2, &new).is_none());
         let mut better = new.clone();
         better.throughput *= 1.0 + slo.objectives.hysteresis + 0.05;
-        assert!(!keep_current(
-            &tables, &devices, &current, capacity, &better
-        ));
+        assert!(keep_current(&tables, &devices, &current, capacity, &better).is_none());
         let mut slightly = new.clone();
         slightly.throughput *= 1.0 + slo.objectives.hysteresis / 2.0;
-        assert!(keep_current(
-            &tables, &devices, &current, capacity, &slightly
-        ));
+        assert!(keep_current(&tables, &devices, &current, capacity, &slightly).is_some());
     }
 
     #[test]

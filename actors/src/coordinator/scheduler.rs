@@ -19,7 +19,6 @@ pub const RECENT_S: f64 = 10.0;
 pub(super) struct DeviceSession {
     pub info: DeviceInfo,
     pub tx: Outbox,
-    pub plan: Option<Assignment>,
     pub frames: u64,
     pub fallbacks: u64,
     /// (when, end-to-end seconds) of the reports of the last `RECENT_S` seconds.
@@ -87,29 +86,33 @@ impl SchedulerActor {
         }
     }
 
+    /// A plan as the device gets it: its worker is where to send activations.
+    pub(super) fn on_the_wire(&self, mut plan: Assignment) -> Assignment {
+        plan.worker = plan
+            .worker
+            .as_ref()
+            .and_then(|w| self.workers.get(w))
+            .map(|w| w.data_addr.clone());
+        plan
+    }
+
     /// Plans the fleet and pushes the plans that changed and the probes asked for.
     fn replan(&mut self) {
         let timer = Instant::now();
         let r = self.control.replan(&self.tables, self.now());
         metrics::histogram!("dyno_replan_seconds").record(timer.elapsed().as_secs_f64());
         metrics::gauge!("dyno_pool_utilisation").set(self.control.utilisation());
-        for (id, mut a) in r.changed {
-            let Some(d) = self.devices.get_mut(&id) else {
+        for (id, a) in r.changed {
+            let Some(d) = self.devices.get(&id) else {
                 continue;
             };
-            // On the wire, the worker is where to send activations.
-            a.worker = a
-                .worker
-                .as_ref()
-                .and_then(|w| self.workers.get(w))
-                .map(|w| w.data_addr.clone());
+            let a = self.on_the_wire(a);
             tracing::info!(device = %id, plan = %a.candidate, worker = ?a.worker, "new plan");
             metrics::gauge!("dyno_plan_split", "device" => id.clone())
                 .set(f64::from(a.candidate.split));
             metrics::gauge!("dyno_plan_bits", "device" => id.clone())
                 .set(f64::from(a.candidate.precision.bits_per_value()));
-            let _ = d.tx.send(Message::Plan(a.clone()));
-            d.plan = Some(a);
+            let _ = d.tx.send(Message::Plan(a));
             self.plans_sent += 1;
         }
         self.probe(r.probes);
@@ -227,7 +230,6 @@ impl Handler<DeviceJoined> for SchedulerActor {
             DeviceSession {
                 info: m.info,
                 tx: m.tx,
-                plan: None,
                 frames: 0,
                 fallbacks: 0,
                 recent: VecDeque::new(),

@@ -35,7 +35,7 @@ impl Handler<GetStatus> for SchedulerActor {
                 DeviceStatus {
                     id: id.clone(),
                     class: d.info.class.clone(),
-                    plan: d.plan.clone(),
+                    plan: self.control.plan(id).cloned().map(|p| self.on_the_wire(p)),
                     bandwidth_mbps: link.bandwidth_bps / 1e6,
                     rtt_ms: link.rtt_s * 1e3,
                     frames: d.frames,

@@ -84,7 +84,7 @@ pub fn spawn_ready(args: &[&str]) -> (Proc, serde_json::Value) {
         Command::new(env!("CARGO_BIN_EXE_dyno"))
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
+            .stderr(std::fs::File::create("/tmp/coord.log").unwrap()),
     )
     .unwrap();
     let v = read_ready(p.child(), args);

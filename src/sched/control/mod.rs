@@ -9,7 +9,8 @@
 //!   (workers and their slots) it returns every device's assignment (split, precision,
 //!   codec, worker, onload rate): `fleet::plan` against the pool (infinite capacity when
 //!   [`Sharing::PerDevice`]), fleet-level hysteresis (`fleet::keep_current`) when the pool
-//!   is shared, per-device hysteresis (`Scheduler::decide` with the plan in force) when
+//!   is shared (not on the re-plan after a device left or a worker joined: the freed
+//!   capacity is handed out afresh), per-device hysteresis (`Scheduler::decide` with the plan in force) when
 //!   everyone fits, then workers filled greedily by cloud load (a device stays with its
 //!   worker while it is there); a plan that onloads with no worker runs device-only.
 //! - [`LinkState`]: one device's link as the planner sees it: the estimator, the
@@ -31,7 +32,7 @@ mod link;
 mod step;
 
 pub use link::{LinkState, ProbeRule, PROBE};
-pub use step::{step, Assigned, DeviceView, Step, WorkerView};
+pub use step::{cloud_load, step, Assigned, DeviceView, Step, WorkerView};
 
 /// The link assumed for a device before anything was measured.
 pub const STARTING_LINK: Link = Link {
@@ -210,6 +211,13 @@ pub struct Plan {
     pub epoch: u64,
 }
 
+impl Plan {
+    /// The pool's seconds per second this plan takes.
+    pub fn cloud_load(&self) -> f64 {
+        cloud_load(&self.prediction, self.rate_fps)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Device {
     spec: DeviceSpec,
@@ -223,12 +231,21 @@ struct Worker {
     slots: u32,
 }
 
-/// The devices whose plans a re-plan changed, with their new plans (in id order).
+/// The devices whose plans a re-plan changed (split, precision, codec, worker, or an
+/// onload rate moved by more than 10 %), with their new plans (in id order).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Replanned {
     pub changed: Vec<(String, Plan)>,
     /// Links to probe now, with the probe's bytes.
     pub probes: Vec<(String, u32)>,
+}
+
+/// Whether an onload rate moved by more than 10 % (a plan with it is sent again).
+fn rate_moved(sent: f64, now: f64) -> bool {
+    if sent.is_infinite() || now.is_infinite() {
+        return sent != now;
+    }
+    (now - sent).abs() > 0.1 * sent.abs()
 }
 
 /// The fleet's control state: one per coordinator, one per simulation.
@@ -241,6 +258,9 @@ pub struct Control {
     planner: Scheduler,
     gate: ReplanGate,
     utilisation: f64,
+    /// A device left or a worker joined since the last re-plan: the next one plans
+    /// afresh, without fleet-level hysteresis.
+    membership_changed: bool,
 }
 
 impl Control {
@@ -254,6 +274,7 @@ impl Control {
             planner: Scheduler::new(),
             gate: ReplanGate::new(replan_gap_s),
             utilisation: 0.0,
+            membership_changed: false,
         }
     }
 
@@ -273,13 +294,17 @@ impl Control {
 
     pub fn leave_device(&mut self, id: &str) -> Reaction {
         match self.devices.remove(id) {
-            Some(_) => Reaction::Now,
+            Some(_) => {
+                self.membership_changed = true;
+                Reaction::Now
+            }
             None => Reaction::None,
         }
     }
 
     pub fn join_worker(&mut self, name: &str, slots: u32) -> Reaction {
         self.workers.insert(name.to_string(), Worker { slots });
+        self.membership_changed = true;
         Reaction::Now
     }
 
@@ -398,32 +423,43 @@ impl Control {
             self.cloud_slowdown,
             &views,
             &workers,
+            !self.membership_changed,
         );
         drop(views);
-        self.utilisation = s.utilisation;
+        self.membership_changed = false;
         let mut out = Replanned::default();
-        if let Some(assigned) = s.devices {
-            for ((id, d), a) in self.devices.iter_mut().zip(assigned) {
-                let worker = a.worker.map(|w| names[w].clone());
-                let changed = d
-                    .plan
-                    .as_ref()
-                    .is_none_or(|p| p.candidate != a.candidate || p.worker != worker);
-                if !changed {
-                    continue;
-                }
-                let plan = Plan {
-                    candidate: a.candidate,
-                    worker,
-                    prediction: a.prediction,
-                    feasible: a.feasible,
-                    rate_fps: a.rate_fps,
-                    epoch: d.plan.as_ref().map_or(1, |p| p.epoch + 1),
-                };
-                d.plan = Some(plan.clone());
-                out.changed.push((id.clone(), plan));
+        for ((id, d), a) in self.devices.iter_mut().zip(s.devices) {
+            let worker = a.worker.map(|w| names[w].clone());
+            if let Some(p) = d.plan.as_mut().filter(|p| {
+                p.candidate == a.candidate
+                    && p.worker == worker
+                    && !rate_moved(p.rate_fps, a.rate_fps)
+            }) {
+                // The same plan: its prediction under today's conditions, the rate
+                // as it was sent.
+                p.prediction = a.prediction;
+                p.feasible = a.feasible;
+                continue;
             }
+            let plan = Plan {
+                candidate: a.candidate,
+                worker,
+                prediction: a.prediction,
+                feasible: a.feasible,
+                rate_fps: a.rate_fps,
+                epoch: d.plan.as_ref().map_or(1, |p| p.epoch + 1),
+            };
+            d.plan = Some(plan.clone());
+            out.changed.push((id.clone(), plan));
         }
+        let slots: f64 = self.workers.values().map(|w| f64::from(w.slots)).sum();
+        let load: f64 = self
+            .devices
+            .values()
+            .filter_map(|d| d.plan.as_ref())
+            .map(Plan::cloud_load)
+            .sum();
+        self.utilisation = if slots > 0.0 { load / slots } else { 0.0 };
         out.probes = self.probes(now_s);
         out
     }
@@ -472,5 +508,65 @@ mod tests {
         g.ran(0.1);
         assert!(!g.due());
         assert_eq!(Reaction::gated(&mut g, 0.3), Reaction::Now);
+    }
+
+    /// A device's planned share of the pool: its cloud seconds per second over the slots.
+    fn share(c: &Control, id: &str, slots: f64) -> f64 {
+        c.plan(id).map_or(0.0, |p| p.cloud_load() / slots)
+    }
+
+    #[test]
+    fn a_rate_is_sent_again_when_it_moved_by_more_than_ten_percent() {
+        assert!(!rate_moved(10.0, 10.9));
+        assert!(rate_moved(10.0, 11.1));
+        assert!(rate_moved(10.0, 8.9));
+        assert!(!rate_moved(f64::INFINITY, f64::INFINITY));
+        assert!(rate_moved(f64::INFINITY, 10.0));
+        assert!(rate_moved(10.0, f64::INFINITY));
+    }
+
+    #[test]
+    fn a_leaving_device_hands_its_share_to_the_others_and_utilisation_is_what_is_planned() {
+        let tables = crate::sched::tests::toy();
+        let ids = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        // A scarce pool: one slot against eight devices.
+        let mut c = Control::new(Sharing::FleetAware, 1.0, 0.0);
+        c.join_worker("w", 1);
+        for (i, id) in ids.iter().enumerate() {
+            let spec = DeviceSpec {
+                slowdown: 2.0,
+                slo: Slo::default(),
+                policy: Policy::Dyno,
+            };
+            c.join_device(id, spec, 0.0);
+            c.observe_rtt(id, 0.0, 0.01);
+            c.observe_transfer(id, 0.0, 1_000_000, 0.01 + 8e6 / (20e6 + 10e6 * i as f64));
+        }
+        c.replan(&tables, 1.0);
+        let planned = |c: &Control| ids.iter().map(|id| share(c, id, 1.0)).sum::<f64>();
+        assert!(c.utilisation() > 0.9, "{}", c.utilisation());
+        assert!((c.utilisation() - planned(&c)).abs() < 1e-9);
+        let victim = *ids
+            .iter()
+            .max_by(|a, b| share(&c, a, 1.0).total_cmp(&share(&c, b, 1.0)))
+            .unwrap();
+        let (victim_share, others_before) =
+            (share(&c, victim, 1.0), planned(&c) - share(&c, victim, 1.0));
+        assert!(victim_share > 0.1, "{victim_share}");
+        assert_eq!(c.leave_device(victim), Reaction::Now);
+        c.replan(&tables, 2.0);
+        let others_after = planned(&c);
+        assert!(
+            others_after >= others_before + 0.5 * victim_share,
+            "{others_before:.3} -> {others_after:.3} (victim {victim_share:.3})"
+        );
+        assert!(
+            (c.utilisation() - planned(&c)).abs() < 1e-9,
+            "{} against {}",
+            c.utilisation(),
+            planned(&c)
+        );
+        // With the membership unchanged, the next re-plan keeps every plan.
+        assert!(c.replan(&tables, 3.0).changed.is_empty());
     }
 }

@@ -45,14 +45,22 @@ pub struct Assigned {
 /// The step's answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
-    /// Every device's assignment, in the order given; `None` when the fleet keeps its
-    /// current plans (fleet-level hysteresis).
-    pub devices: Option<Vec<Assigned>>,
-    /// Planned cloud load over the pool's slots.
-    pub utilisation: f64,
+    /// Every device's assignment, in the order given.
+    pub devices: Vec<Assigned>,
+    /// Whether these are the current plans, kept (fleet-level hysteresis), with their
+    /// predictions under today's conditions.
+    pub kept: bool,
 }
 
-/// The control step: every device's assignment against the pool.
+/// A plan's cloud load: the pool's seconds per second it takes, at its predicted rate
+/// or its onload budget below it.
+pub fn cloud_load(prediction: &Prediction, rate_fps: f64) -> f64 {
+    rate_fps.min(prediction.throughput) * prediction.cloud_s
+}
+
+/// The control step: every device's assignment against the pool. `keep`: the fleet may
+/// keep its current plans while they hold (fleet-level hysteresis); off after the fleet's
+/// membership changed, so that a leaving device's share goes to the others.
 pub fn step(
     tables: &Tables,
     planner: &mut Scheduler,
@@ -60,14 +68,14 @@ pub fn step(
     cloud_slowdown: f64,
     devices: &[DeviceView],
     workers: &[WorkerView],
+    keep: bool,
 ) -> Step {
     if devices.is_empty() {
         return Step {
-            devices: Some(Vec::new()),
-            utilisation: 0.0,
+            devices: Vec::new(),
+            kept: false,
         };
     }
-    let slots_total: f64 = workers.iter().map(|w| f64::from(w.slots)).sum();
     // A device gets one worker; its slots serve the device's frames at once.
     let slots = workers
         .iter()
@@ -90,15 +98,10 @@ pub fn step(
         })
         .collect();
     let capacity = match sharing {
-        Sharing::FleetAware => slots_total,
+        Sharing::FleetAware => workers.iter().map(|w| f64::from(w.slots)).sum(),
         Sharing::PerDevice => f64::INFINITY,
     };
     let plan = fleet::plan(tables, &fleet_devices, capacity);
-    let utilisation = if slots_total > 0.0 {
-        plan.load / slots_total
-    } else {
-        0.0
-    };
     // Keep the fleet's plans while they hold, as long as every device's worker is
     // still there.
     let current: Vec<Option<Candidate>> = devices
@@ -109,10 +112,36 @@ pub fn step(
             (!onloads || w.is_some()).then_some(c)
         })
         .collect();
-    if fleet::keep_current(tables, &fleet_devices, &current, capacity, &plan) {
+    if let Some(scale) = keep
+        .then(|| fleet::keep_current(tables, &fleet_devices, &current, capacity, &plan))
+        .flatten()
+    {
+        let kept = devices
+            .iter()
+            .zip(&fleet_devices)
+            .map(|(d, f)| {
+                let (candidate, worker) = d.current.expect("kept plans are all planned");
+                let prediction = tables
+                    .row(&candidate)
+                    .expect("kept plans are in the tables")
+                    .predict(&f.conditions);
+                let rate_fps = match worker {
+                    Some(_) => scale * prediction.throughput,
+                    None => f64::INFINITY,
+                };
+                Assigned {
+                    candidate,
+                    worker,
+                    prediction,
+                    // Kept only while they meet their SLO's constraints.
+                    feasible: true,
+                    rate_fps,
+                }
+            })
+            .collect();
         return Step {
-            devices: None,
-            utilisation,
+            devices: kept,
+            kept: true,
         };
     }
     // Workers by spare slots, filled greedily by each device's cloud load.
@@ -157,7 +186,8 @@ pub fn step(
                     })
                     .expect("workers is not empty")
             });
-            load[w] += p.cloud_load;
+            // The load of the plan it gets (per-device hysteresis may keep another).
+            load[w] += cloud_load(&prediction, rate_fps);
             Some(w)
         } else {
             None
@@ -183,11 +213,10 @@ pub fn step(
         });
     }
     Step {
-        devices: Some(
-            out.into_iter()
-                .map(|a| a.expect("every device was assigned"))
-                .collect(),
-        ),
-        utilisation,
+        devices: out
+            .into_iter()
+            .map(|a| a.expect("every device was assigned"))
+            .collect(),
+        kept: false,
     }
 }
