@@ -250,6 +250,10 @@ pub struct AgentConfig {
     /// Pin the plan (split, precision, codec) whatever the coordinator decides; its
     /// worker assignment still applies. For measurements.
     pub pin: Option<dyno::sched::perf::Candidate>,
+    /// Make each stage last the class's slowdown times its profiled time, by sleeping
+    /// (true), or run it as fast as the host lets it (false: on the testbed, where a CPU
+    /// quota makes the device slow).
+    pub stretch: bool,
 }
 
 impl AgentConfig {
@@ -298,6 +302,7 @@ impl Default for AgentConfig {
             results: None,
             mdns: true,
             pin: None,
+            stretch: true,
         }
     }
 }

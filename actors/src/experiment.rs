@@ -28,6 +28,16 @@ pub enum Runner {
     InProcess,
     /// Each actor group in its own process of this `dyno` binary.
     Processes { exe: PathBuf },
+    /// Processes of this binary on the testbed: each device in its own network
+    /// namespace and CPU quota, its links shaped by tc (`crate::testbed`).
+    Testbed { exe: PathBuf },
+}
+
+/// Where a process of the fleet runs.
+#[derive(Debug, Clone, Copy)]
+enum Host {
+    Cloud,
+    Device(usize),
 }
 
 /// Runs every (sweep point, policy) of `e` live, one after the other.
@@ -49,6 +59,25 @@ pub fn live_with(
     let mode = match runner {
         Runner::InProcess => "live",
         Runner::Processes { .. } => "live (processes)",
+        Runner::Testbed { .. } => "testbed",
+    };
+    let calibration = match runner {
+        Runner::Testbed { .. } => {
+            let path = e.testbed.quotas.as_ref().map_or_else(
+                || crate::testbed::default_calibration(home),
+                |p| home.root().join(p),
+            );
+            let c = crate::testbed::Calibration::load(&path)?;
+            anyhow::ensure!(
+                c.model == e.model || e.model != "mobilenet_v2",
+                "{}: calibrated on {}, the experiment runs {}",
+                path.display(),
+                c.model,
+                e.model
+            );
+            Some(c)
+        }
+        _ => None,
     };
     let mut out = Outcome::empty(e, mode);
     let bar = if progress {
@@ -137,9 +166,18 @@ pub fn live_with(
                 fleet_aware,
                 ..CoordinatorConfig::default()
             };
-            let results = match runner {
-                Runner::InProcess => in_process(cfg, agents, home)?,
-                Runner::Processes { exe } => processes(exe, &cfg, agents, home)?,
+            let mut qdisc = Vec::new();
+            let results = match (runner, &calibration) {
+                (Runner::InProcess, _) => in_process(cfg, agents, home)?,
+                (Runner::Processes { exe }, _) => {
+                    processes(&cfg, agents, home, &|_| Command::new(exe), &|| {})?
+                }
+                (Runner::Testbed { exe }, Some(cal)) => {
+                    let (r, q) = on_testbed(exe, cfg, agents, &traces, home, e, cal)?;
+                    qdisc = q;
+                    r
+                }
+                (Runner::Testbed { .. }, None) => unreachable!("loaded above"),
             };
             let mut frames: Vec<SimFrame> = Vec::new();
             let mut plan_changes = 0;
@@ -171,11 +209,20 @@ pub fn live_with(
                     });
                 }
             }
-            out.ticks.extend(
-                ticks(&results, &traces, e.duration_s, e.replan_s)
-                    .into_iter()
-                    .map(|t| (name.clone(), *point, t)),
-            );
+            let mut series = ticks(&results, &traces, e.duration_s, e.replan_s);
+            // On the testbed, the uplink's rate as the kernel enforced it.
+            for t in &mut series {
+                t.kernel_mbps = qdisc
+                    .iter()
+                    .filter(|q| q.device == t.device && q.direction == "up")
+                    .take_while(|q| q.time_s <= t.time_s + 1e-9)
+                    .last()
+                    .map_or(f64::NAN, |q| q.kernel_mbps);
+            }
+            out.ticks
+                .extend(series.into_iter().map(|t| (name.clone(), *point, t)));
+            out.qdisc
+                .extend(qdisc.into_iter().map(|q| (name.clone(), *point, q)));
             out.rows.push(row(
                 name,
                 *point,
@@ -215,14 +262,17 @@ fn in_process(
     })
 }
 
-/// The coordinator (with its embedded workers) and every agent as processes of `exe`,
-/// configured by files in a temporary folder; each agent's results come back as its
-/// summary on stdout and its per-frame JSON lines.
+/// The coordinator (with its embedded workers) and every agent as processes (`host`
+/// makes each one's command: this binary, here or on a testbed host), configured by
+/// files in a temporary folder; each agent's results come back as its summary on
+/// stdout and its per-frame JSON lines. `agents_starting` is called just before the
+/// agents start.
 fn processes(
-    exe: &Path,
     cfg: &CoordinatorConfig,
     agents: Vec<AgentConfig>,
     home: &Home,
+    host: &dyn Fn(Host) -> Command,
+    agents_starting: &dyn Fn(),
 ) -> anyhow::Result<Vec<(agent::AgentSummary, Vec<FrameResult>)>> {
     let dir = tempfile::Builder::new().prefix("dyno-live-").tempdir()?;
     let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
@@ -235,7 +285,7 @@ fn processes(
     };
     let coordinator_toml = write("coordinator.toml", toml::to_string(cfg)?)?;
     let (c, ready) = Proc::spawn_ready(
-        Command::new(exe)
+        host(Host::Cloud)
             .arg("--home")
             .arg(home.root())
             .args(["coordinator", "--ready-json", "--config"])
@@ -245,13 +295,17 @@ fn processes(
     )?;
     let control = control_addr(&ready)?;
     let mut children = Vec::new();
-    for mut a in agents {
-        a.coordinators = vec![control.clone()];
+    agents_starting();
+    for (i, mut a) in agents.into_iter().enumerate() {
+        // Agents that discover the coordinator over mDNS have none given.
+        if !a.mdns {
+            a.coordinators = vec![control.clone()];
+        }
         let results = dir.path().join(format!("{}.jsonl", a.id));
         a.results = Some(results.clone());
         let path = write(&format!("{}.toml", a.id), toml::to_string(&a)?)?;
         let child = Proc::spawn(
-            Command::new(exe)
+            host(Host::Device(i))
                 .arg("--home")
                 .arg(home.root())
                 .args(["agent", "--config"])
@@ -287,6 +341,128 @@ fn processes(
     Ok(out)
 }
 
+/// The fleet on the testbed: the coordinator (with its workers) in the cloud namespace
+/// under `workers x cloud_cores_per_worker` cores, each agent in its own namespace
+/// under its class's calibrated quota with one libtorch thread and no stretching; each
+/// device's link shaped by tc both ways at the trace's rate, changed on its schedule
+/// (user space keeps only the RTT's delay and the loss). Returns the results and the
+/// qdiscs' samples (every 0.5 s).
+fn on_testbed(
+    exe: &Path,
+    mut cfg: CoordinatorConfig,
+    mut agents: Vec<AgentConfig>,
+    traces: &[Trace],
+    home: &Home,
+    e: &Experiment,
+    cal: &crate::testbed::Calibration,
+) -> anyhow::Result<Results> {
+    use crate::testbed::net::{Direction, CLOUD_IP};
+    use dyno::experiment::Discovery;
+    let quotas = agents
+        .iter()
+        .map(|a| Ok((a.class.clone(), cal.cores(&a.class)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cloud_cores = cfg.workers as f64 * e.testbed.cloud_cores_per_worker;
+    let mdns = e.testbed.discovery == Discovery::Mdns;
+    let avahi = home.root().join("scripts").join("avahi.sh");
+    let tb = crate::testbed::Testbed::start(&quotas, cloud_cores, mdns.then_some(avahi.as_path()))?;
+    for (i, trace) in traces.iter().enumerate() {
+        for dir in [Direction::Up, Direction::Down] {
+            tb.net.shape(i, dir, trace.mbps_at(0.0))?;
+        }
+    }
+    cfg.listen = format!("{CLOUD_IP}:7700");
+    cfg.data_listen = format!("{CLOUD_IP}:7701");
+    cfg.mdns = mdns;
+    for a in &mut agents {
+        a.mdns = mdns;
+        a.coordinators.clear();
+        a.stretch = false;
+        a.threads = Some(1);
+        // The rate is the kernel's; user space keeps the delay and the loss.
+        a.link.mbps = 1e5;
+        a.link.trace = None;
+        a.link.steps.clear();
+    }
+    let started = std::sync::OnceLock::<std::time::Instant>::new();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let replay = s.spawn(|| replay(&tb.net, traces, &started, &stop));
+        let results = processes(
+            &cfg,
+            agents,
+            home,
+            &|h| match h {
+                Host::Cloud => tb.cloud_command(exe),
+                Host::Device(i) => tb.device_command(i, exe),
+            },
+            &|| {
+                let _ = started.set(std::time::Instant::now());
+            },
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let samples = replay
+            .join()
+            .map_err(|_| anyhow::anyhow!("the trace replay panicked"))??;
+        Ok((results?, samples))
+    })
+}
+
+type Results = (
+    Vec<(agent::AgentSummary, Vec<FrameResult>)>,
+    Vec<dyno::experiment::QdiscSample>,
+);
+
+/// Replays each device's trace into its qdiscs (`tc qdisc replace` when the rate
+/// changes, checked every 50 ms) from when the agents start until `stop`, sampling
+/// `tc -s qdisc` every 0.5 s.
+fn replay(
+    net: &crate::testbed::net::Net,
+    traces: &[Trace],
+    started: &std::sync::OnceLock<std::time::Instant>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<Vec<dyno::experiment::QdiscSample>> {
+    use crate::testbed::net::Direction;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let mut samples = Vec::new();
+    let mut set: Vec<f64> = traces.iter().map(|t| t.mbps_at(0.0)).collect();
+    let mut next_sample = 0.0;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        let Some(start) = started.get() else {
+            continue;
+        };
+        let t = start.elapsed().as_secs_f64();
+        for (i, trace) in traces.iter().enumerate() {
+            let rate = trace.mbps_at(t);
+            if rate != set[i] {
+                for dir in [Direction::Up, Direction::Down] {
+                    net.shape(i, dir, rate)?;
+                }
+                set[i] = rate;
+            }
+        }
+        if t >= next_sample {
+            next_sample += 0.5;
+            for (i, trace) in traces.iter().enumerate() {
+                for (dir, name) in [(Direction::Up, "up"), (Direction::Down, "down")] {
+                    let (kernel_mbps, sent_bytes) = net.qdisc_stats(i, dir)?;
+                    samples.push(dyno::experiment::QdiscSample {
+                        time_s: t,
+                        device: i,
+                        direction: name,
+                        trace_mbps: trace.mbps_at(t),
+                        kernel_mbps,
+                        sent_bytes,
+                    });
+                }
+            }
+        }
+    }
+    Ok(samples)
+}
+
 /// A time series per device like the simulator's: every `step_s`, the link's rate and
 /// the plan in force (the last frame started by then). The coordinator's estimate is
 /// not known here (NaN).
@@ -312,6 +488,7 @@ fn ticks(
                 device: i,
                 true_mbps: trace.mbps_at(t),
                 estimated_mbps: f64::NAN,
+                kernel_mbps: f64::NAN,
                 split: f.candidate.split,
                 precision: f.candidate.precision.to_string(),
             });

@@ -15,6 +15,7 @@
 //! - [`discovery`]: mDNS advertisement and browsing (`_dyno._tcp`, zeroconf on Avahi).
 //! - [`experiment`]: the live mode of `dyno experiment run`.
 //! - [`load`]: `dyno load`, many synthetic agents against one coordinator.
+//! - [`testbed`]: real hosts on one machine: network namespaces, CPU quotas, tc links.
 //! - [`config`]: the processes' TOML files.
 
 pub mod agent;
@@ -26,4 +27,5 @@ pub mod discovery;
 pub mod experiment;
 pub mod load;
 pub mod metrics;
+pub mod testbed;
 pub mod worker;

@@ -79,6 +79,11 @@ impl Default for CloudClass {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Devices {
+    /// The devices' latency profile, which each class's slowdown scales (`{model}` is
+    /// replaced by the model name); default: the model's own
+    /// (`models/profiles/{model}.latency.json`, measured with 2 threads).
+    #[serde(default)]
+    pub profile: Option<String>,
     pub classes: BTreeMap<String, DeviceClass>,
     #[serde(default)]
     pub cloud: CloudClass,
@@ -108,9 +113,10 @@ impl Devices {
     pub fn from_toml(text: &str) -> Result<Devices, ConfigError> {
         let d: Devices = toml::from_str(text).map_err(|e| {
             ConfigError(format!(
-                "{}; a class has slowdown, threads, description, energy \
-                 (compute_watts, radio_joules_per_mb) and profile; [cloud] has slowdown, \
-                 workers and profile (see config/README.md)",
+                "{}; the file has profile, [classes.NAME] and [cloud]; a class has \
+                 slowdown, threads, description, energy (compute_watts, \
+                 radio_joules_per_mb) and profile; [cloud] has slowdown, workers and \
+                 profile (see config/README.md)",
                 e.to_string().trim_end()
             ))
         })?;
@@ -168,18 +174,23 @@ impl Devices {
 }
 
 impl Devices {
-    /// `model`'s tables: its accuracy profile, the devices' latency profile and the
-    /// cloud's (`[cloud] profile`, default the same as the devices').
+    /// `model`'s tables: its accuracy profile, the devices' latency profile (`profile`)
+    /// and the cloud's (`[cloud] profile`, default the model's own).
     pub fn tables(&self, home: &Home, model: &str) -> anyhow::Result<crate::sched::perf::Tables> {
         use crate::profile::{self, latency::LatencyProfile, AccuracyProfile};
         let accuracy = AccuracyProfile::load(&profile::find(home, model, "accuracy"))?;
-        let device = LatencyProfile::load(&profile::find(home, model, "latency"))?;
+        let device = LatencyProfile::load(&self.device_profile(home, model))?;
         let cloud = LatencyProfile::load(&latency_profile_path(
             self.cloud.profile.as_deref(),
             home,
             model,
         ))?;
         Ok(crate::sched::perf::Tables::new(&accuracy, &device, &cloud)?)
+    }
+
+    /// The devices' latency profile of `model` (what the classes' slowdowns scale).
+    pub fn device_profile(&self, home: &Home, model: &str) -> PathBuf {
+        latency_profile_path(self.profile.as_deref(), home, model)
     }
 
     /// The device-classes file `path` names (relative to the project), or the shipped one.

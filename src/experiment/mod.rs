@@ -61,6 +61,59 @@ pub struct Experiment {
     pub devices: Vec<DeviceSpec>,
     #[serde(default)]
     pub sweep: Sweep,
+    /// How the testbed mode builds its hosts.
+    #[serde(default)]
+    pub testbed: TestbedSpec,
+}
+
+/// The `[testbed]` section: how `--mode testbed` builds its hosts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestbedSpec {
+    /// How agents find the coordinator: `static` (its address on the testbed's bridge)
+    /// or `mdns` (an Avahi daemon in every namespace).
+    #[serde(default)]
+    pub discovery: Discovery,
+    /// The device classes' CPU quotas, from `dyno testbed calibrate` (default
+    /// config/testbed.toml).
+    pub quotas: Option<PathBuf>,
+    /// Cores of CPU quota per cloud worker.
+    #[serde(default = "one")]
+    pub cloud_cores_per_worker: f64,
+}
+
+impl Default for TestbedSpec {
+    fn default() -> Self {
+        TestbedSpec {
+            discovery: Discovery::Static,
+            quotas: None,
+            cloud_cores_per_worker: 1.0,
+        }
+    }
+}
+
+/// How agents find their coordinator on the testbed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    #[default]
+    Static,
+    Mdns,
+}
+
+/// One sample of a device's qdisc on the testbed (`tc -s qdisc`).
+#[derive(Debug, Clone, Serialize)]
+pub struct QdiscSample {
+    pub time_s: f64,
+    pub device: usize,
+    /// `up` or `down`.
+    pub direction: &'static str,
+    /// The trace's rate at that time.
+    pub trace_mbps: f64,
+    /// The rate the kernel's tbf enforces, read back.
+    pub kernel_mbps: f64,
+    /// Bytes the qdisc sent so far.
+    pub sent_bytes: u64,
 }
 
 fn default_duration() -> f64 {
@@ -259,6 +312,9 @@ pub struct Outcome {
     pub frames: Vec<(String, Option<f64>, SimFrame)>,
     #[serde(skip)]
     pub ticks: Vec<(String, Option<f64>, SimTick)>,
+    /// The testbed's qdisc samples (empty in other modes).
+    #[serde(skip)]
+    pub qdisc: Vec<(String, Option<f64>, QdiscSample)>,
 }
 
 impl Experiment {
@@ -285,6 +341,7 @@ impl Outcome {
             rows: Vec::new(),
             frames: Vec::new(),
             ticks: Vec::new(),
+            qdisc: Vec::new(),
         }
     }
 }
@@ -451,23 +508,47 @@ pub fn write(out: &Outcome, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
     let frames = dir.join("frames.csv");
     std::fs::write(&frames, csv)?;
-    let mut csv =
-        String::from("policy,mbps,time_s,device,true_mbps,estimated_mbps,split,precision\n");
+    let mut csv = String::from(
+        "policy,mbps,time_s,device,true_mbps,estimated_mbps,kernel_mbps,split,precision\n",
+    );
     for (p, m, t) in &out.ticks {
         csv.push_str(&format!(
-            "{p},{},{:.3},{},{:.4},{:.4},{},{}\n",
+            "{p},{},{:.3},{},{:.4},{:.4},{:.4},{},{}\n",
             m.map_or(String::new(), |m| m.to_string()),
             t.time_s,
             t.device,
             t.true_mbps,
             t.estimated_mbps,
+            t.kernel_mbps,
             t.split,
             t.precision
         ));
     }
     let ticks = dir.join("ticks.csv");
     std::fs::write(&ticks, csv)?;
-    Ok(vec![summary, frames, ticks])
+    let mut extra = Vec::new();
+    if !out.qdisc.is_empty() {
+        let mut csv =
+            String::from("policy,mbps,time_s,device,direction,trace_mbps,kernel_mbps,sent_bytes\n");
+        for (p, m, q) in &out.qdisc {
+            csv.push_str(&format!(
+                "{p},{},{:.3},{},{},{:.4},{:.4},{}\n",
+                m.map_or(String::new(), |m| m.to_string()),
+                q.time_s,
+                q.device,
+                q.direction,
+                q.trace_mbps,
+                q.kernel_mbps,
+                q.sent_bytes
+            ));
+        }
+        let path = dir.join("qdisc.csv");
+        std::fs::write(&path, csv)?;
+        extra.push(path);
+    }
+    let mut files = vec![summary, frames, ticks];
+    files.extend(extra);
+    Ok(files)
 }
 
 #[cfg(test)]

@@ -245,6 +245,15 @@ pub fn write(out: &Outcome, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                     .collect(),
             ),
             (
+                // The testbed's tbf rate, read back from the kernel.
+                "kernel rate (Mbit/s)".into(),
+                ticks
+                    .iter()
+                    .filter(|t| t.kernel_mbps.is_finite())
+                    .map(|t| (t.time_s, t.kernel_mbps))
+                    .collect(),
+            ),
+            (
                 "split".into(),
                 ticks.iter().map(|t| (t.time_s, t.split as f64)).collect(),
             ),

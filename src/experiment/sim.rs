@@ -51,6 +51,9 @@ pub struct SimTick {
     pub device: usize,
     pub true_mbps: f64,
     pub estimated_mbps: f64,
+    /// The rate the kernel's qdisc enforced on the uplink (`tc -s qdisc`), on the
+    /// testbed; NaN elsewhere.
+    pub kernel_mbps: f64,
     pub split: u16,
     pub precision: String,
 }
@@ -254,6 +257,7 @@ pub fn run(
                 time_s: t,
                 device: i,
                 true_mbps: d.shaper.trace().mbps_at(t),
+                kernel_mbps: f64::NAN,
                 estimated_mbps: l.bandwidth_bps / 1e6,
                 split: p.candidate.split,
                 precision: p.candidate.precision.to_string(),

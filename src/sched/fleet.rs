@@ -93,11 +93,12 @@ pub enum Strategy {
 /// throughput, the current plans' onloading rates scaled down to fit `capacity` where
 /// their load exceeds it. Without it, a fleet plan that moves with every new link or
 /// correction sample flaps. When they are kept, returns the scale their onloading rates
-/// take to fit `capacity` (1 when they fit).
+/// take to fit `capacity` (1 when they fit). `current`: each device's plan and its
+/// onload budget (frames per second; infinite: none).
 pub fn keep_current(
     tables: &Tables,
     devices: &[FleetDevice],
-    current: &[Option<Candidate>],
+    current: &[Option<(Candidate, f64)>],
     capacity: f64,
     new: &FleetPlan,
 ) -> Option<f64> {
@@ -107,12 +108,15 @@ pub fn keep_current(
     }
     let (mut load, mut local, mut onloading, mut hysteresis) = (0.0, 0.0, 0.0, 0.0);
     for (d, c) in devices.iter().zip(current) {
-        let row = c.as_ref().and_then(|c| tables.row(c))?;
-        let p = row.predict(&d.conditions);
+        let (c, budget) = c.as_ref()?;
+        let p = tables.row(c)?.predict(&d.conditions);
         if !d.slo.constraints.allows(&p) {
             return None;
         }
-        let rate = d.demand_fps.map_or(p.throughput, |f| f.min(p.throughput));
+        let rate = d
+            .demand_fps
+            .map_or(p.throughput, |f| f.min(p.throughput))
+            .min(*budget);
         if p.cloud_s > 0.0 {
             load += rate * p.cloud_s;
             onloading += rate;
@@ -533,8 +537,11 @@ mod tests {
         let devices = mixed(12, &slo);
         let capacity = 1.0;
         let new = plan(&tables, &devices, capacity);
-        let current: Vec<Option<Candidate>> =
-            new.devices.iter().map(|p| Some(p.candidate)).collect();
+        let current: Vec<Option<(Candidate, f64)>> = new
+            .devices
+            .iter()
+            .map(|p| Some((p.candidate, f64::INFINITY)))
+            .collect();
         // The plan itself is kept against itself...
         assert!(keep_current(&tables, &devices, &current, capacity, &new).is_some());
         // ...not when a device has no plan yet, when the pool shrank under the plans'

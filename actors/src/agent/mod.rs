@@ -65,10 +65,16 @@ pub async fn run_with_results(
         policy: cfg.policy,
     };
     let (slowdown, threads) = (s.slowdown, s.threads);
+    // Without stretching, a stage lasts what it takes (the host's quota makes it slow).
+    let (stretch_to, reference) = if cfg.stretch {
+        (slowdown, s.reference)
+    } else {
+        (1.0, None)
+    };
     // A model is not Send: the device thread loads its own copy (this one was checked).
     let model_name = cfg.model.clone();
     drop(s.model);
-    let cell = Mutex::new(Some((s.source, home.clone(), s.reference)));
+    let cell = Mutex::new(Some((s.source, home.clone(), reference)));
     let compute = SyncArbiter::start(1, move || {
         tch::set_num_threads(threads as i32);
         let (source, home, reference) = cell
@@ -79,7 +85,7 @@ pub async fn run_with_results(
         Device {
             model: zoo::load(&model_name, &home).map_err(|e| e.to_string()),
             packer: Packer::default(),
-            slowdown,
+            slowdown: stretch_to,
             source,
             reference,
         }

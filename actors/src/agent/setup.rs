@@ -42,12 +42,13 @@ pub(super) fn setup(cfg: &AgentConfig, home: &Home) -> anyhow::Result<Setup> {
     );
     anyhow::ensure!(threads >= 1, "threads = 0: give at least 1");
     let model = zoo::load(&cfg.model, home)?;
-    let reference_path = match Devices::load(&devices_path)
-        .ok()
-        .and_then(|d| d.classes.get(&cfg.class).and_then(|c| c.profile.clone()))
-    {
-        Some(t) => dyno::config::latency_profile_path(Some(&t), home, &cfg.model),
-        None => dyno::profile::find(home, &cfg.model, "latency"),
+    // What the class's slowdown scales: its own profile, else the file's devices' one.
+    let reference_path = match Devices::load(&devices_path) {
+        Ok(d) => match d.classes.get(&cfg.class).and_then(|c| c.profile.clone()) {
+            Some(t) => dyno::config::latency_profile_path(Some(&t), home, &cfg.model),
+            None => d.device_profile(home, &cfg.model),
+        },
+        Err(_) => dyno::profile::find(home, &cfg.model, "latency"),
     };
     let reference = match dyno::profile::latency::LatencyProfile::load(&reference_path) {
         Ok(p) if p.model == model.name() && p.blocks.len() == model.num_blocks() => Some(p),

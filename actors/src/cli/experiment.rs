@@ -27,6 +27,20 @@ pub fn run(home: &Home, a: ExperimentArgs) -> anyhow::Result<()> {
             };
             crate::experiment::live_with(&e, home, !a.json, &runner)?
         }
+        super::Mode::Testbed => {
+            anyhow::ensure!(
+                !a.processes,
+                "--processes is for --mode live: the testbed always runs processes"
+            );
+            if let Some(why) = crate::testbed::why_not() {
+                anyhow::bail!("{why}");
+            }
+            crate::testbed::on_signal_clean_up();
+            let runner = Runner::Testbed {
+                exe: std::env::current_exe()?,
+            };
+            crate::experiment::live_with(&e, home, !a.json, &runner)?
+        }
     };
     report(home, &a, &e, &out)
 }

@@ -19,6 +19,7 @@ mod plan;
 mod profile;
 pub mod runtime;
 mod status;
+mod testbed;
 
 /// Options every subcommand takes.
 #[derive(Debug, Clone, Args)]
@@ -83,6 +84,10 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Load-test a coordinator: many synthetic agents over the real protocol.
     Load(load::LoadArgs),
+    /// Real hosts on this machine: a network namespace, a CPU quota and tc-shaped links
+    /// per device (needs root).
+    #[command(subcommand)]
+    Testbed(testbed::TestbedCommand),
 }
 
 impl Command {
@@ -92,7 +97,7 @@ impl Command {
         match self {
             Command::Models(_) | Command::Plan(_) => false,
             Command::Profile(p) => matches!(p, ProfileCommand::Validate(_)),
-            Command::Experiment(ExperimentCommand::Run(a)) => a.mode == Mode::Live,
+            Command::Experiment(ExperimentCommand::Run(a)) => a.mode != Mode::Simulated,
             _ => true,
         }
     }
@@ -112,6 +117,9 @@ pub enum Mode {
     /// The runtime's actors (in one process, or in several with --processes), real
     /// compute and TCP, the wall clock.
     Live,
+    /// Processes on the testbed (`dyno testbed run`): each device in its own network
+    /// namespace and CPU quota, links shaped by tc. Needs root.
+    Testbed,
 }
 
 #[derive(Debug, Args)]
@@ -353,6 +361,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile(ProfileCommand::Validate(a)) => plan::validate(&home, a),
         Command::Plan(a) => plan::plan(&home, a),
         Command::Experiment(ExperimentCommand::Run(a)) => experiment::run(&home, a),
+        Command::Testbed(cmd) => testbed::run(&home, cmd),
         Command::Coordinator(_)
         | Command::Worker(_)
         | Command::Agent(_)

@@ -205,7 +205,8 @@ pub struct Plan {
     pub worker: Option<String>,
     pub prediction: Prediction,
     pub feasible: bool,
-    /// The onload rate, frames per second (infinite when it does not onload).
+    /// The onload budget, frames per second (infinite: none, or it does not onload);
+    /// see [`Assigned::rate_fps`].
     pub rate_fps: f64,
     /// Increases with every new plan for this device.
     pub epoch: u64,
@@ -414,6 +415,7 @@ impl Control {
                         .and_then(|w| names.iter().position(|n| n == w));
                     (p.candidate, w)
                 }),
+                budget_fps: d.plan.as_ref().map_or(f64::INFINITY, |p| p.rate_fps),
             })
             .collect();
         let s = step(
@@ -567,6 +569,7 @@ mod tests {
             planned(&c)
         );
         // With the membership unchanged, the next re-plan keeps every plan.
-        assert!(c.replan(&tables, 3.0).changed.is_empty());
+        let again = c.replan(&tables, 3.0).changed;
+        assert!(again.is_empty(), "{again:?}");
     }
 }

@@ -19,6 +19,8 @@ pub struct DeviceView<'a> {
     /// The plan in force: its candidate, and its worker's index in the pool (`None`:
     /// device-only, or its worker is gone).
     pub current: Option<(Candidate, Option<usize>)>,
+    /// The onload budget of the plan in force (infinite: none).
+    pub budget_fps: f64,
 }
 
 /// A worker's view for the control step.
@@ -37,9 +39,20 @@ pub struct Assigned {
     pub prediction: Prediction,
     /// Whether it meets the device's SLO.
     pub feasible: bool,
-    /// The onload rate the plan allows, frames per second (infinite when the device
-    /// does not onload).
+    /// The onload budget the plan sets, frames per second: infinite when the device
+    /// may onload as fast as its plan goes (or does not onload), so that a budget
+    /// changes, and is sent, only when the pool holds the device back.
     pub rate_fps: f64,
+}
+
+/// A budget of `rate` frames per second against a plan that goes at `throughput`:
+/// none (infinite) unless it holds the plan back.
+fn budget(rate: f64, throughput: f64) -> f64 {
+    if rate >= throughput * (1.0 - 1e-9) {
+        f64::INFINITY
+    } else {
+        rate
+    }
 }
 
 /// The step's answer.
@@ -104,12 +117,12 @@ pub fn step(
     let plan = fleet::plan(tables, &fleet_devices, capacity);
     // Keep the fleet's plans while they hold, as long as every device's worker is
     // still there.
-    let current: Vec<Option<Candidate>> = devices
+    let current: Vec<Option<(Candidate, f64)>> = devices
         .iter()
         .map(|d| {
             let (c, w) = d.current?;
             let onloads = (c.split as usize) < tables.blocks;
-            (!onloads || w.is_some()).then_some(c)
+            (!onloads || w.is_some()).then_some((c, d.budget_fps))
         })
         .collect();
     if let Some(scale) = keep
@@ -125,8 +138,12 @@ pub fn step(
                     .row(&candidate)
                     .expect("kept plans are in the tables")
                     .predict(&f.conditions);
+                // A kept plan keeps its budget, tightened when the pool shrank under it.
                 let rate_fps = match worker {
-                    Some(_) => scale * prediction.throughput,
+                    Some(_) => budget(
+                        d.budget_fps.min(scale * prediction.throughput),
+                        prediction.throughput,
+                    ),
                     None => f64::INFINITY,
                 };
                 Assigned {
@@ -195,7 +212,11 @@ pub fn step(
         let feasible = p.status != Status::SloUnmet;
         // Only frames that onload are limited.
         let (candidate, prediction, rate_fps) = match (onloads, worker) {
-            (true, Some(_)) => (candidate, prediction, rate_fps),
+            (true, Some(_)) => (
+                candidate,
+                prediction,
+                budget(rate_fps, prediction.throughput),
+            ),
             // No worker left: device-only.
             (true, None) => {
                 let row = tables.device_only();

@@ -1,0 +1,192 @@
+//! `dyno testbed`: calibrate the device classes' CPU quotas, run an experiment on the
+//! testbed, remove a killed run's leftovers.
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use dyno::config::Devices;
+use dyno::home::Home;
+
+use super::{print_json, ExperimentArgs};
+use crate::testbed::{self, calibrate};
+
+#[derive(Debug, Subcommand)]
+pub enum TestbedCommand {
+    /// Finds each device class's CPU quota on this machine: whole forwards under the
+    /// quota against the latency profile, within 5 % of the class's slowdown.
+    Calibrate(CalibrateArgs),
+    /// Runs an experiment file on the testbed (the same as `dyno experiment run FILE
+    /// --mode testbed`).
+    Run(RunArgs),
+    /// Removes what a testbed run left behind (namespaces, qdiscs, cgroups); a run does
+    /// this itself at its start and end.
+    Clean,
+    /// Times the model here, one thread, as JSON (calibration runs it inside a quota).
+    #[command(hide = true)]
+    Measure(MeasureArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// The model timed.
+    #[arg(long, default_value = "mobilenet_v2")]
+    pub model: String,
+    /// Classes to calibrate (repeat the flag) [default: every class slower than this machine].
+    #[arg(long = "class")]
+    pub classes: Vec<String>,
+    /// Device classes file: its classes' slowdowns and the profile they scale
+    /// [default: config/testbed-devices.toml in the project folder].
+    #[arg(long)]
+    pub devices: Option<PathBuf>,
+    /// Timed forwards per measurement.
+    #[arg(long, default_value_t = 20)]
+    pub frames: usize,
+    /// Where to write the quotas [default: config/testbed.toml in the project folder].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The experiment's TOML file.
+    pub file: PathBuf,
+    /// Output folder [default: out/experiments/<name> in the project folder].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MeasureArgs {
+    #[arg(long)]
+    pub model: String,
+    #[arg(long, default_value_t = 20)]
+    pub frames: usize,
+}
+
+pub fn run(home: &Home, cmd: TestbedCommand) -> anyhow::Result<()> {
+    match cmd {
+        TestbedCommand::Calibrate(a) => run_calibrate(home, a),
+        TestbedCommand::Run(a) => super::experiment::run(
+            home,
+            ExperimentArgs {
+                file: a.file,
+                mode: super::Mode::Testbed,
+                out: a.out,
+                json: a.json,
+                processes: false,
+            },
+        ),
+        TestbedCommand::Clean => {
+            if let Some(why) = testbed::why_not() {
+                anyhow::bail!("{why}");
+            }
+            let removed = testbed::clean_up();
+            if removed.is_empty() {
+                println!("nothing to remove");
+            }
+            for r in removed {
+                println!("removed {r}");
+            }
+            Ok(())
+        }
+        TestbedCommand::Measure(a) => {
+            anyhow::ensure!(a.frames >= 1, "--frames 0: give at least 1");
+            print_json(&calibrate::measure(home, &a.model, a.frames)?)
+        }
+    }
+}
+
+fn run_calibrate(home: &Home, a: CalibrateArgs) -> anyhow::Result<()> {
+    if let Some(why) = testbed::why_not() {
+        anyhow::bail!("{why}");
+    }
+    anyhow::ensure!(a.frames >= 1, "--frames 0: give at least 1");
+    let devices = Devices::load(
+        &a.devices
+            .clone()
+            .unwrap_or_else(|| home.root().join("config").join("testbed-devices.toml")),
+    )?;
+    let classes: Vec<(String, f64)> = if a.classes.is_empty() {
+        devices
+            .classes
+            .iter()
+            .filter(|(_, c)| c.slowdown > 1.0)
+            .map(|(n, c)| (n.clone(), c.slowdown))
+            .collect()
+    } else {
+        a.classes
+            .iter()
+            .map(|n| Ok((n.clone(), devices.class(n)?.slowdown)))
+            .collect::<anyhow::Result<_>>()?
+    };
+    testbed::on_signal_clean_up();
+    let exe = std::env::current_exe()?;
+    let json = a.json;
+    let profile = devices.device_profile(home, &a.model);
+    let cal = calibrate::calibrate(
+        &exe,
+        home,
+        &a.model,
+        &profile,
+        &classes,
+        a.frames,
+        &mut |l| {
+            if !json {
+                eprintln!("  {l}");
+            }
+        },
+    )?;
+    let out = a.out.unwrap_or_else(|| testbed::default_calibration(home));
+    let text = format!(
+        "# The device classes' CPU quotas on the testbed, written by `dyno testbed calibrate`\n\
+         # (measured: whole forwards of {}, one thread, under each quota, over the latency\n\
+         # profile's time). Re-run it on another machine.\n{}",
+        cal.model,
+        toml::to_string(&cal)?
+    );
+    std::fs::write(&out, text)?;
+    if json {
+        return print_json(&cal);
+    }
+    println!(
+        "{} on {} ({}), period {} us; no quota {:.1} ms a forward, profile {:.1} ms ({})\n",
+        cal.model,
+        cal.machine,
+        cal.date,
+        cal.period_us,
+        cal.free_full_ms,
+        cal.profile_full_ms,
+        cal.profile
+    );
+    println!(
+        "{:<18} {:>8} {:>9} {:>10} {:>10} {:>10} {:>6}",
+        "class", "cores", "nominal", "measured", "head", "vs free", "ok"
+    );
+    for (name, q) in &cal.classes {
+        println!(
+            "{:<18} {:>8.4} {:>8.1}x {:>9.2}x {:>9.2}x {:>9.2}x {:>6}",
+            name,
+            q.cores,
+            q.nominal,
+            q.measured,
+            q.measured_head,
+            q.measured_free,
+            if (q.measured / q.nominal - 1.0).abs() <= 0.10 {
+                "yes"
+            } else {
+                "NO"
+            }
+        );
+    }
+    println!(
+        "\n(measured: a forward under the quota over the profile's; head: the head to the \
+         middle split, the same way; vs free: over a forward without a quota now)\nwrote {}",
+        out.display()
+    );
+    Ok(())
+}

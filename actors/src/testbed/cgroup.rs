@@ -1,0 +1,169 @@
+//! CPU quotas: one cgroup per emulated host, under `dyno-testbed/` in the `cpu`
+//! controller (cgroup v1: `cpu.cfs_period_us` and `cpu.cfs_quota_us`; cgroup v2:
+//! `cpu.max`), as Mininet's `CPULimitedHost` does.
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// The folder every testbed cgroup lives in, in the controller's hierarchy.
+pub const PARENT: &str = "dyno-testbed";
+
+/// The kernel's smallest quota, microseconds.
+pub const MIN_QUOTA_US: u64 = 1000;
+
+/// Where the `cpu` controller is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// cgroup v1: the controller's own mount (for example `/sys/fs/cgroup/cpu`).
+    V1(PathBuf),
+    /// cgroup v2: the unified mount with `cpu` among its controllers.
+    V2(PathBuf),
+}
+
+impl Hierarchy {
+    /// The `cpu` controller of this machine, v1 first (where both exist, v1 holds it).
+    pub fn detect() -> anyhow::Result<Hierarchy> {
+        for v1 in ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"] {
+            if Path::new(v1).join("cpu.cfs_quota_us").exists() {
+                return Ok(Hierarchy::V1(PathBuf::from(v1)));
+            }
+        }
+        for v2 in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+            let controllers = std::fs::read_to_string(Path::new(v2).join("cgroup.controllers"))
+                .unwrap_or_default();
+            if controllers.split_whitespace().any(|c| c == "cpu") {
+                return Ok(Hierarchy::V2(PathBuf::from(v2)));
+            }
+        }
+        anyhow::bail!(
+            "no cgroup `cpu` controller: looked for cgroup v1 at /sys/fs/cgroup/cpu \
+             (cpu.cfs_quota_us) and cgroup v2 at /sys/fs/cgroup (`cpu` in \
+             cgroup.controllers); the testbed needs one to set each host's CPU quota"
+        )
+    }
+
+    /// `dyno-testbed/` in this hierarchy.
+    pub fn parent(&self) -> PathBuf {
+        match self {
+            Hierarchy::V1(p) | Hierarchy::V2(p) => p.join(PARENT),
+        }
+    }
+}
+
+fn write(path: &Path, value: &str) -> anyhow::Result<()> {
+    std::fs::write(path, value).with_context(|| format!("writing `{value}` to {}", path.display()))
+}
+
+/// One host's CPU quota: a cgroup its processes are moved into.
+#[derive(Debug)]
+pub struct CpuGroup {
+    path: PathBuf,
+    /// The quota, in cores (0.1: a tenth of one core).
+    pub cores: f64,
+    pub period_us: u64,
+}
+
+impl CpuGroup {
+    /// Makes `dyno-testbed/NAME` limited to `cores` of CPU time per `period_us`.
+    pub fn create(h: &Hierarchy, name: &str, cores: f64, period_us: u64) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            cores.is_finite() && cores > 0.0,
+            "the CPU quota of {name} is {cores} cores: give a number > 0"
+        );
+        let quota_us = (cores * period_us as f64).round() as u64;
+        anyhow::ensure!(
+            quota_us >= MIN_QUOTA_US,
+            "the CPU quota of {name}, {cores} cores of a {period_us} us period, is {quota_us} us: \
+             the kernel's least is {MIN_QUOTA_US} us; give a longer period (period_us)"
+        );
+        let parent = h.parent();
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("making the cgroup {}", parent.display()))?;
+        let path = parent.join(name);
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("making the cgroup {}", path.display()))?;
+        match h {
+            Hierarchy::V1(_) => {
+                // The period first: a quota above the old period would be refused.
+                write(&path.join("cpu.cfs_period_us"), &period_us.to_string())?;
+                write(&path.join("cpu.cfs_quota_us"), &quota_us.to_string())?;
+            }
+            Hierarchy::V2(root) => {
+                for dir in [root.clone(), parent.clone()] {
+                    write(&dir.join("cgroup.subtree_control"), "+cpu")?;
+                }
+                write(&path.join("cpu.max"), &format!("{quota_us} {period_us}"))?;
+            }
+        }
+        Ok(CpuGroup {
+            path,
+            cores,
+            period_us,
+        })
+    }
+
+    /// The file a process's id is written to, to move it in (its children follow).
+    pub fn procs(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+
+    /// The CPU time its processes used, seconds (cgroup v1 `cpuacct` is a different
+    /// controller: `None` there).
+    pub fn usage_s(&self) -> Option<f64> {
+        let text = std::fs::read_to_string(self.path.join("cpu.stat")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|us| us / 1e6)
+    }
+
+    /// Throttled periods so far (`cpu.stat`'s `nr_throttled`).
+    pub fn throttled(&self) -> Option<u64> {
+        let text = std::fs::read_to_string(self.path.join("cpu.stat")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("nr_throttled "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+impl Drop for CpuGroup {
+    fn drop(&mut self) {
+        remove(&self.path);
+    }
+}
+
+/// Kills what still runs in a cgroup, then removes it.
+fn remove(path: &Path) {
+    for _ in 0..50 {
+        let pids = std::fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<i32> = pids.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            // SAFETY: kill has no memory preconditions; a pid gone meanwhile is ESRCH.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir(path);
+}
+
+/// Removes every testbed cgroup (a killed run's leftovers, or this run's at exit), and
+/// returns the ones it removed.
+pub fn remove_all(h: &Hierarchy) -> Vec<PathBuf> {
+    let parent = h.parent();
+    let mut removed = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&parent) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                remove(&e.path());
+                removed.push(e.path());
+            }
+        }
+    }
+    if parent.exists() {
+        remove(&parent);
+    }
+    removed
+}
