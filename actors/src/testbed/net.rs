@@ -153,11 +153,12 @@ impl Net {
     }
 
     /// Shapes device `i`'s link one way to `mbps` (`tc qdisc replace`: the first time
-    /// it adds the qdisc, after that it changes the rate in place).
+    /// it adds the qdisc, after that it changes the rate in place). A tbf cannot be
+    /// shut: an outage (0) is 8 kbit/s.
     pub fn shape(&self, i: usize, dir: Direction, mbps: f64) -> anyhow::Result<()> {
         anyhow::ensure!(
-            mbps.is_finite() && mbps > 0.0,
-            "a link rate of {mbps} Mbit/s: give a number > 0"
+            mbps.is_finite() && mbps >= 0.0,
+            "a link rate of {mbps} Mbit/s: give a number >= 0"
         );
         let (ns, dev) = qdisc_of(i, dir);
         let kbit = ((mbps * 1e3).round() as u64).max(8);

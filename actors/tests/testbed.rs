@@ -1,0 +1,182 @@
+//! The testbed (`dyno testbed run`): a run killed with SIGKILL leaves its namespaces,
+//! cgroups and processes behind; the next run removes them at its start, runs every
+//! device in its own namespace under its class's CPU quota with its link shaped by tc
+//! (the kernel's rate following the trace's step), and leaves nothing behind. Needs root
+//! (namespaces, tc, cgroups); elsewhere it is skipped with the reason, and under
+//! `CI=true` it fails instead.
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dyno_actors::child::Proc;
+use dyno_actors::testbed::{self, cgroup::Hierarchy, Calibration};
+
+fn namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(testbed::net::PREFIX))
+        .map(String::from)
+        .collect()
+}
+
+fn cgroups(h: &Hierarchy) -> Vec<String> {
+    std::fs::read_dir(h.parent())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An experiment of two slow10x devices whose links step from 20 to 5 Mbit/s at 5 s.
+fn experiment(dir: &Path, duration_s: f64) -> std::path::PathBuf {
+    let path = dir.join("testbed.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+name = "testbed-test"
+model = "mobilenet_v2"
+duration_s = {duration_s}
+policies = ["dyno"]
+devices_file = "config/testbed-devices.toml"
+[cloud]
+workers = 1
+[[devices]]
+class = "slow10x"
+count = 2
+steps = [[0.0, 20.0], [5.0, 5.0]]
+rtt_ms = 10.0
+in_flight = 2
+source = "synthetic"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn dyno() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dyno"))
+}
+
+#[test]
+fn a_killed_run_is_cleaned_by_the_next_which_runs_under_quotas_and_tc_and_leaves_nothing() {
+    if let Some(why) = testbed::why_not() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v.is_empty() || v == "false"),
+            "CI=true and the testbed test cannot run: {why}"
+        );
+        eprintln!("SKIPPED the testbed test: {why}");
+        return;
+    }
+    let h = Hierarchy::detect().unwrap();
+    let home = dyno::home::Home::discover();
+    let cal = Calibration::load(&testbed::default_calibration(&home)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // A run killed with SIGKILL once its hosts are up: its leftovers stay.
+    let mut killed = Proc::spawn(
+        dyno()
+            .args(["testbed", "run", "--json", "--out"])
+            .arg(dir.path().join("killed"))
+            .arg(experiment(dir.path(), 60.0))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let t = Instant::now();
+    while namespaces().len() < 3 || cgroups(&h).len() < 3 {
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", namespaces());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Until the agents run inside the device namespaces.
+    std::thread::sleep(Duration::from_secs(3));
+    killed.child().kill().unwrap();
+    killed.child().wait().unwrap();
+    let left = (namespaces(), cgroups(&h));
+    eprintln!(
+        "after SIGKILL: namespaces {:?}, cgroups {:?}",
+        left.0, left.1
+    );
+    assert_eq!(left.0.len(), 3, "{left:?}");
+    assert!(left.1.len() >= 3, "{left:?}");
+
+    // The next run: it removes them first, runs on the testbed, and removes its own.
+    let out = dir.path().join("run");
+    let run = Proc::spawn(
+        dyno()
+            .args(["testbed", "run", "--json", "--out"])
+            .arg(&out)
+            .arg(experiment(dir.path(), 10.0))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    // While it runs: device 0's cgroup has its class's quota.
+    let quota_file = match &h {
+        Hierarchy::V1(_) => "cpu.cfs_quota_us",
+        Hierarchy::V2(_) => "cpu.max",
+    };
+    let want = (cal.cores("slow10x").unwrap() * testbed::PERIOD_US as f64).round() as u64;
+    let t = Instant::now();
+    let quota = loop {
+        let q = std::fs::read_to_string(h.parent().join("d0").join(quota_file));
+        if let Ok(q) = q {
+            break q;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let got: u64 = quota.split_whitespace().next().unwrap().parse().unwrap();
+    assert_eq!(got, want, "device 0's quota");
+    let o = run.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let after = (namespaces(), cgroups(&h));
+    assert!(
+        after.0.is_empty() && after.1.is_empty(),
+        "left behind: {after:?}"
+    );
+    assert!(
+        !h.parent().exists(),
+        "{} is still there",
+        h.parent().display()
+    );
+
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["mode"], "testbed");
+    let row = &summary["rows"][0];
+    let fps = row["throughput"].as_f64().unwrap();
+    eprintln!(
+        "testbed: {fps:.1} inferences/s, mean {:.1} ms",
+        row["latency_mean_ms"].as_f64().unwrap()
+    );
+    // Two devices ten times slower than the profile: at least their device-only rate.
+    assert!(fps > 5.0, "{row}");
+    // The kernel's uplink rate followed the trace: 20 Mbit/s before the step at 5 s,
+    // 5 after (`tc -s qdisc`, every 0.5 s).
+    let qdisc = std::fs::read_to_string(out.join("qdisc.csv")).unwrap();
+    let mut before = Vec::new();
+    let mut later = Vec::new();
+    for l in qdisc.lines().skip(1) {
+        let f: Vec<&str> = l.split(',').collect();
+        let (t, dev, dir, kernel): (f64, &str, &str, f64) =
+            (f[2].parse().unwrap(), f[3], f[4], f[6].parse().unwrap());
+        if dev == "0" && dir == "up" {
+            if t < 4.8 {
+                before.push(kernel);
+            } else if t > 5.3 {
+                later.push(kernel);
+            }
+        }
+    }
+    eprintln!("kernel uplink rate: {before:?} then {later:?}");
+    assert!(before.len() >= 5 && later.len() >= 5, "{qdisc}");
+    assert!(before.iter().all(|r| (r - 20.0).abs() < 0.5), "{before:?}");
+    assert!(later.iter().all(|r| (r - 5.0).abs() < 0.2), "{later:?}");
+}
