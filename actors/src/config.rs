@@ -254,6 +254,9 @@ pub struct AgentConfig {
     /// (true), or run it as fast as the host lets it (false: on the testbed, where a CPU
     /// quota makes the device slow).
     pub stretch: bool,
+    /// Once set up, the agent writes its clock's start (Unix seconds, the time its
+    /// results' `start_s` count from) to this file: the testbed replays traces on it.
+    pub ready_file: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -303,6 +306,7 @@ impl Default for AgentConfig {
             mdns: true,
             pin: None,
             stretch: true,
+            ready_file: None,
         }
     }
 }

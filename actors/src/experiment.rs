@@ -170,7 +170,7 @@ pub fn live_with(
             let results = match (runner, &calibration) {
                 (Runner::InProcess, _) => in_process(cfg, agents, home)?,
                 (Runner::Processes { exe }, _) => {
-                    processes(&cfg, agents, home, &|_| Command::new(exe), &|| {})?
+                    processes(&cfg, agents, home, &|_| Command::new(exe))?
                 }
                 (Runner::Testbed { exe }, Some(cal)) => {
                     let (r, q) = on_testbed(exe, cfg, agents, &traces, home, e, cal)?;
@@ -265,14 +265,12 @@ fn in_process(
 /// The coordinator (with its embedded workers) and every agent as processes (`host`
 /// makes each one's command: this binary, here or on a testbed host), configured by
 /// files in a temporary folder; each agent's results come back as its summary on
-/// stdout and its per-frame JSON lines. `agents_starting` is called just before the
-/// agents start.
+/// stdout and its per-frame JSON lines.
 fn processes(
     cfg: &CoordinatorConfig,
     agents: Vec<AgentConfig>,
     home: &Home,
     host: &dyn Fn(Host) -> Command,
-    agents_starting: &dyn Fn(),
 ) -> anyhow::Result<Vec<(agent::AgentSummary, Vec<FrameResult>)>> {
     let dir = tempfile::Builder::new().prefix("dyno-live-").tempdir()?;
     let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
@@ -295,13 +293,15 @@ fn processes(
     )?;
     let control = control_addr(&ready)?;
     let mut children = Vec::new();
-    agents_starting();
     for (i, mut a) in agents.into_iter().enumerate() {
         // Agents that discover the coordinator over mDNS have none given.
         if !a.mdns {
             a.coordinators = vec![control.clone()];
         }
-        let results = dir.path().join(format!("{}.jsonl", a.id));
+        let results = a
+            .results
+            .clone()
+            .unwrap_or_else(|| dir.path().join(format!("{}.jsonl", a.id)));
         a.results = Some(results.clone());
         let path = write(&format!("{}.toml", a.id), toml::to_string(&a)?)?;
         let child = Proc::spawn(
@@ -374,7 +374,13 @@ fn on_testbed(
     cfg.listen = format!("{CLOUD_IP}:7700");
     cfg.data_listen = format!("{CLOUD_IP}:7701");
     cfg.mdns = mdns;
+    // Each agent's clock start, on which the trace replay runs.
+    let dir = tempfile::Builder::new().prefix("dyno-testbed-").tempdir()?;
+    let mut ready = Vec::new();
     for a in &mut agents {
+        let path = dir.path().join(format!("{}.ready", a.id));
+        a.ready_file = Some(path.clone());
+        ready.push(path);
         a.mdns = mdns;
         a.coordinators.clear();
         a.stretch = false;
@@ -384,22 +390,13 @@ fn on_testbed(
         a.link.trace = None;
         a.link.steps.clear();
     }
-    let started = std::sync::OnceLock::<std::time::Instant>::new();
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
-        let replay = s.spawn(|| replay(&tb.net, traces, &started, &stop));
-        let results = processes(
-            &cfg,
-            agents,
-            home,
-            &|h| match h {
-                Host::Cloud => tb.cloud_command(exe),
-                Host::Device(i) => tb.device_command(i, exe),
-            },
-            &|| {
-                let _ = started.set(std::time::Instant::now());
-            },
-        );
+        let replay = s.spawn(|| replay(&tb.net, traces, &ready, &stop));
+        let results = processes(&cfg, agents, home, &|h| match h {
+            Host::Cloud => tb.cloud_command(exe),
+            Host::Device(i) => tb.device_command(i, exe),
+        });
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let samples = replay
             .join()
@@ -413,28 +410,32 @@ type Results = (
     Vec<dyno::experiment::QdiscSample>,
 );
 
-/// Replays each device's trace into its qdiscs (`tc qdisc replace` when the rate
-/// changes, checked every 50 ms) from when the agents start until `stop`, sampling
-/// `tc -s qdisc` every 0.5 s.
+/// Replays each device's trace into its qdiscs on the agent's own clock (which starts
+/// after its set-up, seconds later under a small quota; the agent writes its start to
+/// its ready file, and until then the link stays at the trace's first rate). Checked
+/// every 50 ms, a `tc qdisc change` when the rate moves; `tc -s qdisc` sampled every
+/// 0.5 s of each agent's clock, until `stop`.
 fn replay(
     net: &crate::testbed::net::Net,
     traces: &[Trace],
-    started: &std::sync::OnceLock<std::time::Instant>,
+    ready: &[PathBuf],
     stop: &std::sync::atomic::AtomicBool,
 ) -> anyhow::Result<Vec<dyno::experiment::QdiscSample>> {
     use crate::testbed::net::Direction;
     use std::sync::atomic::Ordering;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
     let mut samples = Vec::new();
     let mut set: Vec<f64> = traces.iter().map(|t| t.mbps_at(0.0)).collect();
-    let mut next_sample = 0.0;
+    let mut zero: Vec<Option<Instant>> = vec![None; traces.len()];
+    let mut next_sample = vec![0.0; traces.len()];
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
-        let Some(start) = started.get() else {
-            continue;
-        };
-        let t = start.elapsed().as_secs_f64();
         for (i, trace) in traces.iter().enumerate() {
+            let Some(t0) = zero[i].or_else(|| clock_start(&ready[i])) else {
+                continue;
+            };
+            zero[i] = Some(t0);
+            let t = t0.elapsed().as_secs_f64();
             let rate = trace.mbps_at(t);
             if rate != set[i] {
                 for dir in [Direction::Up, Direction::Down] {
@@ -442,17 +443,15 @@ fn replay(
                 }
                 set[i] = rate;
             }
-        }
-        if t >= next_sample {
-            next_sample += 0.5;
-            for (i, trace) in traces.iter().enumerate() {
+            if t >= next_sample[i] {
+                next_sample[i] += 0.5;
                 for (dir, name) in [(Direction::Up, "up"), (Direction::Down, "down")] {
                     let (kernel_mbps, sent_bytes) = net.qdisc_stats(i, dir)?;
                     samples.push(dyno::experiment::QdiscSample {
                         time_s: t,
                         device: i,
                         direction: name,
-                        trace_mbps: trace.mbps_at(t),
+                        trace_mbps: rate,
                         kernel_mbps,
                         sent_bytes,
                     });
@@ -461,6 +460,17 @@ fn replay(
         }
     }
     Ok(samples)
+}
+
+/// When an agent's clock started, from its ready file (once written).
+fn clock_start(ready: &Path) -> Option<std::time::Instant> {
+    let text = std::fs::read_to_string(ready).ok()?;
+    let unix: f64 = text.strip_suffix('\n')?.trim().parse().ok()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    std::time::Instant::now().checked_sub(std::time::Duration::from_secs_f64((now - unix).max(0.0)))
 }
 
 /// A time series per device like the simulator's: every `step_s`, the link's rate and

@@ -24,6 +24,11 @@
 //!
 //! [sweep]
 //! mbps = [1, 5, 10, 50]      # every device's bandwidth, one run per value
+//!
+//! [testbed]                  # --mode testbed only
+//! discovery = "static"       # or "mdns": an Avahi daemon in every namespace
+//! quotas = "config/testbed.toml"   # the classes' CPU quotas (dyno testbed calibrate)
+//! cloud_cores_per_worker = 1.0
 //! ```
 use std::path::{Path, PathBuf};
 

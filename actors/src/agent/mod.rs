@@ -97,6 +97,13 @@ pub async fn run_with_results(
         key,
     };
     let start = Instant::now();
+    if let Some(path) = &cfg.ready_file {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        std::fs::write(path, format!("{unix:.6}\n"))
+            .with_context(|| format!("ready file {}", path.display()))?;
+    }
     let one_way = Duration::from_secs_f64(cfg.link.rtt_ms / 2e3);
     let (upward, upward_rx) = mpsc::unbounded_channel::<Upward>();
     let uplink = uplink::Uplink::new(start, s.shaper, upward.clone()).start();

@@ -57,7 +57,10 @@ pub fn inputs(home: &Home, a: &PlanArgs) -> anyhow::Result<PlanInputs> {
     let dev_path = a
         .latency_profile
         .clone()
-        .unwrap_or_else(|| latency_profile_path(class.profile.as_deref(), home, model));
+        .unwrap_or_else(|| match &class.profile {
+            Some(t) => latency_profile_path(Some(t), home, model),
+            None => devices.device_profile(home, model),
+        });
     let cloud_path = a
         .cloud_profile
         .clone()

@@ -152,8 +152,8 @@ impl Net {
             .map(|(_, b)| b.as_str())
     }
 
-    /// Shapes device `i`'s link one way to `mbps` (`tc qdisc replace`: the first time
-    /// it adds the qdisc, after that it changes the rate in place). A tbf cannot be
+    /// Shapes device `i`'s link one way to `mbps`: `tc qdisc change` (the rate changed in
+    /// place, the qdisc's counters kept), or `replace` the first time. A tbf cannot be
     /// shut: an outage (0) is 8 kbit/s.
     pub fn shape(&self, i: usize, dir: Direction, mbps: f64) -> anyhow::Result<()> {
         anyhow::ensure!(
@@ -164,25 +164,14 @@ impl Net {
         let kbit = ((mbps * 1e3).round() as u64).max(8);
         // A bucket of 10 ms at the rate, at least 16 kB (the kernel needs one MTU a tick).
         let burst = ((mbps * 1e6 / 8.0 * 0.01) as u64).max(16 * 1024);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "tc",
-            "qdisc",
-            "replace",
-            "dev",
-            &dev,
-            "root",
-            "tbf",
-            "rate",
-            &format!("{kbit}kbit"),
-            "burst",
-            &burst.to_string(),
-            "latency",
-            "1s",
-        ])?;
+        let (rate, burst) = (format!("{kbit}kbit"), burst.to_string());
+        let tc = |verb: &str| {
+            sh(&[
+                "ip", "netns", "exec", &ns, "tc", "qdisc", verb, "dev", &dev, "root", "tbf",
+                "rate", &rate, "burst", &burst, "latency", "1s",
+            ])
+        };
+        tc("change").or_else(|_| tc("replace"))?;
         Ok(())
     }
 
