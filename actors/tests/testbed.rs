@@ -1,7 +1,8 @@
 //! The testbed (`dyno testbed run`): a run killed with SIGKILL leaves its namespaces,
 //! cgroups and processes behind; the next run removes them at its start, runs every
 //! device in its own namespace under its class's CPU quota with its link shaped by tc
-//! (the kernel's rate following the trace's step), and leaves nothing behind. Needs root
+//! (the kernel's rate following the trace's step), its agents finding the coordinator
+//! over mDNS (an Avahi daemon per namespace), and leaves nothing behind. Needs root
 //! (namespaces, tc, cgroups); elsewhere it is skipped with the reason, and under
 //! `CI=true` it fails instead.
 use std::path::Path;
@@ -32,9 +33,10 @@ fn cgroups(h: &Hierarchy) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// An experiment of two slow10x devices whose links step from 20 to 5 Mbit/s at 5 s.
-fn experiment(dir: &Path, duration_s: f64) -> std::path::PathBuf {
-    let path = dir.join("testbed.toml");
+/// An experiment of two slow10x devices whose links step from 20 to 5 Mbit/s at 5 s;
+/// the agents find the coordinator by `discovery` (`static` or `mdns`).
+fn experiment(dir: &Path, duration_s: f64, discovery: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("testbed-{discovery}.toml"));
     std::fs::write(
         &path,
         format!(
@@ -53,6 +55,8 @@ steps = [[0.0, 20.0], [5.0, 5.0]]
 rtt_ms = 10.0
 in_flight = 2
 source = "synthetic"
+[testbed]
+discovery = "{discovery}"
 "#
         ),
     )
@@ -84,7 +88,7 @@ fn a_killed_run_is_cleaned_by_the_next_which_runs_under_quotas_and_tc_and_leaves
         dyno()
             .args(["testbed", "run", "--json", "--out"])
             .arg(dir.path().join("killed"))
-            .arg(experiment(dir.path(), 60.0))
+            .arg(experiment(dir.path(), 60.0, "static"))
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )
@@ -112,7 +116,7 @@ fn a_killed_run_is_cleaned_by_the_next_which_runs_under_quotas_and_tc_and_leaves
         dyno()
             .args(["testbed", "run", "--json", "--out"])
             .arg(&out)
-            .arg(experiment(dir.path(), 10.0))
+            .arg(experiment(dir.path(), 10.0, "mdns"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
     )
