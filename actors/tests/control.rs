@@ -34,8 +34,8 @@ fn script() -> Vec<Step> {
     use Step::*;
     let mut s = vec![
         WorkerJoins("w1", 2),
-        DeviceJoins("phone-a", "phone"),
-        DeviceJoins("gateway-b", "gateway"),
+        DeviceJoins("phone-a", "slow2x"),
+        DeviceJoins("gateway-b", "slow5x"),
         DeviceJoins("slow-c", "slow10x"),
         Rtt("phone-a", 0.02),
         Transfer("phone-a", 1_000_000, 0.22),
@@ -44,7 +44,7 @@ fn script() -> Vec<Step> {
         Transfer("slow-c", 50_000, 0.44),
         Tick,
         WorkerJoins("w2", 1),
-        DeviceJoins("phone-d", "phone"),
+        DeviceJoins("phone-d", "slow2x"),
         Rtt("phone-d", 0.002),
         // 500 Mbit/s: even fp32 pays.
         Transfer("phone-d", 6_250_000, 0.102),

@@ -30,7 +30,7 @@ fn insecure() -> Fleet {
 fn agents(coordinator: &str, frames: u64, policies: [&str; 3]) -> Vec<AgentConfig> {
     [
         ("cam-fast", "host", 100.0),
-        ("cam-mid", "gateway", 5.0),
+        ("cam-mid", "slow5x", 5.0),
         ("cam-slow", "slow10x", 0.5),
     ]
     .iter()
@@ -279,12 +279,12 @@ policies = ["device-only", "cloud-only", "dyno-fleet"]
 [cloud]
 workers = 1
 [[devices]]
-class = "gateway"
+class = "slow5x"
 count = 2
 mbps = 50.0
 rtt_ms = 5.0
 [[devices]]
-class = "gateway"
+class = "slow5x"
 mbps = 50.0
 rtt_ms = 5.0
 source = "synthetic"

@@ -1,12 +1,12 @@
 //! Configuration files read by the scheduler side: device classes and the cloud.
 //!
 //! ```toml
-//! [classes.gateway]
+//! [classes.slow5x]
 //! slowdown = 5.0        # compute time over the measured latency profile's
 //! threads = 2           # libtorch threads the agent uses
 //! description = "an ARM gateway"
 //! # profile = "models/profiles/{model}.latency.json"   # default: the model's profile
-//! [classes.gateway.energy]
+//! [classes.slow5x.energy]
 //! compute_watts = 4.0
 //! radio_joules_per_mb = 0.8
 //!

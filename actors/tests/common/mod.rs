@@ -175,7 +175,7 @@ pub fn cloud_only_agent(
         id: id.into(),
         coordinators: vec![control.into()],
         model: "fashion_cnn".into(),
-        class: "gateway".into(),
+        class: "slow5x".into(),
         link: LinkConfig {
             mbps: 50.0,
             rtt_ms: 10.0,
