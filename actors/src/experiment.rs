@@ -173,7 +173,7 @@ pub fn live_with(
                     processes(&cfg, agents, home, &|_| Command::new(exe))?
                 }
                 (Runner::Testbed { exe }, Some(cal)) => {
-                    let (r, q) = on_testbed(exe, cfg, agents, &traces, home, e, cal)?;
+                    let (r, q) = on_testbed(exe, cfg, agents, &traces, home, e, cal, progress)?;
                     qdisc = q;
                     r
                 }
@@ -345,8 +345,9 @@ fn processes(
 /// under `workers x cloud_cores_per_worker` cores, each agent in its own namespace
 /// under its class's calibrated quota with one libtorch thread and no stretching; each
 /// device's link shaped by tc both ways at the trace's rate, changed on its schedule
-/// (user space keeps only the RTT's delay and the loss). Returns the results and the
-/// qdiscs' samples (every 0.5 s).
+/// (user space keeps only the RTT's delay and the loss). With `progress`, a table of
+/// the fleet every 2 s. Returns the results and the qdiscs' samples (every 0.5 s).
+#[allow(clippy::too_many_arguments)]
 fn on_testbed(
     exe: &Path,
     mut cfg: CoordinatorConfig,
@@ -355,6 +356,7 @@ fn on_testbed(
     home: &Home,
     e: &Experiment,
     cal: &crate::testbed::Calibration,
+    progress: bool,
 ) -> anyhow::Result<Results> {
     use crate::testbed::net::{Direction, CLOUD_IP};
     use dyno::experiment::Discovery;
@@ -393,6 +395,14 @@ fn on_testbed(
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         let replay = s.spawn(|| replay(&tb.net, traces, &ready, &stop));
+        if progress {
+            let (fleet, addr, stop) = (&cfg.fleet, &cfg.listen, &stop);
+            s.spawn(move || {
+                if let Err(e) = live_table(fleet, addr, stop) {
+                    eprintln!("no live table: {e:#}");
+                }
+            });
+        }
         let results = processes(&cfg, agents, home, &|h| match h {
             Host::Cloud => tb.cloud_command(exe),
             Host::Device(i) => tb.device_command(i, exe),
@@ -409,6 +419,59 @@ type Results = (
     Vec<(agent::AgentSummary, Vec<FrameResult>)>,
     Vec<dyno::experiment::QdiscSample>,
 );
+
+/// While the testbed runs: the fleet from the coordinator's status every 2 s, asked
+/// from inside the cloud namespace (this thread enters it), on stderr.
+fn live_table(
+    fleet: &Fleet,
+    addr: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
+    use dyno::wire::{Identity, Role};
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    crate::testbed::net::enter(crate::testbed::net::CLOUD_NS)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let me = Identity {
+        fleet: fleet.id.clone(),
+        name: "testbed".into(),
+        role: Role::Observer,
+        key: fleet.key()?,
+    };
+    let start = Instant::now();
+    let mut next = Duration::from_secs(2);
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if start.elapsed() < next {
+            continue;
+        }
+        next += Duration::from_secs(2);
+        let Ok(st) = rt.block_on(crate::coordinator::fetch_status(addr, &me, fleet.max_frame))
+        else {
+            continue;
+        };
+        let mut table = format!(
+            "[{:>4.0} s] pool {:.0} % planned, {} plans sent\n",
+            start.elapsed().as_secs_f64(),
+            (100.0 * st.pool_utilisation).max(0.0),
+            st.plans_sent
+        );
+        for d in &st.devices {
+            let plan = d
+                .plan
+                .as_ref()
+                .map_or("no plan yet".to_string(), |p| p.candidate.to_string());
+            table.push_str(&format!(
+                "  {:<14} {:<28} {:>6.1} inf/s  p50 {:>6.1} ms  link {:>6.1} Mbit/s\n",
+                d.id, plan, d.fps, d.latency_p50_ms, d.bandwidth_mbps
+            ));
+        }
+        eprint!("{table}");
+    }
+    Ok(())
+}
 
 /// Replays each device's trace into its qdiscs on the agent's own clock (which starts
 /// after its set-up, seconds later under a small quota; the agent writes its start to

@@ -47,6 +47,18 @@ fn veth(i: usize) -> (String, String) {
     (format!("dytb{i}d"), format!("dytb{i}c"))
 }
 
+/// Moves the calling thread into namespace `ns` (sockets it opens then live there).
+pub fn enter(ns: &str) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/run/netns/{ns}"))
+        .with_context(|| format!("network namespace {ns}"))?;
+    // SAFETY: setns with a valid descriptor of a network namespace; it changes only the
+    // calling thread's namespace.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    anyhow::ensure!(r == 0, "entering {ns}: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
 /// Which way a device's link goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
