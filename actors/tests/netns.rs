@@ -1,38 +1,22 @@
-//! Several hosts: network namespaces made by this test, each with its own D-Bus and
-//! avahi-daemon; the coordinator is found over mDNS (the agent has no static address);
-//! the agent's uplink is shaped with `tc tbf`. When its bandwidth is cut from 50 to
-//! 2 Mbit/s, its plan must move to a later split within a few seconds. Everything the
-//! test made is removed afterwards. Needs root (and `ip`, `tc`, `avahi-daemon`);
-//! elsewhere it is skipped with a message saying why (under `CI=true` it fails instead).
+//! Several hosts: the testbed's network (`dyno_actors::testbed::net`) with one device,
+//! each namespace with its own D-Bus and avahi-daemon; the coordinator is found over
+//! mDNS (the agent has no static address); the agent's uplink is shaped with `tc tbf`.
+//! When its bandwidth is cut from 50 to 2 Mbit/s, its plan must move to a later split
+//! within a few seconds. Everything the test made is removed afterwards. Needs root (and
+//! `ip`, `tc`, `avahi-daemon`); elsewhere it is skipped with a message saying why (under
+//! `CI=true` it fails instead).
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const NS_C: &str = "dyno-t-coord";
-const NS_A: &str = "dyno-t-agent";
-
-fn sh(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{}: {e}", args[0]))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
+use dyno_actors::testbed::net::{self, Direction, Net, CLOUD_IP, CLOUD_NS};
 
 fn why_not() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
-        return Some("not root: network namespaces and tc need it".into());
+    if let Some(why) = dyno_actors::testbed::why_not() {
+        return Some(why);
     }
-    for tool in ["ip", "tc", "avahi-daemon", "dbus-daemon", "unshare"] {
+    for tool in ["avahi-daemon", "dbus-daemon", "unshare"] {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -45,94 +29,15 @@ fn why_not() -> Option<String> {
     None
 }
 
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
-/// Removes the namespaces and their daemons, whatever happened.
-struct Net;
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for ns in [NS_C, NS_A] {
-            let dir = format!("/run/dyno-netns/{ns}");
-            for pid in [format!("{dir}/avahi.pid"), format!("{dir}/bus.pid")] {
-                if let Ok(p) = std::fs::read_to_string(&pid) {
-                    let _ = Command::new("kill").arg(p.trim()).output();
-                }
-            }
-            // Whatever else still runs in the namespace.
-            let _ = Command::new("sh")
-                .args(["-c", &format!("ip netns pids {ns} | xargs -r kill -9")])
-                .output();
-            let _ = sh(&["ip", "netns", "del", ns]);
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-    }
-}
-
-fn setup() -> Result<(Net, String, String), String> {
-    let net = Net;
-    drop(Net); // a previous run's leftovers
-    for ns in [NS_C, NS_A] {
-        sh(&["ip", "netns", "add", ns])?;
-        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-    }
-    sh(&[
-        "ip", "link", "add", "dyt-c", "netns", NS_C, "type", "veth", "peer", "name", "dyt-a",
-        "netns", NS_A,
-    ])?;
-    sh(&[
-        "ip",
-        "-n",
-        NS_C,
-        "addr",
-        "add",
-        "10.77.0.1/24",
-        "dev",
-        "dyt-c",
-    ])?;
-    sh(&[
-        "ip",
-        "-n",
-        NS_A,
-        "addr",
-        "add",
-        "10.77.0.2/24",
-        "dev",
-        "dyt-a",
-    ])?;
-    for (ns, dev) in [(NS_C, "dyt-c"), (NS_A, "dyt-a")] {
-        sh(&["ip", "-n", ns, "link", "set", dev, "up", "multicast", "on"])?;
-    }
-    shape(50)?;
+/// The testbed's network with one device: the coordinator's namespace and the agent's,
+/// each with its own D-Bus and avahi-daemon, the agent's uplink at 50 Mbit/s. Removed
+/// (with whatever a previous run left) when dropped.
+fn setup() -> anyhow::Result<Net> {
+    dyno_actors::testbed::clean_up();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/avahi.sh");
-    let mut buses = Vec::new();
-    for ns in [NS_C, NS_A] {
-        let out = Command::new(script)
-            .env("DYNO_NETNS", ns)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "avahi.sh {ns}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        buses.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
-    }
-    Ok((net, buses[0].clone(), buses[1].clone()))
-}
-
-/// Shapes the agent's uplink (its egress) to `mbit` Mbit/s.
-fn shape(mbit: u32) -> Result<(), String> {
-    let rate = format!("{mbit}mbit");
-    let verb = if mbit == 50 { "replace" } else { "change" };
-    sh(&[
-        "ip", "netns", "exec", NS_A, "tc", "qdisc", verb, "dev", "dyt-a", "root", "tbf", "rate",
-        &rate, "burst", "64kb", "latency", "3s",
-    ])
+    let net = Net::create(1, Some(std::path::Path::new(script)))?;
+    net.shape(0, Direction::Up, 50.0)?;
+    Ok(net)
 }
 
 use dyno_actors::child::Proc;
@@ -162,9 +67,18 @@ fn across_namespaces_found_over_mdns_and_following_a_shaped_link() {
         eprintln!("SKIPPED across_namespaces_found_over_mdns_and_following_a_shaped_link: {why}");
         return;
     }
-    let (_net, bus_c, bus_a) = setup().unwrap();
+    let net = setup().unwrap();
+    let (ns_a, listen, data) = (
+        net::device_ns(0),
+        format!("{CLOUD_IP}:7700"),
+        format!("{CLOUD_IP}:7701"),
+    );
+    let (bus_c, bus_a) = (
+        net.bus(CLOUD_NS).unwrap().to_string(),
+        net.bus(&ns_a).unwrap().to_string(),
+    );
     let mut cmd = in_ns(
-        NS_C,
+        CLOUD_NS,
         &bus_c,
         &[
             "coordinator",
@@ -174,9 +88,9 @@ fn across_namespaces_found_over_mdns_and_following_a_shaped_link() {
             "--model",
             "mobilenet_v2",
             "--listen",
-            "10.77.0.1:7700",
+            &listen,
             "--data-listen",
-            "10.77.0.1:7701",
+            &data,
             "--workers",
             "1",
             "--ready-json",
@@ -188,7 +102,7 @@ fn across_namespaces_found_over_mdns_and_following_a_shaped_link() {
     BufReader::new(coord.child().stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert!(line.contains("10.77.0.1:7700"), "{line}");
+    assert!(line.contains(&listen), "{line}");
     let _coord = coord;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
@@ -215,7 +129,7 @@ seed = 3
     )
     .unwrap();
     let mut agent = Proc::spawn(
-        in_ns(NS_A, &bus_a, &["agent", "--config", cfg.to_str().unwrap()])
+        in_ns(&ns_a, &bus_a, &["agent", "--config", cfg.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped()),
@@ -244,7 +158,7 @@ seed = 3
             if !l.contains("finishing on the device") {
                 eprintln!("agent: {l}");
             }
-            if l.contains("found over mDNS") && l.contains("10.77.0.1:7700") {
+            if l.contains("found over mDNS") && l.contains(CLOUD_IP) {
                 *found = true;
             }
             if l.contains("dyno_actors::agent") {
@@ -278,7 +192,7 @@ seed = 3
     }
     eprintln!("plan in force at 50 Mbit/s: split {early}");
     let cut = Instant::now();
-    shape(2).unwrap();
+    net.shape(0, Direction::Up, 2.0).unwrap();
     let (t, late) = wait(&rx, &mut found_mdns, cut + Duration::from_secs(20), &|s| {
         s > early
     })
