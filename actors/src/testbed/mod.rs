@@ -89,8 +89,9 @@ impl Calibration {
         match self.classes.get(class) {
             Some(q) => Ok(q.cores),
             None => anyhow::bail!(
-                "device class `{class}` has no CPU quota on the testbed (calibrated: {}): run \
-                 `dyno testbed calibrate --class {class}`",
+                "device class `{class}` has no CPU quota on the testbed (calibrated: {}): give \
+                 it a slowdown above 1 in the devices file and run `dyno testbed calibrate \
+                 --class {class}`, or use a calibrated class",
                 self.classes.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
         }
