@@ -46,6 +46,9 @@ fi
 if [[ ! -f "$dir/avahi.pid" ]] || ! kill -0 "$(cat "$dir/avahi.pid")" 2>/dev/null; then
   cat > "$dir/avahi.conf" <<CONF
 [server]
+# Its own host name: daemons of namespaces on one link would otherwise all be this
+# machine's name, and resolve the conflict by renaming themselves while services register.
+host-name=$ns
 use-ipv4=yes
 use-ipv6=no
 enable-dbus=yes
@@ -59,6 +62,14 @@ CONF
     unshare --mount bash -c "mount --bind $dir /run/avahi-daemon 2>/dev/null || { mkdir -p /run/avahi-daemon; mount --bind $dir /run/avahi-daemon; }; exec avahi-daemon --no-drop-root --no-chroot -f $dir/avahi.conf" \
     > "$dir/avahi.log" 2>&1 &
   echo $! > "$dir/avahi.pid"
-  sleep 0.5
+  # Ready when it says so (services registered before that can be lost).
+  for _ in $(seq 200); do
+    grep -q "Server startup complete" "$dir/avahi.log" 2>/dev/null && break
+    sleep 0.05
+  done
+  grep -q "Server startup complete" "$dir/avahi.log" || {
+    echo "avahi.sh: avahi-daemon in $ns did not start: $(tail -3 "$dir/avahi.log")" >&2
+    exit 1
+  }
 fi
 echo "$bus"

@@ -68,12 +68,19 @@ pub fn live_with(
                 |p| home.root().join(p),
             );
             let c = crate::testbed::Calibration::load(&path)?;
+            // The quotas give the classes' slowdowns against one profile: the one the
+            // experiment's classes scale.
+            let devices = dyno::config::Devices::load_or_default(e.devices_file.as_deref(), home)?;
+            let scaled = devices.device_profile(home, &c.model);
+            let scaled = scaled.strip_prefix(home.root()).unwrap_or(&scaled);
             anyhow::ensure!(
-                c.model == e.model || e.model != "mobilenet_v2",
-                "{}: calibrated on {}, the experiment runs {}",
+                Path::new(&c.profile) == scaled,
+                "{} was calibrated against {}, but the experiment's device classes scale {}: \
+                 set devices_file = \"config/testbed-devices.toml\" in the experiment, or \
+                 calibrate with --devices naming its devices file",
                 path.display(),
-                c.model,
-                e.model
+                c.profile,
+                scaled.display()
             );
             Some(c)
         }
