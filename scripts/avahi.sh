@@ -12,6 +12,10 @@ ns="${DYNO_NETNS:-}"
 if [[ -z "$ns" ]]; then
   if ! avahi-daemon --check 2>/dev/null; then
     mkdir -p /run/dbus
+    # A socket left by a bus that is gone (its pid file names no live process) is stale.
+    if [[ -S /run/dbus/system_bus_socket ]] && ! kill -0 "$(cat /run/dbus/pid 2>/dev/null)" 2>/dev/null; then
+      rm -f /run/dbus/system_bus_socket
+    fi
     if [[ ! -S /run/dbus/system_bus_socket ]]; then
       rm -f /run/dbus/pid
       dbus-daemon --system --fork
