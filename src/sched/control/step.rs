@@ -138,10 +138,11 @@ pub fn step(
                     .row(&candidate)
                     .expect("kept plans are in the tables")
                     .predict(&f.conditions);
-                // A kept plan keeps its budget, tightened when the pool shrank under it.
+                // A kept plan keeps its budget, scaled down when the pool shrank under
+                // it (as `keep_current` scaled the rates).
                 let rate_fps = match worker {
                     Some(_) => budget(
-                        d.budget_fps.min(scale * prediction.throughput),
+                        scale * d.budget_fps.min(prediction.throughput),
                         prediction.throughput,
                     ),
                     None => f64::INFINITY,
