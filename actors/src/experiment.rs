@@ -52,8 +52,8 @@ pub fn live_with(
     progress: bool,
     runner: &Runner,
 ) -> anyhow::Result<Outcome> {
-    let tables = dyno::config::Devices::load_or_default(e.devices_file.as_deref(), home)?
-        .tables(home, &e.model)?;
+    let devices = dyno::config::Devices::load_or_default(e.devices_file.as_deref(), home)?;
+    let tables = devices.tables(home, &e.model)?;
     let total_ref = tables.device_only().head_s.max(1e-12);
     let points = e.points();
     let mode = match runner {
@@ -70,7 +70,6 @@ pub fn live_with(
             let c = crate::testbed::Calibration::load(&path)?;
             // The quotas give the classes' slowdowns against one profile: the one the
             // experiment's classes scale.
-            let devices = dyno::config::Devices::load_or_default(e.devices_file.as_deref(), home)?;
             let scaled = devices.device_profile(home, &c.model);
             let scaled = scaled.strip_prefix(home.root()).unwrap_or(&scaled);
             anyhow::ensure!(

@@ -58,9 +58,6 @@ fn write(path: &Path, value: &str) -> anyhow::Result<()> {
 #[derive(Debug)]
 pub struct CpuGroup {
     path: PathBuf,
-    /// The quota, in cores (0.1: a tenth of one core).
-    pub cores: f64,
-    pub period_us: u64,
 }
 
 impl CpuGroup {
@@ -95,34 +92,12 @@ impl CpuGroup {
                 write(&path.join("cpu.max"), &format!("{quota_us} {period_us}"))?;
             }
         }
-        Ok(CpuGroup {
-            path,
-            cores,
-            period_us,
-        })
+        Ok(CpuGroup { path })
     }
 
     /// The file a process's id is written to, to move it in (its children follow).
     pub fn procs(&self) -> PathBuf {
         self.path.join("cgroup.procs")
-    }
-
-    /// The CPU time its processes used, seconds (cgroup v1 `cpuacct` is a different
-    /// controller: `None` there).
-    pub fn usage_s(&self) -> Option<f64> {
-        let text = std::fs::read_to_string(self.path.join("cpu.stat")).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("usage_usec "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map(|us| us / 1e6)
-    }
-
-    /// Throttled periods so far (`cpu.stat`'s `nr_throttled`).
-    pub fn throttled(&self) -> Option<u64> {
-        let text = std::fs::read_to_string(self.path.join("cpu.stat")).ok()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("nr_throttled "))
-            .and_then(|v| v.trim().parse().ok())
     }
 }
 

@@ -238,11 +238,8 @@ impl Drop for Testbed {
 /// A command that moves itself into `group`, enters namespace `ns` and becomes `exe`
 /// (`ip netns exec` execs, so the process's id is the one spawned).
 pub fn host_command(group: &CpuGroup, ns: &str, bus: Option<&str>, exe: &Path) -> Command {
-    let mut c = Command::new("sh");
-    c.args(["-c", "echo $$ > \"$0\" && exec ip netns exec \"$@\""])
-        .arg(group.procs())
-        .arg(ns)
-        .arg(exe);
+    let mut c = limited_command(group, Path::new("ip"));
+    c.args(["netns", "exec", ns]).arg(exe);
     if let Some(bus) = bus {
         c.env("DBUS_SYSTEM_BUS_ADDRESS", bus);
     }

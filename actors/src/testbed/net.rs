@@ -69,7 +69,6 @@ pub enum Direction {
 /// The namespaces and links made; removed on drop.
 #[derive(Debug)]
 pub struct Net {
-    pub devices: usize,
     /// Each namespace's D-Bus address, when each runs its own Avahi (mDNS discovery).
     pub buses: Option<Vec<(String, String)>>,
 }
@@ -82,10 +81,7 @@ impl Net {
             devices <= MAX_DEVICES,
             "{devices} devices: the testbed holds at most {MAX_DEVICES}"
         );
-        let mut net = Net {
-            devices: 0,
-            buses: None,
-        };
+        let mut net = Net { buses: None };
         sh(&["ip", "netns", "add", CLOUD_NS])?;
         sh(&["ip", "-n", CLOUD_NS, "link", "set", "lo", "up"])?;
         sh(&[
@@ -116,7 +112,6 @@ impl Net {
             let ns = device_ns(i);
             let (d, c) = veth(i);
             sh(&["ip", "netns", "add", &ns])?;
-            net.devices = i + 1;
             sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
             sh(&[
                 "ip", "link", "add", &d, "netns", &ns, "type", "veth", "peer", "name", &c, "netns",
