@@ -2,7 +2,8 @@
 //! each namespace with its own D-Bus and avahi-daemon; the coordinator is found over
 //! mDNS (the agent has no static address); the agent's uplink is shaped with `tc tbf`.
 //! When its bandwidth is cut from 50 to 2 Mbit/s, its plan must move to a later split
-//! within a few seconds. Everything the test made is removed afterwards. Needs root (and
+//! within a few seconds. A second test cuts a saturated link and checks that the kernel
+//! keeps sending. Everything the tests made is removed afterwards. Needs root (and
 //! `ip`, `tc`, `avahi-daemon`); elsewhere it is skipped with a message saying why (under
 //! `CI=true` it fails instead).
 use std::io::{BufRead, BufReader};
@@ -27,6 +28,84 @@ fn why_not() -> Option<String> {
         }
     }
     None
+}
+
+/// One testbed network at a time: the two tests here run in one binary.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn skip(test: &str) -> bool {
+    let Some(why) = why_not() else { return false };
+    // In CI a test that cannot run fails: a skip there would pass silently.
+    assert!(
+        std::env::var("CI").map_or(true, |v| v.is_empty() || v == "false"),
+        "CI=true and the multi-host test cannot run: {why}"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+    true
+}
+
+/// A link saturated at 50 Mbit/s, cut to 2: the kernel must go on sending at 2. (A tbf
+/// whose queue holds a packet larger than its new bucket never sends again; the
+/// testbed's interfaces hand it MTU-sized packets so that none is.)
+#[test]
+fn a_rate_cut_on_a_saturated_link_never_stalls_it() {
+    if skip("a_rate_cut_on_a_saturated_link_never_stalls_it") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    dyno_actors::testbed::clean_up();
+    let net = Net::create(1, None).unwrap();
+    net.shape(0, Direction::Up, 50.0).unwrap();
+    // A receiver in the cloud's namespace, a sender in the device's sending as fast as
+    // the link takes it.
+    let listener = std::thread::spawn(|| {
+        net::enter(CLOUD_NS).unwrap();
+        let l = std::net::TcpListener::bind((CLOUD_IP, 7790)).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        // Ends when the sender stops (or a stalled link carries nothing for 2 s).
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = std::io::copy(&mut s, &mut std::io::sink());
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            net::enter(&net::device_ns(0)).unwrap();
+            let mut s = std::net::TcpStream::connect((CLOUD_IP, 7790)).unwrap();
+            s.set_write_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let block = vec![7u8; 1 << 16];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = s.write(&block);
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, at_50) = net.qdisc_stats(0, Direction::Up).unwrap();
+    net.shape(0, Direction::Up, 2.0).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, from) = net.qdisc_stats(0, Direction::Up).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (rate, to) = net.qdisc_stats(0, Direction::Up).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mbps = 8.0 * (to - from) as f64 / 2.0 / 1e6;
+    eprintln!(
+        "saturated: {:.1} MB sent at 50 Mbit/s; after the cut to {rate} Mbit/s, {mbps:.2} Mbit/s",
+        at_50 as f64 / 1e6
+    );
+    drop(net);
+    let _ = sender.join();
+    let _ = listener.join();
+    assert!(
+        at_50 > 5_000_000,
+        "the link carried {at_50} bytes in 2 s at 50 Mbit/s"
+    );
+    assert!(
+        (1.6..2.4).contains(&mbps),
+        "after the cut to 2 Mbit/s the tbf sent {mbps:.2} Mbit/s (0: it stalled)"
+    );
 }
 
 /// The testbed's network with one device: the coordinator's namespace and the agent's,
@@ -58,15 +137,10 @@ fn in_ns(ns: &str, bus: &str, args: &[&str]) -> Command {
 
 #[test]
 fn across_namespaces_found_over_mdns_and_following_a_shaped_link() {
-    if let Some(why) = why_not() {
-        // In CI a test that cannot run fails: a skip there would pass silently.
-        assert!(
-            std::env::var("CI").map_or(true, |v| v.is_empty() || v == "false"),
-            "CI=true and the multi-host test cannot run: {why}"
-        );
-        eprintln!("SKIPPED across_namespaces_found_over_mdns_and_following_a_shaped_link: {why}");
+    if skip("across_namespaces_found_over_mdns_and_following_a_shaped_link") {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let net = setup().unwrap();
     let (ns_a, listen, data) = (
         net::device_ns(0),
@@ -192,11 +266,21 @@ seed = 3
     }
     eprintln!("plan in force at 50 Mbit/s: split {early}");
     let cut = Instant::now();
+    let (_, sent_at_cut) = net.qdisc_stats(0, Direction::Up).unwrap();
     net.shape(0, Direction::Up, 2.0).unwrap();
-    let (t, late) = wait(&rx, &mut found_mdns, cut + Duration::from_secs(20), &|s| {
+    let moved = wait(&rx, &mut found_mdns, cut + Duration::from_secs(20), &|s| {
         s > early
-    })
-    .unwrap_or_else(|| {
+    });
+    // The kernel's own count: a tbf that holds a packet larger than its (new) bucket
+    // never sends again, and everything above it goes silent.
+    let (_, sent) = net.qdisc_stats(0, Direction::Up).unwrap();
+    let carried = sent - sent_at_cut;
+    eprintln!("the shaped uplink carried {carried} bytes after the cut");
+    assert!(
+        carried > 20_000,
+        "the uplink carried {carried} bytes after the cut to 2 Mbit/s: its tbf stalled"
+    );
+    let (t, late) = moved.unwrap_or_else(|| {
         panic!("the plan stayed at split {early} or earlier for 20 s after the cut to 2 Mbit/s")
     });
     let took = t - cut;

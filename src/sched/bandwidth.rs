@@ -8,7 +8,11 @@
 //! moves nothing, and after a step the estimate follows within `window / 2 + 1` samples;
 //! two rates in a row more than `recover` times the estimate restart the window (a link
 //! back from an outage is believed at once, and the transfers it then carries check it).
-//! RTT is the median of recent RTT samples (pings, heartbeats, small transfers).
+//! RTT is the **smallest** of the recent RTT samples (pings, heartbeats, small
+//! transfers): the link's own round trip. A heartbeat that waited behind the device's
+//! frames in a queue on the path measured that queue, not the link; subtracting it from
+//! a transfer would credit the link with a rate it does not have (on a 2 Mbit/s tbf
+//! link, median RTTs of half a second made estimates of tens of Mbit/s).
 //! When no transfer gave a rate for `probe_after_s` (nothing was sent, or only transfers
 //! too small to time against the RTT), [`Estimator::needs_probe`] asks for an active
 //! probe.
@@ -143,8 +147,9 @@ impl Estimator {
         median(self.rates.iter().map(|r| r.1))
     }
 
+    /// The link's own round trip: the smallest recent sample.
     pub fn rtt_s(&self) -> Option<f64> {
-        median(self.rtts.iter().map(|r| r.1))
+        self.rtts.iter().map(|r| r.1).min_by(f64::total_cmp)
     }
 
     /// The link as estimated, when there is a bandwidth figure.
@@ -263,6 +268,31 @@ mod tests {
             e.observe_transfer(t, 250_000, secs(250_000, 100.0, 0.02));
             assert!(k <= 3, "more than 3 samples to follow a 10x rise");
         }
+    }
+
+    #[test]
+    fn heartbeats_queued_behind_frames_do_not_inflate_the_rate() {
+        // A 2 Mbit/s link with a 20 ms round trip; the device's frames (175 kB) keep a
+        // queue on it, and most heartbeats wait in that queue for up to 0.7 s.
+        let mut e = Estimator::default();
+        let mut t = 0.0;
+        for i in 0..40u64 {
+            t += 0.5;
+            let queued = if i % 4 == 0 {
+                0.0
+            } else {
+                0.7 * (0.5 + 0.5 * noise(i))
+            };
+            e.observe_rtt(t, 0.02 + queued);
+            e.observe_transfer(t + 0.1, 175_000, secs(175_000, 2.0, 0.02));
+        }
+        let l = e.link().unwrap();
+        assert!(
+            (l.bandwidth_bps / 2e6 - 1.0).abs() < 0.05,
+            "{} bit/s",
+            l.bandwidth_bps
+        );
+        assert!((l.rtt_s - 0.02).abs() < 1e-9, "rtt {}", l.rtt_s);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use dyno::wire::session::pump;
 use dyno::wire::{Assignment, Conn, DeviceInfo, FrameReport, Identity, Message};
 use tokio::sync::{mpsc, watch};
 
+use super::data::RoundTrip;
 use super::uplink::{self, Uplink};
 use crate::discovery;
 
@@ -45,6 +46,8 @@ pub(super) struct ControlLink {
     pub one_way: Duration,
     pub plan: watch::Sender<Option<Assignment>>,
     pub plans: Arc<AtomicU64>,
+    /// Where the heartbeats' round trips go (the data path times frames with them).
+    pub rtt: Arc<RoundTrip>,
 }
 
 impl ControlLink {
@@ -126,6 +129,7 @@ impl ControlLink {
                             if let Some(t) = beats.remove(&seq) {
                                 // The emulated link's round trip on top of the real one.
                                 let rtt = t.elapsed() + 2 * self.one_way;
+                                self.rtt.observe(rtt);
                                 let _ = out.send(Message::LinkSample {
                                     bytes: 0,
                                     seconds: rtt.as_secs_f64(),

@@ -1,7 +1,14 @@
 //! The data path to the workers: one connection per worker, shared by every frame in
 //! flight; each frame waits for its own answer, matched by request id.
+//!
+//! A frame's transfer is timed from its first bit out to its delivery (its answer less
+//! the worker's time). Frames in flight together share the link: a frame that left
+//! while the one before it was still on the wire started crossing only when that one
+//! was delivered, and is timed from then (plus one round trip, as every sample
+//! carries), or the link would be measured at a fraction of its rate.
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -47,6 +54,30 @@ struct DataConn {
     /// Frames waiting for their answer, by request id.
     pending: Arc<DashMap<u64, oneshot::Sender<Message>>>,
     alive: Arc<AtomicBool>,
+    /// When the latest frame on this connection reached the worker.
+    delivered: Arc<Mutex<Option<Instant>>>,
+}
+
+/// The device's round trip as its heartbeats measure it: the smallest of the last few
+/// (a heartbeat that waited behind frames measured the queue, not the link).
+#[derive(Default)]
+pub(super) struct RoundTrip(Mutex<VecDeque<Duration>>);
+
+impl RoundTrip {
+    const KEPT: usize = 8;
+
+    pub fn observe(&self, rtt: Duration) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.push_back(rtt);
+        while q.len() > Self::KEPT {
+            q.pop_front();
+        }
+    }
+
+    pub fn floor(&self) -> Duration {
+        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter().min().copied().unwrap_or_default()
+    }
 }
 
 /// The agent's connections to workers, by address.
@@ -57,16 +88,24 @@ pub(super) struct DataPath {
     uplink: Addr<Uplink>,
     /// The downlink's one-way delay.
     one_way: Duration,
+    rtt: Arc<RoundTrip>,
 }
 
 impl DataPath {
-    pub fn new(me: Identity, max_frame: usize, uplink: Addr<Uplink>, one_way: Duration) -> Self {
+    pub fn new(
+        me: Identity,
+        max_frame: usize,
+        uplink: Addr<Uplink>,
+        one_way: Duration,
+        rtt: Arc<RoundTrip>,
+    ) -> Self {
         DataPath {
             me,
             max_frame,
             conns: DashMap::new(),
             uplink,
             one_way,
+            rtt,
         }
     }
 
@@ -88,6 +127,7 @@ impl DataPath {
             tx: out,
             pending: Arc::new(DashMap::new()),
             alive: Arc::new(AtomicBool::new(true)),
+            delivered: Arc::new(Mutex::new(None)),
         };
         let alive = c.alive.clone();
         actix_rt::spawn(async move {
@@ -176,6 +216,7 @@ impl DataPath {
             return Err(CloudError::Closed);
         }
         let answer = tokio::time::timeout_at(deadline, rx).await;
+        let answered = Instant::now();
         conn.pending.remove(&request);
         let m = match answer {
             Err(_) => return Err(CloudError::NoAnswer(timeout)),
@@ -194,10 +235,25 @@ impl DataPath {
                 tail_s,
                 ..
             } => {
-                let worker = queue_s + unpack_s + tail_s;
-                // Timed from the first bit out: waiting behind its own earlier frames
-                // says nothing about the link's rate.
-                let wire_s = (t.elapsed().as_secs_f64() - worker - queued_s).max(0.0);
+                let worker = Duration::from_secs_f64((queue_s + unpack_s + tail_s).max(0.0));
+                // Timed from the first bit out (waiting behind its own earlier frames in
+                // the emulated link says nothing about the link's rate) or, if the frame
+                // before it was still crossing, from that one's delivery.
+                let first_bit = t + Duration::from_secs_f64(queued_s);
+                let delivered = answered.checked_sub(worker).unwrap_or(first_bit);
+                let rtt = self.rtt.floor();
+                let before = {
+                    let mut d = conn.delivered.lock().unwrap_or_else(|e| e.into_inner());
+                    let before = *d;
+                    *d = Some(before.map_or(delivered, |b| b.max(delivered)));
+                    before
+                };
+                let wire_s = match before {
+                    Some(b) if b > first_bit + rtt && b < delivered => {
+                        (delivered - b + rtt).as_secs_f64()
+                    }
+                    _ => delivered.saturating_duration_since(first_bit).as_secs_f64(),
+                };
                 Ok((
                     top1,
                     Stages {

@@ -109,6 +109,7 @@ pub async fn run_with_results(
     let uplink = uplink::Uplink::new(start, s.shaper, upward.clone()).start();
     let (plan_tx, plan_rx) = watch::channel(None);
     let plans = Arc::new(AtomicU64::new(0));
+    let rtt = Arc::new(data::RoundTrip::default());
     let control = actix_rt::spawn(
         ControlLink {
             me: me.clone(),
@@ -120,6 +121,7 @@ pub async fn run_with_results(
             one_way,
             plan: plan_tx,
             plans: plans.clone(),
+            rtt: rtt.clone(),
         }
         .run(upward_rx),
     );
@@ -127,7 +129,7 @@ pub async fn run_with_results(
         start,
         compute: compute.clone(),
         uplink: uplink.clone(),
-        data: data::DataPath::new(me.clone(), cfg.fleet.max_frame, uplink, one_way),
+        data: data::DataPath::new(me.clone(), cfg.fleet.max_frame, uplink, one_way, rtt),
         plan: plan_rx,
     });
     let rules = FrameRules {

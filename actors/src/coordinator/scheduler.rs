@@ -308,6 +308,7 @@ impl Handler<LinkSample> for SchedulerActor {
             self.control
                 .observe_transfer(&m.id, now, m.bytes, m.seconds)
         };
+        tracing::debug!(device = %m.id, bytes = m.bytes, seconds = m.seconds, link = ?self.control.link(&m.id), "link sample");
         // The gauge moves with the estimate, not with every report.
         if let Some(link) = self.control.link(&m.id).filter(|l| Some(*l) != before) {
             metrics::gauge!("dyno_bandwidth_estimate_mbps", "device" => m.id.clone())

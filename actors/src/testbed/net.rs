@@ -14,6 +14,20 @@ pub const CLOUD_NS: &str = "dyno-tb-cloud";
 const BRIDGE: &str = "dytb-br";
 /// The cloud's address on the bridge.
 pub const CLOUD_IP: &str = "10.79.0.1";
+/// The testbed's interfaces hand their qdiscs one segment at a time (GSO packets of at
+/// most this many segments, each an MTU of 1,500 bytes), so that the link behaves as a
+/// rate, as the performance model has it:
+/// - A tbf never sends a packet larger than its bucket. After a rate cut shrank the
+///   bucket, a 64 kB GSO packet queued at the old rate stalled the link for good (seen
+///   here: an uplink cut from 50 to 2 Mbit/s sent nothing for 20 s, its backlog
+///   growing).
+/// - A bucket large enough for such packets (16 kB) carried an 8 kB activation at the
+///   line's speed: the link measured 46 Mbit/s with small frames and 2 with large ones,
+///   and the plan swung between them.
+const GSO_MAX_SEGS: u32 = 1;
+/// The smallest tbf bucket, in bytes: a few MTU-sized packets.
+const MIN_BURST: u64 = 4 * 1024;
+const _: () = assert!(GSO_MAX_SEGS as u64 * 1514 < MIN_BURST);
 /// Devices at most (one /24).
 pub const MAX_DEVICES: usize = 240;
 
@@ -84,8 +98,19 @@ impl Net {
         let mut net = Net { buses: None };
         sh(&["ip", "netns", "add", CLOUD_NS])?;
         sh(&["ip", "-n", CLOUD_NS, "link", "set", "lo", "up"])?;
+        let gso = GSO_MAX_SEGS.to_string();
         sh(&[
             "ip", "-n", CLOUD_NS, "link", "add", BRIDGE, "type", "bridge",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            CLOUD_NS,
+            "link",
+            "set",
+            BRIDGE,
+            "gso_max_segs",
+            &gso,
         ])?;
         sh(&[
             "ip",
@@ -116,6 +141,17 @@ impl Net {
             sh(&[
                 "ip", "link", "add", &d, "netns", &ns, "type", "veth", "peer", "name", &c, "netns",
                 CLOUD_NS,
+            ])?;
+            sh(&["ip", "-n", &ns, "link", "set", &d, "gso_max_segs", &gso])?;
+            sh(&[
+                "ip",
+                "-n",
+                CLOUD_NS,
+                "link",
+                "set",
+                &c,
+                "gso_max_segs",
+                &gso,
             ])?;
             sh(&["ip", "-n", CLOUD_NS, "link", "set", &c, "master", BRIDGE])?;
             sh(&["ip", "-n", CLOUD_NS, "link", "set", &c, "up"])?;
@@ -169,8 +205,8 @@ impl Net {
         );
         let (ns, dev) = qdisc_of(i, dir);
         let kbit = ((mbps * 1e3).round() as u64).max(8);
-        // A bucket of 10 ms at the rate, at least 16 kB (the kernel needs one MTU a tick).
-        let burst = ((mbps * 1e6 / 8.0 * 0.01) as u64).max(16 * 1024);
+        // A bucket of 10 ms at the rate, at least a few packets (GSO_MAX_SEGS).
+        let burst = ((mbps * 1e6 / 8.0 * 0.01) as u64).max(MIN_BURST);
         let (rate, burst) = (format!("{kbit}kbit"), burst.to_string());
         let tc = |verb: &str| {
             sh(&[
