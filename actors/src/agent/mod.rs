@@ -11,6 +11,7 @@
 //! - `setup`, `summary`: the checked set-up, and what the agent did.
 //!
 //! This file wires them and runs the frame loop.
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,7 +76,14 @@ pub async fn run_with_results(
     let model_name = cfg.model.clone();
     drop(s.model);
     let cell = Mutex::new(Some((s.source, home.clone(), reference)));
+    // On the testbed only this thread runs under the device's CPU quota (the agent's
+    // clock and network are not the device's compute): it moves itself there.
+    let placement = std::env::var_os(crate::testbed::cgroup::COMPUTE_CGROUP);
+    let (placed_tx, placed) = std::sync::mpsc::channel();
     let compute = SyncArbiter::start(1, move || {
+        if let Some(tasks) = &placement {
+            let _ = placed_tx.send(crate::testbed::cgroup::join_thread(Path::new(tasks)));
+        }
         tch::set_num_threads(threads as i32);
         let (source, home, reference) = cell
             .lock()
@@ -90,6 +98,11 @@ pub async fn run_with_results(
             reference,
         }
     });
+    if std::env::var_os(crate::testbed::cgroup::COMPUTE_CGROUP).is_some() {
+        placed
+            .recv_timeout(Duration::from_secs(10))
+            .context("the device thread did not start")??;
+    }
     let me = Identity {
         fleet: cfg.fleet.id.clone(),
         name: cfg.id.clone(),

@@ -8,6 +8,20 @@ use anyhow::Context;
 /// The folder every testbed cgroup lives in, in the controller's hierarchy.
 pub const PARENT: &str = "dyno-testbed";
 
+/// Set for a device's agent on the testbed: the file its compute thread writes its
+/// thread id into, so that only that thread runs under the device's quota (cgroup v1's
+/// `tasks`). A device's CPU is slow, not its clock or its network: the whole agent under
+/// a quota of a few ms per 20 ms period timed its transfers late by up to a period, and
+/// its link estimates swung by a third on a steady link.
+pub const COMPUTE_CGROUP: &str = "DYNO_COMPUTE_CGROUP";
+
+/// Moves the calling thread into the cgroup whose thread list is `tasks`.
+pub fn join_thread(tasks: &Path) -> anyhow::Result<()> {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    write(tasks, &tid.to_string()).context("placing the device's compute thread in its quota")
+}
+
 /// The kernel's smallest quota, microseconds.
 pub const MIN_QUOTA_US: u64 = 1000;
 
@@ -98,6 +112,13 @@ impl CpuGroup {
     /// The file a process's id is written to, to move it in (its children follow).
     pub fn procs(&self) -> PathBuf {
         self.path.join("cgroup.procs")
+    }
+
+    /// The file that moves one thread into this group, where the hierarchy has one
+    /// (cgroup v1's `tasks`; v2 would need a threaded subtree, not built: there a whole
+    /// process is limited).
+    pub fn threads(&self) -> Option<PathBuf> {
+        Some(self.path.join("tasks")).filter(|t| t.exists())
     }
 }
 

@@ -221,10 +221,26 @@ impl Testbed {
         host_command(&self.cloud, net::CLOUD_NS, self.net.bus(net::CLOUD_NS), exe)
     }
 
-    /// `exe args` as a process of device `i`'s host.
+    /// `exe args` as a process of device `i`'s host: an agent whose compute thread runs
+    /// under the host's quota (where the hierarchy places threads; else the whole
+    /// process).
     pub fn device_command(&self, i: usize, exe: &Path) -> Command {
         let ns = net::device_ns(i);
-        host_command(&self.devices[i], &ns, self.net.bus(&ns), exe)
+        let group = &self.devices[i];
+        match group.threads() {
+            Some(tasks) => {
+                // nsenter, not `ip netns exec`: that one mounts a fresh /sys, without the
+                // cgroup hierarchy the thread must find.
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(exe);
+                if let Some(bus) = self.net.bus(&ns) {
+                    c.env("DBUS_SYSTEM_BUS_ADDRESS", bus);
+                }
+                c.env(cgroup::COMPUTE_CGROUP, tasks);
+                c
+            }
+            None => host_command(group, &ns, self.net.bus(&ns), exe),
+        }
     }
 }
 
