@@ -105,7 +105,7 @@ fn through_the_actor(planning: Planning, classes: &Devices, home: &Home) -> Vec<
                     actor.send(WorkerLeft { name: name.into() }).await.unwrap()
                 }
                 Step::DeviceJoins(id, class) => {
-                    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                    let (tx, rx) = dyno::wire::session::Outbox::detached();
                     keep.push(rx);
                     outboxes.insert(id, tx.clone());
                     actor

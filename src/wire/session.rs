@@ -28,19 +28,86 @@ pub async fn dial(addr: &str, me: &Identity, max_frame: usize) -> Result<Conn, W
     connect(stream, me, max_frame).await
 }
 
-/// Where a session's outgoing messages are queued; the pump writes them in order.
-pub type Outbox = mpsc::UnboundedSender<Message>;
+/// The most messages a session queues for its peer. A peer that reads nothing while
+/// this many wait is cut off (its connection is closed, and it reconnects) instead of
+/// the queue growing without a limit.
+pub const OUTBOX_CAPACITY: usize = 256;
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Undelivered {
+    #[error("the connection is closed")]
+    Closed,
+    #[error(
+        "{OUTBOX_CAPACITY} messages already wait for a peer that reads none: the connection \
+         is closed"
+    )]
+    Full,
+}
+
+/// Where a session's outgoing messages are queued, at most [`OUTBOX_CAPACITY`]; the pump
+/// writes them in order.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    queue: mpsc::Sender<Message>,
+    /// Ends the pump (and so the connection) when the queue overflows.
+    cut: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Outbox {
+    /// An outbox and its queue without a connection (an in-process peer, a test).
+    pub fn detached() -> (Outbox, mpsc::Receiver<Message>) {
+        let (queue, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+        (Outbox { queue, cut }, rx)
+    }
+
+    /// Whether both queue to the same connection.
+    pub fn same_channel(&self, other: &Outbox) -> bool {
+        self.queue.same_channel(&other.queue)
+    }
+
+    /// Queues `m` without waiting. When the queue is full the connection is closed: the
+    /// message, and the peer's session, are lost at once and visibly, not after
+    /// memory ran out.
+    pub fn send(&self, m: Message) -> Result<(), Undelivered> {
+        self.queue.try_send(m).map_err(|e| match e {
+            mpsc::error::TrySendError::Closed(_) => Undelivered::Closed,
+            mpsc::error::TrySendError::Full(_) => {
+                metrics::counter!("dyno_outbox_overflows_total").increment(1);
+                self.cut.notify_one();
+                Undelivered::Full
+            }
+        })
+    }
+}
 
 /// The writer pump: a task that owns `tx` and writes what is queued in the returned
-/// [`Outbox`] until the connection fails or every outbox is dropped.
+/// [`Outbox`] until the connection fails, the outbox overflows, or every outbox is
+/// dropped.
 pub fn pump(mut tx: Sender) -> (Outbox, JoinHandle<()>) {
-    let (out, mut queue) = mpsc::unbounded_channel::<Message>();
+    let (out, mut rx) = Outbox::detached();
+    let cut = out.cut.clone();
     let task = tokio::spawn(async move {
-        while let Some(m) = queue.recv().await {
-            if tx.send(&m).await.is_err() {
+        let overflowed = || tracing::warn!("{}", Undelivered::Full);
+        loop {
+            // An overflow ends the pump even while a write waits on a peer that does not
+            // read (a half-written message does not matter: the connection closes).
+            let m = tokio::select! {
+                m = rx.recv() => m,
+                _ = cut.notified() => { overflowed(); None }
+            };
+            let Some(m) = m else { break };
+            let sent = tokio::select! {
+                r = tx.send(&m) => r.is_ok(),
+                _ = cut.notified() => { overflowed(); false }
+            };
+            if !sent {
                 break;
             }
         }
+        // Later sends fail as Closed; dropping the sending half closes our side.
+        rx.close();
     });
     (out, task)
 }
@@ -134,5 +201,64 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(e, WireError::Io(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_reads_nothing_overflows_the_outbox_and_is_cut_off() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (report, outcome) = tokio::sync::oneshot::channel();
+        let report = std::sync::Mutex::new(Some(report));
+        tokio::spawn(serve(
+            l,
+            id(Role::Worker),
+            DEFAULT_MAX_FRAME,
+            "test",
+            move |conn, _| {
+                let report = report.lock().unwrap().take();
+                async move {
+                    let (tx, _rx) = conn.split();
+                    let (out, pump) = pump(tx);
+                    // 64 kB messages, far more than the socket buffers and the outbox
+                    // hold together.
+                    let mut queued = 0usize;
+                    let first_error = loop {
+                        let m = Message::Probe {
+                            seq: queued as u64,
+                            padding: vec![0; 64 << 10],
+                        };
+                        match out.send(m) {
+                            Ok(()) => queued += 1,
+                            Err(e) => break e,
+                        }
+                        if queued > 100 * OUTBOX_CAPACITY {
+                            break Undelivered::Closed;
+                        }
+                        tokio::task::yield_now().await;
+                    };
+                    let ended = tokio::time::timeout(Duration::from_secs(2), pump)
+                        .await
+                        .is_ok();
+                    let after = out.send(Message::Heartbeat { seq: 0 });
+                    let _ = report.unwrap().send((queued, first_error, ended, after));
+                }
+            },
+        ));
+        // Connected, and never reading.
+        let _c = dial(&addr, &id(Role::Agent), DEFAULT_MAX_FRAME)
+            .await
+            .unwrap();
+        let (queued, first_error, ended, after) =
+            tokio::time::timeout(Duration::from_secs(10), outcome)
+                .await
+                .expect("the server's session reports")
+                .unwrap();
+        assert_eq!(first_error, Undelivered::Full, "after {queued} messages");
+        assert!(
+            queued >= OUTBOX_CAPACITY && queued < 4 * OUTBOX_CAPACITY,
+            "{queued} messages queued before the outbox said full"
+        );
+        assert!(ended, "the pump still runs after the overflow");
+        assert_eq!(after, Err(Undelivered::Closed));
     }
 }

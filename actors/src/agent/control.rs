@@ -18,6 +18,11 @@ use super::data::RoundTrip;
 use super::uplink::{self, Uplink};
 use crate::discovery;
 
+/// What the frames and the uplink tell the coordinator, at most this many waiting: the
+/// frames' reports while no coordinator listens are dropped, not kept without a limit
+/// (they are discarded at the next connection anyway).
+pub(super) const UPWARD_CAPACITY: usize = 1024;
+
 /// What the frames and the uplink tell the coordinator.
 pub(super) enum Upward {
     Report(FrameReport),
@@ -52,7 +57,7 @@ pub(super) struct ControlLink {
 
 impl ControlLink {
     /// Runs until the agent ends (the task is aborted).
-    pub async fn run(self, mut upward: mpsc::UnboundedReceiver<Upward>) {
+    pub async fn run(self, mut upward: mpsc::Receiver<Upward>) {
         loop {
             // Reports of the frames that ran while no coordinator was there.
             while upward.try_recv().is_ok() {}
@@ -71,7 +76,7 @@ impl ControlLink {
         }
     }
 
-    async fn session(&self, conn: Conn, upward: &mut mpsc::UnboundedReceiver<Upward>) {
+    async fn session(&self, conn: Conn, upward: &mut mpsc::Receiver<Upward>) {
         let (tx, mut rx) = conn.split();
         let (out, writer) = pump(tx);
         if out

@@ -118,7 +118,7 @@ pub async fn run_with_results(
             .with_context(|| format!("ready file {}", path.display()))?;
     }
     let one_way = Duration::from_secs_f64(cfg.link.rtt_ms / 2e3);
-    let (upward, upward_rx) = mpsc::unbounded_channel::<Upward>();
+    let (upward, upward_rx) = mpsc::channel::<Upward>(control::UPWARD_CAPACITY);
     let uplink = uplink::Uplink::new(start, s.shaper, upward.clone()).start();
     let (plan_tx, plan_rx) = watch::channel(None);
     let plans = Arc::new(AtomicU64::new(0));
@@ -191,7 +191,7 @@ pub async fn run_with_results(
                     latency_ms = r.result.latency_s * 1e3,
                     "frame done"
                 );
-                let _ = upward.send(Upward::Report(FrameReport {
+                let _ = upward.try_send(Upward::Report(FrameReport {
                     request,
                     candidate: r.candidate,
                     stages: r.stages,

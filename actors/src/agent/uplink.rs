@@ -14,14 +14,14 @@ pub(super) struct Uplink {
     /// After the uplink failed to carry a frame in time: device-only until then.
     stalled_until: Option<Instant>,
     /// To the coordinator: a stall is a (slow) link sample.
-    upward: tokio::sync::mpsc::UnboundedSender<Upward>,
+    upward: tokio::sync::mpsc::Sender<Upward>,
 }
 
 impl Uplink {
     pub fn new(
         start: Instant,
         shaper: Shaper,
-        upward: tokio::sync::mpsc::UnboundedSender<Upward>,
+        upward: tokio::sync::mpsc::Sender<Upward>,
     ) -> Uplink {
         Uplink {
             start,
@@ -73,7 +73,7 @@ impl Handler<Stalled> for Uplink {
             waited_ms = m.waited.as_millis() as u64,
             "the uplink stalled: device-only for a while"
         );
-        let _ = self.upward.send(Upward::LinkSample {
+        let _ = self.upward.try_send(Upward::LinkSample {
             bytes: m.bytes as u64,
             seconds: m.waited.as_secs_f64(),
         });

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use dyno::pack::{PackOptions, Packer, TensorId};
 use dyno::wire::session::{dial, pump};
 use dyno::wire::{self, DeviceInfo, FrameReport, Identity, Key, Message, Role, Stages};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 #[derive(Default)]
 pub(super) struct Stats {
@@ -154,7 +154,7 @@ async fn frames(
     ctx: &Ctx,
     me: &Identity,
     plan: &watch::Receiver<Option<wire::Assignment>>,
-    out: &mpsc::UnboundedSender<Message>,
+    out: &dyno::wire::session::Outbox,
 ) {
     let st = &ctx.stats;
     let period = Duration::from_secs_f64(1.0 / ctx.rate_fps);
