@@ -6,6 +6,7 @@
 //! | `dyno_frames_total` | counter | `device` | agent: every finished frame |
 //! | `dyno_fallbacks_total` | counter | `device` | agent: frames finished on the device because the cloud failed |
 //! | `dyno_frame_errors_total` | counter | `device` | agent |
+//! | `dyno_frames_over_budget_total` | counter | `device` | agent: frames run on the device because the plan's onload budget was spent |
 //! | `dyno_phase_seconds` | histogram | `phase` = `device`, `pack`, `transfer`, `worker_queue`, `cloud`, `end_to_end` | agent |
 //! | `dyno_plan_split`, `dyno_plan_bits` | gauge | `device` | agent (plan in force), coordinator (plan sent); bits 32 for fp32, 16 for fp16 |
 //! | `dyno_bandwidth_estimate_mbps` | gauge | `device` | coordinator |
@@ -15,6 +16,7 @@
 //! | `dyno_registrations_total` | counter | `role` = `agent`, `worker` | coordinator: accepted registrations |
 //! | `dyno_refused_peers_total` | counter | `endpoint` = `control`, `data` | coordinator, worker |
 //! | `dyno_worker_inferences_total` | counter | | worker |
+//! | `dyno_outbox_overflows_total` | counter | | any: connections closed because the peer read none of the messages queued for it |
 use std::net::SocketAddr;
 
 use anyhow::Context;

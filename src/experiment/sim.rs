@@ -300,6 +300,8 @@ pub fn run(
     }
     let mut flights: Vec<Flight> = Vec::new();
     let mut in_flight = vec![0usize; n];
+    // Each device's onload budget, enforced as the agent does.
+    let mut budgets = vec![crate::sched::control::Budget::default(); n];
     let mut device_free = vec![0.0f64; n];
     let mut device_busy = vec![false; n];
     while let Some(Reverse((tk, _, kind))) = heap.pop() {
@@ -347,6 +349,10 @@ pub fn run(
                 }
                 // Before its first plan a device runs device-only, as an agent does.
                 let (c, worker) = match coord.control().plan(&devices[i].id) {
+                    // Over its budget, a frame the plan would onload runs on the device.
+                    Some(p) if p.worker.is_some() && !budgets[i].admit(t, p.rate_fps) => {
+                        (tables.device_only().candidate, None)
+                    }
                     Some(p) => (p.candidate, p.worker.clone()),
                     None => (tables.device_only().candidate, None),
                 };

@@ -65,6 +65,9 @@ pub struct FrameReport {
     pub transfer_s: f64,
     /// True when the frame ran device-only because the cloud failed.
     pub fallback: bool,
+    /// True when its plan onloads but the frame ran device-only: the device's onload
+    /// budget (`Assignment::rate_fps`) was spent.
+    pub over_budget: bool,
 }
 
 /// A snapshot of the fleet (`dyno status`).
@@ -86,6 +89,8 @@ pub struct DeviceStatus {
     pub rtt_ms: f64,
     pub frames: u64,
     pub fallbacks: u64,
+    /// Frames its plan would have onloaded, run on the device over its budget.
+    pub over_budget: u64,
     /// Frames reported over the coordinator's recent window, per second.
     pub fps: f64,
     /// End-to-end latency of those frames, ms (NaN before any).

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use dyno::sched::control::Budget;
 use dyno::sched::perf::Candidate;
 use dyno::wire::{Assignment, Stages};
 use tch::Tensor;
@@ -23,6 +24,8 @@ pub(super) struct FramePath {
     pub uplink: Addr<Uplink>,
     pub data: DataPath,
     pub plan: watch::Receiver<Option<Assignment>>,
+    /// The plan's onload budget, enforced frame by frame.
+    pub budget: std::sync::Mutex<Budget>,
 }
 
 /// How every frame of an agent is run.
@@ -46,10 +49,19 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
     let compute = &path.compute;
     let plan = path.plan.borrow().clone();
     let stalled = path.uplink.send(IsStalled).await.unwrap_or(true);
-    let (mut candidate, worker) = match &plan {
+    let (mut candidate, mut worker) = match &plan {
         Some(a) if a.worker.is_some() && !stalled => (a.candidate, a.worker.clone()),
         _ => (device_only, None),
     };
+    // Over its budget, a frame the plan would onload runs on the device.
+    let mut over_budget = false;
+    if let (Some(a), Some(_)) = (&plan, &worker) {
+        let now_s = path.start.elapsed().as_secs_f64();
+        let mut budget = path.budget.lock().unwrap_or_else(|e| e.into_inner());
+        if !budget.admit(now_s, a.rate_fps) {
+            (candidate, worker, over_budget) = (device_only, None, true);
+        }
+    }
     if let (Some(p), Some(_)) = (pin, &worker) {
         candidate = p;
     }
@@ -72,6 +84,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
             top1: None,
             local_top1,
             fallback: false,
+            over_budget,
             error: Some(error),
             stages: Stages::default(),
             latency_s: t0.elapsed().as_secs_f64(),
@@ -99,6 +112,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
             top1: Some(top1),
             local_top1,
             fallback,
+            over_budget,
             error: None,
             stages,
             latency_s: t0.elapsed().as_secs_f64(),

@@ -144,6 +144,7 @@ pub async fn run_with_results(
         uplink: uplink.clone(),
         data: data::DataPath::new(me.clone(), cfg.fleet.max_frame, uplink, one_way, rtt),
         plan: plan_rx,
+        budget: Default::default(),
     });
     let rules = FrameRules {
         device_only: Candidate {
@@ -198,6 +199,7 @@ pub async fn run_with_results(
                     bytes: r.bytes,
                     transfer_s: r.stages.wire_s,
                     fallback: r.result.fallback,
+                    over_budget: r.result.over_budget,
                 }));
                 summary::record(&name, &r);
                 drop(permit);

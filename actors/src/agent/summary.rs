@@ -16,6 +16,9 @@ pub struct FrameResult {
     pub local_top1: Option<i64>,
     /// Finished on the device because the cloud could not.
     pub fallback: bool,
+    /// Its plan onloads, and it ran device-only: the onload budget was spent.
+    #[serde(default)]
+    pub over_budget: bool,
     pub error: Option<String>,
     pub stages: Stages,
     pub latency_s: f64,
@@ -31,6 +34,9 @@ pub struct AgentSummary {
     pub results: u64,
     pub errors: u64,
     pub fallbacks: u64,
+    /// Frames run device-only because the onload budget was spent.
+    #[serde(default)]
+    pub over_budget: u64,
     pub onloaded: u64,
     pub device_only: u64,
     pub verified: u64,
@@ -74,6 +80,9 @@ pub(super) fn summarize(
         if r.fallback {
             s.fallbacks += 1;
         }
+        if r.over_budget {
+            s.over_budget += 1;
+        }
         if r.candidate.split as usize == blocks {
             s.device_only += 1;
         } else if !r.fallback {
@@ -106,6 +115,9 @@ pub(super) fn record(device: &str, d: &Done) {
     metrics::counter!("dyno_frames_total", "device" => device.clone()).increment(1);
     if d.result.fallback {
         metrics::counter!("dyno_fallbacks_total", "device" => device.clone()).increment(1);
+    }
+    if d.result.over_budget {
+        metrics::counter!("dyno_frames_over_budget_total", "device" => device.clone()).increment(1);
     }
     if d.result.error.is_some() {
         metrics::counter!("dyno_frame_errors_total", "device" => device).increment(1);

@@ -50,7 +50,7 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<()> {
         st.plans_sent
     );
     println!(
-        "\n{:<16} {:<10} {:<28} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9}",
+        "\n{:<16} {:<10} {:<28} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>7} {:>11}",
         "device",
         "class",
         "plan",
@@ -60,15 +60,23 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<()> {
         "p50 ms",
         "p95 ms",
         "frames",
-        "fallbacks"
+        "fallbacks",
+        "budget",
+        "over budget"
     );
     for d in &st.devices {
         let plan = d
             .plan
             .as_ref()
             .map_or("-".to_string(), |p| p.candidate.to_string());
+        // The onload budget, frames/s ("-": none).
+        let budget = d
+            .plan
+            .as_ref()
+            .filter(|p| p.rate_fps.is_finite())
+            .map_or("-".to_string(), |p| format!("{:.1}", p.rate_fps));
         println!(
-            "{:<16} {:<10} {:<28} {:>8.2} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8} {:>9}",
+            "{:<16} {:<10} {:<28} {:>8.2} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8} {:>9} {:>7} {:>11}",
             d.id,
             d.class,
             plan,
@@ -78,7 +86,9 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<()> {
             d.latency_p50_ms,
             d.latency_p95_ms,
             d.frames,
-            d.fallbacks
+            d.fallbacks,
+            budget,
+            d.over_budget
         );
     }
     println!(

@@ -21,6 +21,8 @@ pub(super) struct DeviceSession {
     pub tx: Outbox,
     pub frames: u64,
     pub fallbacks: u64,
+    /// Frames run on the device over the onload budget.
+    pub over_budget: u64,
     /// (when, end-to-end seconds) of the reports of the last `RECENT_S` seconds.
     pub recent: VecDeque<(Instant, f64)>,
 }
@@ -232,6 +234,7 @@ impl Handler<DeviceJoined> for SchedulerActor {
                 tx: m.tx,
                 frames: 0,
                 fallbacks: 0,
+                over_budget: 0,
                 recent: VecDeque::new(),
             },
         );
@@ -346,6 +349,9 @@ impl Handler<FrameDone> for SchedulerActor {
         if m.report.fallback {
             d.fallbacks += 1;
             return;
+        }
+        if m.report.over_budget {
+            d.over_budget += 1;
         }
         let s = m.report.stages;
         let remote = m.report.bytes > 0;

@@ -40,6 +40,7 @@ impl Handler<GetStatus> for SchedulerActor {
                     rtt_ms: link.rtt_s * 1e3,
                     frames: d.frames,
                     fallbacks: d.fallbacks,
+                    over_budget: d.over_budget,
                     fps: {
                         let span = d
                             .recent

@@ -274,6 +274,8 @@ async fn frames(
             bytes,
             transfer_s: stages.wire_s,
             fallback,
+            // The load generator sends at its own rate: it keeps no budget.
+            over_budget: false,
         };
         if out.send(Message::Report(report)).is_ok() {
             st.reports.fetch_add(1, Ordering::Relaxed);

@@ -19,6 +19,8 @@
 //! - [`ProbeRule`]: a link with no transfer for [`ProbeRule::idle_s`] is probed with
 //!   [`ProbeRule::bytes`]; the coordinator asks the agent, the simulator sends them.
 //! - [`ReplanGate`]: joins and link changes re-plan at most every `gap_s`.
+//! - [`Budget`]: a plan's onload budget enforced frame by frame (the agent's and the
+//!   simulator's).
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -28,9 +30,11 @@ use super::perf::{Candidate, Conditions, Correction, Link, Prediction, Tables};
 use super::slo::Slo;
 use super::{Policy, Scheduler};
 
+mod budget;
 mod link;
 mod step;
 
+pub use budget::{Budget, BURST_S};
 pub use link::{LinkState, ProbeRule, PROBE};
 pub use step::{cloud_load, step, Assigned, DeviceView, Step, WorkerView};
 
