@@ -229,13 +229,7 @@ impl Testbed {
         let group = &self.devices[i];
         match group.threads() {
             Some(tasks) => {
-                // nsenter, not `ip netns exec`: that one mounts a fresh /sys, without the
-                // cgroup hierarchy the thread must find.
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}")).arg(exe);
-                if let Some(bus) = self.net.bus(&ns) {
-                    c.env("DBUS_SYSTEM_BUS_ADDRESS", bus);
-                }
+                let mut c = in_netns(Command::new("nsenter"), &ns, self.net.bus(&ns), exe);
                 c.env(cgroup::COMPUTE_CGROUP, tasks);
                 c
             }
@@ -252,10 +246,17 @@ impl Drop for Testbed {
 }
 
 /// A command that moves itself into `group`, enters namespace `ns` and becomes `exe`
-/// (`ip netns exec` execs, so the process's id is the one spawned).
+/// (with the namespace's D-Bus, when it has one; nsenter execs, so the process's id is
+/// the one spawned).
 pub fn host_command(group: &CpuGroup, ns: &str, bus: Option<&str>, exe: &Path) -> Command {
-    let mut c = limited_command(group, Path::new("ip"));
-    c.args(["netns", "exec", ns]).arg(exe);
+    in_netns(limited_command(group, Path::new("nsenter")), ns, bus, exe)
+}
+
+/// `c` (nsenter) running `exe` in namespace `ns` with its D-Bus. nsenter, not `ip netns
+/// exec`: that one mounts a fresh /sys, without the cgroup hierarchy a device's compute
+/// thread must find.
+fn in_netns(mut c: Command, ns: &str, bus: Option<&str>, exe: &Path) -> Command {
+    c.arg(format!("--net=/run/netns/{ns}")).arg(exe);
     if let Some(bus) = bus {
         c.env("DBUS_SYSTEM_BUS_ADDRESS", bus);
     }

@@ -56,6 +56,13 @@ pub fn device_ip(i: usize) -> String {
     format!("10.79.0.{}", i + 10)
 }
 
+/// `ip -n NS ARGS`.
+fn ip_in(ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut all = vec!["ip", "-n", ns];
+    all.extend_from_slice(args);
+    sh(&all)
+}
+
 /// Device `i`'s veth: (its end in its namespace, the cloud's end on the bridge).
 fn veth(i: usize) -> (String, String) {
     (format!("dytb{i}d"), format!("dytb{i}c"))
@@ -97,75 +104,33 @@ impl Net {
         );
         let mut net = Net { buses: None };
         sh(&["ip", "netns", "add", CLOUD_NS])?;
-        sh(&["ip", "-n", CLOUD_NS, "link", "set", "lo", "up"])?;
+        ip_in(CLOUD_NS, &["link", "set", "lo", "up"])?;
         let gso = GSO_MAX_SEGS.to_string();
-        sh(&[
-            "ip", "-n", CLOUD_NS, "link", "add", BRIDGE, "type", "bridge",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
+        ip_in(CLOUD_NS, &["link", "add", BRIDGE, "type", "bridge"])?;
+        ip_in(CLOUD_NS, &["link", "set", BRIDGE, "gso_max_segs", &gso])?;
+        ip_in(
             CLOUD_NS,
-            "link",
-            "set",
-            BRIDGE,
-            "gso_max_segs",
-            &gso,
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            CLOUD_NS,
-            "addr",
-            "add",
-            &format!("{CLOUD_IP}/24"),
-            "dev",
-            BRIDGE,
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            CLOUD_NS,
-            "link",
-            "set",
-            BRIDGE,
-            "up",
-            "multicast",
-            "on",
-        ])?;
+            &["addr", "add", &format!("{CLOUD_IP}/24"), "dev", BRIDGE],
+        )?;
+        ip_in(CLOUD_NS, &["link", "set", BRIDGE, "up", "multicast", "on"])?;
         for i in 0..devices {
             let ns = device_ns(i);
             let (d, c) = veth(i);
             sh(&["ip", "netns", "add", &ns])?;
-            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+            ip_in(&ns, &["link", "set", "lo", "up"])?;
             sh(&[
                 "ip", "link", "add", &d, "netns", &ns, "type", "veth", "peer", "name", &c, "netns",
                 CLOUD_NS,
             ])?;
-            sh(&["ip", "-n", &ns, "link", "set", &d, "gso_max_segs", &gso])?;
-            sh(&[
-                "ip",
-                "-n",
-                CLOUD_NS,
-                "link",
-                "set",
-                &c,
-                "gso_max_segs",
-                &gso,
-            ])?;
-            sh(&["ip", "-n", CLOUD_NS, "link", "set", &c, "master", BRIDGE])?;
-            sh(&["ip", "-n", CLOUD_NS, "link", "set", &c, "up"])?;
-            sh(&[
-                "ip",
-                "-n",
+            ip_in(&ns, &["link", "set", &d, "gso_max_segs", &gso])?;
+            ip_in(CLOUD_NS, &["link", "set", &c, "gso_max_segs", &gso])?;
+            ip_in(CLOUD_NS, &["link", "set", &c, "master", BRIDGE])?;
+            ip_in(CLOUD_NS, &["link", "set", &c, "up"])?;
+            ip_in(
                 &ns,
-                "addr",
-                "add",
-                &format!("{}/24", device_ip(i)),
-                "dev",
-                &d,
-            ])?;
-            sh(&["ip", "-n", &ns, "link", "set", &d, "up", "multicast", "on"])?;
+                &["addr", "add", &format!("{}/24", device_ip(i)), "dev", &d],
+            )?;
+            ip_in(&ns, &["link", "set", &d, "up", "multicast", "on"])?;
         }
         if let Some(script) = avahi {
             let mut buses = Vec::new();
