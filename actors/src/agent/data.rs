@@ -6,13 +6,13 @@
 //! while the one before it was still on the wire started crossing only when that one
 //! was delivered, and is timed from then (plus one round trip, as every sample
 //! carries), or the link would be measured at a fraction of its rate.
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dashmap::DashMap;
+use dyno::sched::bandwidth::{Estimator, EstimatorConfig};
 use dyno::wire::session::{dial, pump, Outbox};
 use dyno::wire::{Identity, Message, Stages};
 use tokio::sync::oneshot;
@@ -58,25 +58,35 @@ struct DataConn {
     delivered: Arc<Mutex<Option<Instant>>>,
 }
 
-/// The device's round trip as its heartbeats measure it: the smallest of the last few
-/// (a heartbeat that waited behind frames measured the queue, not the link).
-#[derive(Default)]
-pub(super) struct RoundTrip(Mutex<VecDeque<Duration>>);
+/// The device's round trip as its heartbeats measure it: the link estimator's RTT (the
+/// smallest of the last few; a heartbeat that waited behind frames measured the queue).
+pub(super) struct RoundTrip {
+    start: Instant,
+    estimator: Mutex<Estimator>,
+}
+
+impl Default for RoundTrip {
+    fn default() -> Self {
+        RoundTrip {
+            start: Instant::now(),
+            estimator: Mutex::new(Estimator::new(EstimatorConfig {
+                window: 8,
+                ..EstimatorConfig::default()
+            })),
+        }
+    }
+}
 
 impl RoundTrip {
-    const KEPT: usize = 8;
-
     pub fn observe(&self, rtt: Duration) {
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        q.push_back(rtt);
-        while q.len() > Self::KEPT {
-            q.pop_front();
-        }
+        let now_s = self.start.elapsed().as_secs_f64();
+        let mut e = self.estimator.lock().unwrap_or_else(|e| e.into_inner());
+        e.observe_rtt(now_s, rtt.as_secs_f64());
     }
 
     pub fn floor(&self) -> Duration {
-        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        q.iter().min().copied().unwrap_or_default()
+        let e = self.estimator.lock().unwrap_or_else(|e| e.into_inner());
+        Duration::from_secs_f64(e.rtt_s().unwrap_or(0.0))
     }
 }
 

@@ -79,6 +79,7 @@ pub async fn run_with_results(
     // On the testbed only this thread runs under the device's CPU quota (the agent's
     // clock and network are not the device's compute): it moves itself there.
     let placement = std::env::var_os(crate::testbed::cgroup::COMPUTE_CGROUP);
+    let placing = placement.is_some();
     let (placed_tx, placed) = std::sync::mpsc::channel();
     let compute = SyncArbiter::start(1, move || {
         if let Some(tasks) = &placement {
@@ -98,7 +99,7 @@ pub async fn run_with_results(
             reference,
         }
     });
-    if std::env::var_os(crate::testbed::cgroup::COMPUTE_CGROUP).is_some() {
+    if placing {
         placed
             .recv_timeout(Duration::from_secs(10))
             .context("the device thread did not start")??;

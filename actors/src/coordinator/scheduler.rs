@@ -311,9 +311,10 @@ impl Handler<LinkSample> for SchedulerActor {
             self.control
                 .observe_transfer(&m.id, now, m.bytes, m.seconds)
         };
-        tracing::debug!(device = %m.id, bytes = m.bytes, seconds = m.seconds, link = ?self.control.link(&m.id), "link sample");
+        let after = self.control.link(&m.id);
+        tracing::debug!(device = %m.id, bytes = m.bytes, seconds = m.seconds, link = ?after, "link sample");
         // The gauge moves with the estimate, not with every report.
-        if let Some(link) = self.control.link(&m.id).filter(|l| Some(*l) != before) {
+        if let Some(link) = after.filter(|l| Some(*l) != before) {
             metrics::gauge!("dyno_bandwidth_estimate_mbps", "device" => m.id.clone())
                 .set(link.bandwidth_bps / 1e6);
         }

@@ -144,10 +144,15 @@ pub fn why_not() -> Option<String> {
                 .into(),
         );
     }
-    for tool in ["ip", "tc"] {
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("tc", "iproute2"),
+        ("nsenter", "util-linux"),
+    ] {
         if Command::new(tool).arg("-V").output().is_err() {
             return Some(format!(
-                "`{tool}` is missing: install iproute2 (scripts/setup.sh does)"
+                "`{tool}` is missing: install {package} (scripts/setup.sh installs iproute2; \
+                 util-linux is part of every Debian)"
             ));
         }
     }

@@ -5,6 +5,18 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether a test that cannot run here (`why`) is skipped, with a message saying why.
+/// Under `CI=true` it fails instead: a skip there would pass silently.
+pub fn skipped(test: &str, why: Option<String>) -> bool {
+    let Some(why) = why else { return false };
+    assert!(
+        std::env::var("CI").map_or(true, |v| v.is_empty() || v == "false"),
+        "CI=true and {test} cannot run: {why}"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+    true
+}
+
 /// Runs the real binary; returns (success, stdout, stderr).
 pub fn dyno(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dyno"))
