@@ -84,6 +84,7 @@ fn scheduler(c: &mut Criterion) {
                 slowdown: d.conditions.device_slowdown,
                 slo: slo.clone(),
                 policy: Policy::Dyno,
+                in_flight: 2,
             };
             ctl.join_device(&d.id, spec, 0.0);
             let l = d.conditions.link;

@@ -227,6 +227,10 @@ pub struct AgentConfig {
     /// Over the class's, when set.
     pub slowdown: Option<f64>,
     pub threads: Option<u32>,
+    /// The class this device tells the coordinator, when it is not `class` (a device
+    /// whose file names the wrong class: the run-time correction has to find its real
+    /// speed). Default: `class`.
+    pub declares: Option<String>,
     pub link: LinkConfig,
     pub source: Source,
     /// Frames per second to offer (0: as fast as the pipeline goes).
@@ -292,6 +296,7 @@ impl Default for AgentConfig {
             devices: None,
             slowdown: None,
             threads: None,
+            declares: None,
             link: LinkConfig::default(),
             source: Source::Synthetic { seed: 1 },
             rate_fps: 0.0,

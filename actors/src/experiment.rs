@@ -151,6 +151,7 @@ pub fn live_with(
                                 path: home.root().join(folder),
                             },
                         },
+                        declares: spec.declares.clone(),
                         duration_s: e.duration_s,
                         in_flight: spec.in_flight,
                         slo: slo.clone(),
@@ -212,6 +213,8 @@ pub fn live_with(
                         } else {
                             row.map_or(1.0, |x| x.head_s / total_ref)
                         },
+                        expected_fps: r.expected.map_or(f64::NAN, |e| e.fps),
+                        expected_latency_s: r.expected.map_or(f64::NAN, |e| e.latency_s),
                     });
                 }
             }

@@ -118,6 +118,7 @@ fn through_the_actor(planning: Planning, classes: &Devices, home: &Home) -> Vec<
                                 threads: 1,
                                 slo: Slo::default(),
                                 policy: planning.policy(),
+                                in_flight: 2,
                             },
                             tx,
                         })
@@ -173,6 +174,7 @@ fn through_the_simulator(planning: Planning, classes: &Devices, home: &Home) -> 
                     slowdown: slowdown(classes, class),
                     slo: Slo::default(),
                     policy: planning.policy(),
+                    in_flight: 2,
                 };
                 c.join_device(id, spec, t)
             }

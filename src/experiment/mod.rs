@@ -20,6 +20,8 @@
 //! mbps = 10.0                # or steps = [[0, 50], [30, 2]], or trace = "FILE"
 //! rtt_ms = 20.0
 //! in_flight = 2
+//! declares = "slow5x"        # optional: the class it tells the coordinator, when its
+//!                            # real speed is another's (the run-time correction's test)
 //! source = "dataset"         # live mode: "dataset", "synthetic" or an image folder
 //!
 //! [sweep]
@@ -167,6 +169,9 @@ pub struct DeviceSpec {
     pub loss: f64,
     #[serde(default = "default_in_flight")]
     pub in_flight: usize,
+    /// The class the device tells the coordinator, when it is not the one it runs as
+    /// (a wrong class in its file): the run-time correction has to find its speed.
+    pub declares: Option<String>,
     /// Where the device's frames come from in live mode: `dataset` (the model's real
     /// images: the ImageNet images, or Fashion-MNIST for `fashion_cnn`; the default),
     /// `synthetic`, or a folder of images (relative to the project folder). The
@@ -285,7 +290,12 @@ pub struct Row {
     pub frames: usize,
     /// Inferences per second, the whole fleet.
     pub throughput: f64,
+    /// What the plans expected of the fleet: each device's frames over the time its
+    /// plans expected them to take (`1 / expected_fps` each), summed over the devices.
+    pub predicted_throughput: f64,
     pub latency_mean_ms: f64,
+    /// The mean of the frames' expected latencies.
+    pub predicted_latency_mean_ms: f64,
     pub latency_p50_ms: f64,
     pub latency_p95_ms: f64,
     pub latency_p99_ms: f64,
@@ -384,6 +394,26 @@ pub fn row(
             .count()
     });
     let n = frames.len().max(1) as f64;
+    let planned = |f: &&SimFrame| f.expected_fps.is_finite() && f.expected_fps > 0.0;
+    let predicted_throughput = (0..devices)
+        .map(|d| {
+            let (count, time) = frames
+                .iter()
+                .filter(|f| f.device == d)
+                .filter(planned)
+                .fold((0.0, 0.0), |(c, t), f| (c + 1.0, t + 1.0 / f.expected_fps));
+            if time > 0.0 {
+                count / time
+            } else {
+                0.0
+            }
+        })
+        .sum();
+    let expected: Vec<f64> = frames
+        .iter()
+        .filter(planned)
+        .map(|f| f.expected_latency_s * 1e3)
+        .collect();
     let mut lat: Vec<f64> = frames.iter().map(|f| (f.end_s - f.start_s) * 1e3).collect();
     lat.sort_by(f64::total_cmp);
     Row {
@@ -391,7 +421,9 @@ pub fn row(
         mbps,
         frames: frames.len(),
         throughput: frames.len() as f64 / duration_s,
+        predicted_throughput,
         latency_mean_ms: lat.iter().sum::<f64>() / n,
+        predicted_latency_mean_ms: expected.iter().sum::<f64>() / expected.len().max(1) as f64,
         latency_p50_ms: percentile(&lat, 0.5),
         latency_p95_ms: percentile(&lat, 0.95),
         latency_p99_ms: percentile(&lat, 0.99),
@@ -403,6 +435,54 @@ pub fn row(
         slo_violations: frames.iter().filter(|f| violates(slo, f)).count() as f64 / n,
         devices_below_min_fps,
     }
+}
+
+/// How far one figure's predictions were from the measurements, over rows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorSpread {
+    /// |predicted - measured| / measured, the median over the rows, percent.
+    pub median_pct: f64,
+    pub worst_pct: f64,
+    /// The worst row: policy (and bandwidth).
+    pub worst_row: String,
+}
+
+/// Predicted against measured throughput and mean latency over an experiment's rows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PredictionErrors {
+    pub throughput: ErrorSpread,
+    pub latency: ErrorSpread,
+}
+
+/// The spread of the rows' prediction errors (`None` without rows that were planned).
+pub fn prediction_errors(rows: &[Row]) -> Option<PredictionErrors> {
+    let spread = |f: fn(&Row) -> (f64, f64)| {
+        let mut e: Vec<(f64, String)> = rows
+            .iter()
+            .filter_map(|r| {
+                let (pred, meas) = f(r);
+                (pred > 0.0 && meas > 0.0).then(|| {
+                    let name = match r.mbps {
+                        Some(m) => format!("{} at {m} Mbit/s", r.policy),
+                        None => r.policy.clone(),
+                    };
+                    (100.0 * (pred - meas).abs() / meas, name)
+                })
+            })
+            .collect();
+        e.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let pcts: Vec<f64> = e.iter().map(|x| x.0).collect();
+        let (worst_pct, worst_row) = e.last().cloned()?;
+        Some(ErrorSpread {
+            median_pct: percentile(&pcts, 0.5),
+            worst_pct,
+            worst_row,
+        })
+    };
+    Some(PredictionErrors {
+        throughput: spread(|r| (r.predicted_throughput, r.throughput))?,
+        latency: spread(|r| (r.predicted_latency_mean_ms, r.latency_mean_ms))?,
+    })
 }
 
 /// Runs an experiment in simulated mode (a progress bar on stderr with `progress`).
@@ -436,6 +516,7 @@ pub fn simulate(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<O
             let mut devices = Vec::new();
             for (k, spec) in e.devices.iter().enumerate() {
                 let class = classes.class(&spec.class)?;
+                let declared = classes.class(spec.declares.as_ref().unwrap_or(&spec.class))?;
                 for c in 0..spec.count {
                     let trace = match (point, &spec.mbps, &spec.steps, &spec.trace) {
                         (Some(m), ..) => Trace::constant(*m)?,
@@ -451,6 +532,7 @@ pub fn simulate(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<O
                         id: format!("{}-{k}-{c}", spec.class),
                         class: spec.class.clone(),
                         slowdown: class.slowdown,
+                        declared_slowdown: declared.slowdown,
                         shaper: Shaper::new(trace, spec.rtt_ms / 1e3, spec.loss, seed)?,
                         rtt_s: spec.rtt_ms / 1e3,
                         in_flight: spec.in_flight,

@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use crate::link::Shaper;
 pub use crate::sched::control::Planning;
-use crate::sched::control::{Control, DeviceSpec, Reaction, EMBEDDED_WORKER, PROBE, REPLAN_GAP_S};
+use crate::sched::control::{
+    CloudSample, Control, DeviceSpec, FrameSample, Reaction, EMBEDDED_WORKER, PROBE, REPLAN_GAP_S,
+};
 use crate::sched::perf::{Candidate, Conditions, Link, Tables};
 use crate::sched::slo::Slo;
 
@@ -21,7 +23,10 @@ use crate::sched::slo::Slo;
 pub struct SimDevice {
     pub id: String,
     pub class: String,
+    /// Its real speed: compute time over the profile's.
     pub slowdown: f64,
+    /// The slowdown it tells the coordinator (its class's, unless its file is wrong).
+    pub declared_slowdown: f64,
     pub shaper: Shaper,
     pub rtt_s: f64,
     pub in_flight: usize,
@@ -42,6 +47,11 @@ pub struct SimFrame {
     pub cloud_s: f64,
     /// Share of the model's profiled compute done on the device.
     pub device_share: f64,
+    /// What the plan in force when it started expected its device to make
+    /// (`control::Expected`): inferences per second and latency, seconds (NaN before the
+    /// first plan).
+    pub expected_fps: f64,
+    pub expected_latency_s: f64,
 }
 
 /// A sample of one device's state over time.
@@ -136,6 +146,16 @@ impl<'t> Coordinator<'t> {
         self.react(r, t)
     }
 
+    pub fn observe_frame(&mut self, id: &str, t: f64, frame: &FrameSample) -> Option<f64> {
+        let r = self.control.observe_frame(self.tables, id, t, frame);
+        self.react(r, t)
+    }
+
+    pub fn observe_worker_load(&mut self, name: &str, t: f64, queued: u32) -> Option<f64> {
+        let r = self.control.observe_worker_load(name, t, queued);
+        self.react(r, t)
+    }
+
     /// A deferred re-plan's time came: it runs if still due.
     pub fn deferred(&mut self, t: f64) {
         if self.control.replan_due() {
@@ -175,16 +195,27 @@ struct Flight {
     device_s: f64,
     sent: f64,
     arrives: f64,
+    /// Its wait in the worker's queue.
+    queue_s: f64,
     cloud_s: f64,
     bytes: f64,
     drop: f64,
     share: f64,
+    expected: Option<crate::sched::control::Expected>,
 }
 
 /// A worker of the pool: free slots and its FIFO queue of flights.
 struct SimWorker {
+    slots: u32,
     free: u32,
     queue: VecDeque<usize>,
+}
+
+impl SimWorker {
+    /// Frames admitted, running or waiting (what a worker reports).
+    fn queued(&self) -> u32 {
+        self.slots - self.free + self.queue.len() as u32
+    }
 }
 
 /// Runs `devices` for `duration_s` virtual seconds against a pool of one worker with
@@ -219,6 +250,7 @@ pub fn run(
         pool.insert(
             EMBEDDED_WORKER.to_string(),
             SimWorker {
+                slots: workers as u32,
                 free: workers as u32,
                 queue: VecDeque::new(),
             },
@@ -229,9 +261,10 @@ pub fn run(
     }
     for d in devices.iter() {
         let spec = DeviceSpec {
-            slowdown: d.slowdown,
+            slowdown: d.declared_slowdown,
             slo: slo.clone(),
             policy: planning.policy(),
+            in_flight: d.in_flight as u32,
         };
         if let Some(at) = coord.join_device(&d.id, spec, 0.0) {
             push(&mut heap, at, Kind::Deferred);
@@ -330,6 +363,12 @@ pub fn run(
                 for (at, p) in send_probes(ids, &mut probing, devices, &mut probes, t) {
                     push(&mut heap, at, Kind::ProbeDone(p));
                 }
+                // The workers' load reports, on the same beat.
+                for (name, w) in &pool {
+                    if let Some(at) = coord.observe_worker_load(name, t, w.queued()) {
+                        push(&mut heap, at, Kind::Deferred);
+                    }
+                }
                 push(&mut heap, t + PROBE.beat_s, Kind::Beat);
             }
             Kind::ProbeDone(p) => {
@@ -347,6 +386,7 @@ pub fn run(
                 if device_busy[i] || in_flight[i] >= devices[i].in_flight.max(1) {
                     continue;
                 }
+                let expected = coord.control().plan(&devices[i].id).map(|p| p.expected);
                 // Before its first plan a device runs device-only, as an agent does.
                 let (c, worker) = match coord.control().plan(&devices[i].id) {
                     // Over its budget, a frame the plan would onload runs on the device.
@@ -370,10 +410,12 @@ pub fn run(
                     device_s,
                     sent: 0.0,
                     arrives: 0.0,
+                    queue_s: 0.0,
                     cloud_s: p.unpack_s + p.tail_s,
                     bytes: p.bytes,
                     drop: p.drop_points,
                     share: row.head_s / total_ref,
+                    expected,
                 });
                 push(&mut heap, t + device_s, Kind::DeviceDone(flights.len() - 1));
             }
@@ -411,6 +453,7 @@ pub fn run(
                 if let Some(w) = flights[f].worker.as_deref().and_then(|w| pool.get_mut(w)) {
                     match w.queue.pop_front() {
                         Some(next) => {
+                            flights[next].queue_s = t - flights[next].arrives;
                             push(&mut heap, t + flights[next].cloud_s, Kind::CloudDone(next))
                         }
                         None => w.free += 1,
@@ -436,21 +479,26 @@ pub fn run(
                     device_s: fl.device_s,
                     cloud_s: if remote { fl.cloud_s } else { 0.0 },
                     device_share: fl.share,
+                    expected_fps: fl.expected.map_or(f64::NAN, |e| e.fps),
+                    expected_latency_s: fl.expected.map_or(f64::NAN, |e| e.latency_s),
                 });
                 // The agent's report: its stages fold into the corrections, and an
                 // onloaded frame's transfer (first byte out to the answer, less the
                 // worker's time) is a link sample.
                 let id = devices[i].id.clone();
-                let (candidate, device_s, cloud_s) = (fl.candidate, fl.device_s, fl.cloud_s);
+                let sample = FrameSample {
+                    candidate: fl.candidate,
+                    device_s: fl.device_s,
+                    cloud: remote.then_some(CloudSample {
+                        queue_s: fl.queue_s,
+                        service_s: fl.cloud_s,
+                    }),
+                };
                 let wire = (fl.arrives - fl.sent) + devices[i].rtt_s / 2.0;
                 let bytes = fl.bytes as u64;
-                coord.control.observe_frame(
-                    tables,
-                    &id,
-                    &candidate,
-                    device_s,
-                    remote.then_some(cloud_s),
-                );
+                if let Some(at) = coord.observe_frame(&id, t, &sample) {
+                    push(&mut heap, at, Kind::Deferred);
+                }
                 if remote {
                     if let Some(at) = coord.observe_transfer(&id, t, bytes, wire) {
                         push(&mut heap, at, Kind::Deferred);

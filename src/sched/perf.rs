@@ -11,7 +11,11 @@
 //! - latency = the sum (plus the cloud's queueing delay); throughput = 1 / the slowest of
 //!   the three pipelined stages (device: head and pack; network: the bytes at the
 //!   link's rate; cloud: unpack and tail, over the worker's slots that serve frames at
-//!   once); cloud cost = cloud seconds per inference;
+//!   once), and at most `in_flight / latency` (a device with `in_flight` frames out at
+//!   once starts the next only when one ends: Little's law); when the slowest stage is
+//!   the link or the cloud, a full window's frames wait for it, and latency is
+//!   `in_flight * slowest` (a device starts a frame only when its own stage is free, so
+//!   nothing waits for the device); cloud cost = cloud seconds per inference;
 //!   energy = `compute_watts * (T_dev + T_pack) + radio_joules_per_mb * S / 1e6`.
 //!
 //! [`Tables`] holds everything that depends only on the model and its profiles, laid out
@@ -102,6 +106,9 @@ pub struct Conditions {
     /// Inferences the device's cloud worker runs at once (its slots): the cloud stage
     /// limits throughput to `cloud_slots / cloud_s`.
     pub cloud_slots: f64,
+    /// Frames the device has out at once (its agent's `in_flight`): throughput is at
+    /// most `in_flight / latency`. Infinite: no window.
+    pub in_flight: f64,
 }
 
 impl Conditions {
@@ -114,6 +121,7 @@ impl Conditions {
             correction: Correction::default(),
             cloud_queue_s: 0.0,
             cloud_slots: 1.0,
+            in_flight: f64::INFINITY,
         }
     }
 }
@@ -140,7 +148,8 @@ impl Correction {
     /// Factors are kept within `[1/LIMIT, LIMIT]`: one absurd sample cannot wreck a plan.
     pub const LIMIT: f64 = 10.0;
 
-    fn update(k: f64, predicted: f64, observed: f64) -> f64 {
+    /// `k` with one stage's predicted (made with `k`) and observed seconds folded in.
+    pub fn fold(k: f64, predicted: f64, observed: f64) -> f64 {
         if !(predicted > 0.0 && observed.is_finite() && observed >= 0.0) {
             return k;
         }
@@ -151,12 +160,12 @@ impl Correction {
 
     /// Folds in one frame's device stage (head and pack), predicted and observed.
     pub fn observe_device(&mut self, predicted_s: f64, observed_s: f64) {
-        self.k_dev = Self::update(self.k_dev, predicted_s, observed_s);
+        self.k_dev = Self::fold(self.k_dev, predicted_s, observed_s);
     }
 
     /// Folds in one frame's cloud stage (unpack and tail), predicted and observed.
     pub fn observe_cloud(&mut self, predicted_s: f64, observed_s: f64) {
-        self.k_cloud = Self::update(self.k_cloud, predicted_s, observed_s);
+        self.k_cloud = Self::fold(self.k_cloud, predicted_s, observed_s);
     }
 }
 
@@ -215,12 +224,29 @@ impl Row {
         };
         let cloud_s = unpack_s + tail_s;
         let queue = if cloud_s > 0.0 { c.cloud_queue_s } else { 0.0 };
-        let slowest = (head_s + pack_s)
-            .max(wire_s)
-            .max(cloud_s / c.cloud_slots.max(1.0));
+        // After the device, frames can pile up: at the link, or at the cloud.
+        let after = wire_s.max(cloud_s / c.cloud_slots.max(1.0));
+        let slowest = (head_s + pack_s).max(after);
+        let mut latency_s = head_s + pack_s + net_s + queue + cloud_s;
+        // The pipeline's rate, or the window's: `in_flight` frames per latency. When the
+        // link or the cloud is the slowest stage, the window's frames wait for it
+        // (Little's law: latency = in_flight / throughput).
+        let window = if c.in_flight.is_finite() {
+            let w = c.in_flight.max(1.0);
+            if after >= head_s + pack_s {
+                latency_s = latency_s.max(w * after);
+            }
+            w / latency_s
+        } else {
+            f64::INFINITY
+        };
         Prediction {
-            latency_s: head_s + pack_s + net_s + queue + cloud_s,
-            throughput: if slowest > 0.0 { 1.0 / slowest } else { 0.0 },
+            latency_s,
+            throughput: if slowest > 0.0 {
+                (1.0 / slowest).min(window)
+            } else {
+                0.0
+            },
             cloud_s,
             bytes: self.bytes,
             drop_points: self.drop_points,
@@ -404,6 +430,31 @@ mod tests {
         assert!((p.throughput - 1.0 / 0.11).abs() < 1e-9);
         let e = 3.0 * 0.11 + 0.125;
         assert!((p.energy_j - e).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_window_of_frames_in_flight_bounds_throughput_by_latency() {
+        // Device 0.011 s, wire 0.1 s and 0.12 s of RTT, cloud 0.011 s: latency 0.242 s.
+        let r = row(3, 0.010, 0.020, 125_000.0);
+        let mut c = Conditions::new(1.0, Link::mbps(10.0, 120.0));
+        c.cloud_slowdown = 0.5;
+        let free = r.predict(&c);
+        assert!((free.throughput - 10.0).abs() < 1e-9, "{}", free.throughput);
+        c.in_flight = 2.0;
+        let p = r.predict(&c);
+        assert!((p.latency_s - 0.242).abs() < 1e-9, "{}", p.latency_s);
+        // Two frames per 0.242 s, below the link's 10 per second.
+        assert!(
+            (p.throughput - 2.0 / 0.242).abs() < 1e-9,
+            "{}",
+            p.throughput
+        );
+        // A wide window leaves the pipeline's rate, and its frames wait for the link:
+        // 8 frames out at 10 per second take 0.8 s each.
+        c.in_flight = 8.0;
+        let wide = r.predict(&c);
+        assert!((wide.throughput - 10.0).abs() < 1e-9, "{}", wide.throughput);
+        assert!((wide.latency_s - 0.8).abs() < 1e-9, "{}", wide.latency_s);
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct DeviceInfo {
     pub threads: u32,
     pub slo: Slo,
     pub policy: Policy,
+    /// Frames it has out at once (the performance model's window).
+    pub in_flight: u32,
 }
 
 /// A plan the coordinator assigns to a device (its worker: the address to send

@@ -19,7 +19,7 @@ pub use message::{
 };
 
 /// Bumped on any incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// No frame may be larger, whatever a config says: the decoder refuses a length field
 /// (of a string or a byte vector) claiming more than this before it allocates.
 pub const FRAME_LIMIT: usize = 64 << 20;

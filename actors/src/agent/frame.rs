@@ -48,6 +48,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
     let t0 = Instant::now();
     let compute = &path.compute;
     let plan = path.plan.borrow().clone();
+    let expected = plan.as_ref().map(|a| a.expected);
     let stalled = path.uplink.send(IsStalled).await.unwrap_or(true);
     let (mut candidate, mut worker) = match &plan {
         Some(a) if a.worker.is_some() && !stalled => (a.candidate, a.worker.clone()),
@@ -89,6 +90,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
             stages: Stages::default(),
             latency_s: t0.elapsed().as_secs_f64(),
             bytes: 0,
+            expected,
         },
         candidate,
         stages: Stages::default(),
@@ -117,6 +119,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
             stages,
             latency_s: t0.elapsed().as_secs_f64(),
             bytes,
+            expected,
         },
         candidate,
         stages,

@@ -60,10 +60,11 @@ pub async fn run_with_results(
         id: cfg.id.clone(),
         model: s.model.name().to_string(),
         class: s.class.clone(),
-        slowdown: s.slowdown,
+        slowdown: s.declared_slowdown,
         threads: s.threads,
         slo: s.slo.clone(),
         policy: cfg.policy,
+        in_flight: cfg.in_flight.min(u32::MAX as usize) as u32,
     };
     let (slowdown, threads) = (s.slowdown, s.threads);
     // Without stretching, a stage lasts what it takes (the host's quota makes it slow).

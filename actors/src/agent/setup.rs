@@ -15,6 +15,8 @@ pub(super) struct Setup {
     pub model: Model,
     pub reference: Option<dyno::profile::latency::LatencyProfile>,
     pub slowdown: f64,
+    /// The slowdown it tells the coordinator (`declares`' class's, or its own).
+    pub declared_slowdown: f64,
     pub threads: u32,
     pub class: String,
     pub shaper: Shaper,
@@ -41,6 +43,10 @@ pub(super) fn setup(cfg: &AgentConfig, home: &Home) -> anyhow::Result<Setup> {
         "slowdown = {slowdown}: an agent emulates a device at least as slow as this machine (>= 1)"
     );
     anyhow::ensure!(threads >= 1, "threads = 0: give at least 1");
+    let declared_slowdown = match &cfg.declares {
+        Some(class) => Devices::load(&devices_path)?.class(class)?.slowdown,
+        None => slowdown,
+    };
     let model = zoo::load(&cfg.model, home)?;
     // What the class's slowdown scales: its own profile, else the file's devices' one.
     let reference_path = match Devices::load(&devices_path) {
@@ -97,6 +103,7 @@ pub(super) fn setup(cfg: &AgentConfig, home: &Home) -> anyhow::Result<Setup> {
         model,
         reference,
         slowdown,
+        declared_slowdown,
         threads,
         class: cfg.class.clone(),
         shaper,

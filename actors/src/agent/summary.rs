@@ -24,6 +24,10 @@ pub struct FrameResult {
     pub latency_s: f64,
     /// Bytes sent to the worker.
     pub bytes: u64,
+    /// What the plan in force when it started expected the device to make (none before
+    /// the first plan).
+    #[serde(default)]
+    pub expected: Option<dyno::sched::control::Expected>,
 }
 
 /// What an agent did.

@@ -66,12 +66,13 @@ pub fn report(
         out.name, out.mode, out.model, out.devices, out.workers, out.duration_s
     );
     println!(
-        "\n{:<14} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>6} {:>8} {:>6} {:>7} {:>8} {:>5}",
+        "\n{:<14} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>6} {:>8} {:>6} {:>7} {:>8} {:>5}",
         "policy",
         "Mbit/s",
         "inf/s",
+        "(pred)",
         "mean ms",
-        "p50 ms",
+        "(pred)",
         "p95 ms",
         "p99 ms",
         "bytes/inf",
@@ -84,12 +85,13 @@ pub fn report(
     );
     for r in &out.rows {
         println!(
-            "{:<14} {:>7} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>10.0} {:>6.2} {:>8.2} {:>5.0}% {:>7} {:>7.1}% {:>5}",
+            "{:<14} {:>7} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>10.0} {:>6.2} {:>8.2} {:>5.0}% {:>7} {:>7.1}% {:>5}",
             r.policy,
             r.mbps.map_or("-".into(), |m| format!("{m}")),
             r.throughput,
+            r.predicted_throughput,
             r.latency_mean_ms,
-            r.latency_p50_ms,
+            r.predicted_latency_mean_ms,
             r.latency_p95_ms,
             r.latency_p99_ms,
             r.bytes_per_inference,
@@ -101,9 +103,23 @@ pub fn report(
             r.devices_below_min_fps
         );
     }
+    if let Some(e) = experiment::prediction_errors(&out.rows) {
+        println!(
+            "\npredicted against measured, over {} rows: throughput median error {:.1} %, \
+             worst {:.1} % ({}); mean latency median error {:.1} %, worst {:.1} % ({})",
+            out.rows.len(),
+            e.throughput.median_pct,
+            e.throughput.worst_pct,
+            e.throughput.worst_row,
+            e.latency.median_pct,
+            e.latency.worst_pct,
+            e.latency.worst_row,
+        );
+    }
     println!(
-        "\n(drop: accuracy points lost to packing; device: share of the compute done on the \
-         devices;\n SLO miss: frames that broke a per-frame constraint of the SLO; <fps: devices \
+        "\n((pred): what the plans expected, the performance model's prediction with each \
+         device's onload budget;\n drop: accuracy points lost to packing; device: share of \
+         the compute done on the devices;\n SLO miss: frames that broke a per-frame constraint of the SLO; <fps: devices \
          below its min_throughput_fps)"
     );
     println!("\nwrote:");

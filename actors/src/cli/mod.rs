@@ -211,6 +211,10 @@ pub struct PlanArgs {
     /// Round-trip time in ms.
     #[arg(long, default_value_t = 20.0)]
     pub rtt_ms: f64,
+    /// Frames the device has out at once (an agent's `in_flight`): throughput is at
+    /// most this many frames per latency.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub in_flight: u32,
     /// SLO file (TOML) [default: within 1 point of accuracy, max throughput, then least cloud time].
     #[arg(long)]
     pub slo: Option<PathBuf>,

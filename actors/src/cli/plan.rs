@@ -92,6 +92,7 @@ pub fn inputs(home: &Home, a: &PlanArgs) -> anyhow::Result<PlanInputs> {
     let mut conditions = Conditions::new(class.slowdown, Link::mbps(a.bandwidth_mbps, a.rtt_ms));
     conditions.cloud_slowdown = devices.cloud.slowdown;
     conditions.energy = class.energy;
+    conditions.in_flight = f64::from(a.in_flight);
     Ok(PlanInputs {
         tables,
         class,

@@ -7,7 +7,9 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use dyno::sched::control::{Control, DeviceSpec, Reaction, Sharing, PROBE};
+use dyno::sched::control::{
+    CloudSample, Control, DeviceSpec, FrameSample, Reaction, Sharing, PROBE,
+};
 use dyno::sched::perf::Tables;
 use dyno::wire::session::Outbox;
 use dyno::wire::{Assignment, DeviceInfo, FrameReport, Message};
@@ -226,6 +228,7 @@ impl Handler<DeviceJoined> for SchedulerActor {
             slowdown: m.info.slowdown,
             slo: m.info.slo.clone(),
             policy: m.info.policy,
+            in_flight: m.info.in_flight,
         };
         let old = self.devices.insert(
             id.clone(),
@@ -293,9 +296,13 @@ impl Handler<WorkerLeft> for SchedulerActor {
 
 impl Handler<WorkerLoad> for SchedulerActor {
     type Result = ();
-    fn handle(&mut self, m: WorkerLoad, _: &mut Self::Context) {
+    fn handle(&mut self, m: WorkerLoad, ctx: &mut Self::Context) {
         if let Some(w) = self.workers.get_mut(&m.name) {
             w.queued = m.queued;
+            let r = self
+                .control
+                .observe_worker_load(&m.name, self.now(), m.queued);
+            self.react(r, ctx);
         }
     }
 }
@@ -324,7 +331,7 @@ impl Handler<LinkSample> for SchedulerActor {
 
 impl Handler<FrameDone> for SchedulerActor {
     type Result = ();
-    fn handle(&mut self, m: FrameDone, _: &mut Self::Context) {
+    fn handle(&mut self, m: FrameDone, ctx: &mut Self::Context) {
         let Some(d) = self.devices.get_mut(&m.id) else {
             return;
         };
@@ -355,14 +362,18 @@ impl Handler<FrameDone> for SchedulerActor {
             d.over_budget += 1;
         }
         let s = m.report.stages;
-        let remote = m.report.bytes > 0;
-        self.control.observe_frame(
-            &self.tables,
-            &m.id,
-            &m.report.candidate,
-            s.head_s + s.pack_s,
-            remote.then_some(s.unpack_s + s.tail_s),
-        );
+        let sample = FrameSample {
+            candidate: m.report.candidate,
+            device_s: s.head_s + s.pack_s,
+            cloud: (m.report.bytes > 0).then_some(CloudSample {
+                queue_s: s.queue_s,
+                service_s: s.unpack_s + s.tail_s,
+            }),
+        };
+        let r = self
+            .control
+            .observe_frame(&self.tables, &m.id, self.now(), &sample);
+        self.react(r, ctx);
     }
 }
 

@@ -76,6 +76,7 @@ pub(super) async fn agent(i: usize, ctx: Arc<Ctx>) {
         threads: 1,
         slo: dyno::sched::slo::Slo::default(),
         policy: dyno::sched::Policy::CloudOnly,
+        in_flight: 1,
     };
     if out.send(Message::RegisterDevice(info)).is_err() {
         st.control_lost.fetch_add(1, Ordering::Relaxed);

@@ -21,6 +21,10 @@
 //! - [`ReplanGate`]: joins and link changes re-plan at most every `gap_s`.
 //! - [`Budget`]: a plan's onload budget enforced frame by frame (the agent's and the
 //!   simulator's).
+//! - [`feedback`]: run-time correction, online: each device's measured head and pack
+//!   over the predicted (`k_dev`), each worker's measured unpack and tail (`k_cloud`) and
+//!   queue wait, bounded and smoothed; the plans use them, and a factor that drifted
+//!   past [`feedback::DRIFT`] since the plans were made asks for a re-plan.
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -29,14 +33,16 @@ use serde::{Deserialize, Serialize};
 use super::perf::{Candidate, Conditions, Correction, Link, Prediction, Tables};
 use super::slo::Slo;
 use super::{Policy, Scheduler};
+use feedback::{expected_wait, Factor, QueueWait};
 
 mod budget;
+pub mod feedback;
 mod link;
 mod step;
 
 pub use budget::{Budget, BURST_S};
 pub use link::{LinkState, ProbeRule, PROBE};
-pub use step::{cloud_load, step, Assigned, DeviceView, Step, WorkerView};
+pub use step::{cloud_load, step, Assigned, DeviceView, Expected, Step, WorkerView};
 
 /// The link assumed for a device before anything was measured.
 pub const STARTING_LINK: Link = Link {
@@ -198,6 +204,8 @@ pub struct DeviceSpec {
     pub slowdown: f64,
     pub slo: Slo,
     pub policy: Policy,
+    /// Frames it has out at once (its agent's `in_flight`).
+    pub in_flight: u32,
 }
 
 /// A device's plan in force; on the wire, the coordinator's `Assignment`.
@@ -212,6 +220,8 @@ pub struct Plan {
     /// The onload budget, frames per second (infinite: none, or it does not onload);
     /// see [`Assigned::rate_fps`].
     pub rate_fps: f64,
+    /// What the device is expected to make on it, with its budget.
+    pub expected: Expected,
     /// Increases with every new plan for this device.
     pub epoch: u64,
 }
@@ -227,13 +237,57 @@ impl Plan {
 struct Device {
     spec: DeviceSpec,
     link: LinkState,
-    correction: Correction,
+    /// Its measured head and pack over the predicted.
+    k_dev: Factor,
     plan: Option<Plan>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Worker {
     slots: u32,
+    /// Its measured unpack and tail over the predicted.
+    k_cloud: Factor,
+    queue: QueueWait,
+    /// Its measured seconds per frame (unpack and tail), smoothed (0: none yet).
+    service_s: f64,
+}
+
+impl Worker {
+    fn new(slots: u32) -> Worker {
+        Worker {
+            slots,
+            k_cloud: Factor::default(),
+            queue: QueueWait::default(),
+            service_s: 0.0,
+        }
+    }
+}
+
+/// A finished frame's measured stages, as its device reports them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrameSample {
+    /// The plan it ran on.
+    pub candidate: Candidate,
+    /// Head and pack, seconds.
+    pub device_s: f64,
+    /// When it onloaded: its wait in the worker's queue and the worker's unpack and
+    /// tail, seconds.
+    pub cloud: Option<CloudSample>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CloudSample {
+    pub queue_s: f64,
+    pub service_s: f64,
+}
+
+/// A device's correction factors and queue wait as the planner sees them
+/// ([`Control::feedback`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Feedback {
+    pub k_dev: f64,
+    pub k_cloud: f64,
+    pub queue_s: f64,
 }
 
 /// The devices whose plans a re-plan changed (split, precision, codec, worker, or an
@@ -290,7 +344,7 @@ impl Control {
             Device {
                 spec,
                 link: LinkState::default(),
-                correction: Correction::default(),
+                k_dev: Factor::default(),
                 plan: None,
             },
         );
@@ -308,7 +362,7 @@ impl Control {
     }
 
     pub fn join_worker(&mut self, name: &str, slots: u32) -> Reaction {
-        self.workers.insert(name.to_string(), Worker { slots });
+        self.workers.insert(name.to_string(), Worker::new(slots));
         self.membership_changed = true;
         Reaction::Now
     }
@@ -348,31 +402,102 @@ impl Control {
         }
     }
 
-    /// A frame the device finished on its plan `candidate`, with its measured device
-    /// stage (head and pack) and, when it onloaded, cloud stage (unpack and tail):
-    /// folded into the device's correction factors.
+    /// A frame a device finished: its measured device stage folds into the device's
+    /// `k_dev`; when it onloaded, its cloud stage into its worker's `k_cloud` and its
+    /// queue wait into the worker's. A (gated) re-plan when one drifted from what the
+    /// plans in force were made with.
     pub fn observe_frame(
         &mut self,
         tables: &Tables,
         id: &str,
-        candidate: &Candidate,
-        device_s: f64,
-        cloud_s: Option<f64>,
-    ) {
+        now_s: f64,
+        frame: &FrameSample,
+    ) -> Reaction {
+        let Some(row) = tables.row(&frame.candidate) else {
+            return Reaction::None;
+        };
         let Some(d) = self.devices.get_mut(id) else {
-            return;
+            return Reaction::None;
         };
-        let Some(row) = tables.row(candidate) else {
-            return;
-        };
+        let worker = d
+            .plan
+            .as_ref()
+            .and_then(|p| p.worker.as_deref())
+            .and_then(|w| self.workers.get_mut(w));
         let mut c = Conditions::new(d.spec.slowdown, d.link.link());
         c.cloud_slowdown = self.cloud_slowdown;
-        c.correction = d.correction;
+        c.correction = Correction {
+            k_dev: d.k_dev.value,
+            k_cloud: worker.as_ref().map_or(1.0, |w| w.k_cloud.value),
+        };
         let p = row.predict(&c);
-        d.correction.observe_device(p.head_s + p.pack_s, device_s);
-        if let (true, Some(s)) = (p.cloud_s > 0.0, cloud_s) {
-            d.correction.observe_cloud(p.cloud_s, s);
+        let mut drifted = d.k_dev.observe(p.head_s + p.pack_s, frame.device_s);
+        if let (Some(w), Some(cloud), true) = (worker, frame.cloud, p.cloud_s > 0.0) {
+            drifted |= w.k_cloud.observe(p.cloud_s, cloud.service_s);
+            drifted |= w.queue.observe(cloud.queue_s);
+            if cloud.service_s.is_finite() && cloud.service_s > 0.0 {
+                w.service_s = if w.service_s > 0.0 {
+                    (1.0 - Correction::GAIN) * w.service_s + Correction::GAIN * cloud.service_s
+                } else {
+                    cloud.service_s
+                };
+            }
         }
+        if drifted {
+            Reaction::gated(&mut self.gate, now_s)
+        } else {
+            Reaction::None
+        }
+    }
+
+    /// A worker's load: `queued` frames admitted (running or waiting). The wait a frame
+    /// would see now folds into its queue wait (so a queue that drained is seen even when
+    /// no frame goes there).
+    pub fn observe_worker_load(&mut self, name: &str, now_s: f64, queued: u32) -> Reaction {
+        let Some(w) = self.workers.get_mut(name) else {
+            return Reaction::None;
+        };
+        if w.queue.observe(expected_wait(queued, w.slots, w.service_s)) {
+            Reaction::gated(&mut self.gate, now_s)
+        } else {
+            Reaction::None
+        }
+    }
+
+    /// A device's correction factors and queue wait as it is planned with.
+    pub fn feedback(&self, id: &str) -> Option<Feedback> {
+        let d = self.devices.get(id)?;
+        let (k_cloud, queue_s) = self.cloud_view(d);
+        Some(Feedback {
+            k_dev: d.k_dev.value,
+            k_cloud,
+            queue_s,
+        })
+    }
+
+    /// The cloud a device is planned against: its worker's `k_cloud` and queue wait, or
+    /// the pool's (weighted by slots) when it has none.
+    fn cloud_view(&self, d: &Device) -> (f64, f64) {
+        if let Some(w) = d
+            .plan
+            .as_ref()
+            .and_then(|p| p.worker.as_deref())
+            .and_then(|w| self.workers.get(w))
+        {
+            return (w.k_cloud.value, w.queue.value_s);
+        }
+        let slots: f64 = self.workers.values().map(|w| f64::from(w.slots)).sum();
+        if slots <= 0.0 {
+            return (1.0, 0.0);
+        }
+        let mean = |f: fn(&Worker) -> f64| {
+            self.workers
+                .values()
+                .map(|w| f64::from(w.slots) * f(w))
+                .sum::<f64>()
+                / slots
+        };
+        (mean(|w| w.k_cloud.value), mean(|w| w.queue.value_s))
     }
 
     /// The links to probe at `now_s`, with the probe's bytes (each is then not asked
@@ -405,11 +530,20 @@ impl Control {
         let views: Vec<DeviceView> = self
             .devices
             .iter()
-            .map(|(id, d)| DeviceView {
+            .map(|(id, d)| {
+                let (k_cloud, queue_s) = self.cloud_view(d);
+                (id, d, k_cloud, queue_s)
+            })
+            .map(|(id, d, k_cloud, cloud_queue_s)| DeviceView {
                 id,
                 slowdown: d.spec.slowdown,
                 link: d.link.link(),
-                correction: d.correction,
+                correction: Correction {
+                    k_dev: d.k_dev.value,
+                    k_cloud,
+                },
+                cloud_queue_s,
+                in_flight: d.spec.in_flight,
                 slo: &d.spec.slo,
                 policy: d.spec.policy,
                 current: d.plan.as_ref().map(|p| {
@@ -433,6 +567,14 @@ impl Control {
         );
         drop(views);
         self.membership_changed = false;
+        // The plans are made with today's factors: drift is measured from here.
+        for d in self.devices.values_mut() {
+            d.k_dev.planned();
+        }
+        for w in self.workers.values_mut() {
+            w.k_cloud.planned();
+            w.queue.planned();
+        }
         let mut out = Replanned::default();
         for ((id, d), a) in self.devices.iter_mut().zip(s.devices) {
             let worker = a.worker.map(|w| names[w].clone());
@@ -445,6 +587,7 @@ impl Control {
                 // as it was sent.
                 p.prediction = a.prediction;
                 p.feasible = a.feasible;
+                p.expected = a.expected;
                 continue;
             }
             let plan = Plan {
@@ -453,6 +596,7 @@ impl Control {
                 prediction: a.prediction,
                 feasible: a.feasible,
                 rate_fps: a.rate_fps,
+                expected: a.expected,
                 epoch: d.plan.as_ref().map_or(1, |p| p.epoch + 1),
             };
             d.plan = Some(plan.clone());
@@ -543,6 +687,7 @@ mod tests {
                 slowdown: 2.0,
                 slo: Slo::default(),
                 policy: Policy::Dyno,
+                in_flight: 2,
             };
             c.join_device(id, spec, 0.0);
             c.observe_rtt(id, 0.0, 0.01);

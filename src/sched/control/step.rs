@@ -14,6 +14,10 @@ pub struct DeviceView<'a> {
     pub slowdown: f64,
     pub link: Link,
     pub correction: Correction,
+    /// The expected wait in its worker's queue, seconds.
+    pub cloud_queue_s: f64,
+    /// Frames it has out at once.
+    pub in_flight: u32,
     pub slo: &'a Slo,
     pub policy: Policy,
     /// The plan in force: its candidate, and its worker's index in the pool (`None`:
@@ -43,6 +47,43 @@ pub struct Assigned {
     /// may onload as fast as its plan goes (or does not onload), so that a budget
     /// changes, and is sent, only when the pool holds the device back.
     pub rate_fps: f64,
+    /// What the device is expected to make on it: see [`Expected`].
+    pub expected: Expected,
+}
+
+/// What a device is expected to make on a plan with its onload budget, as the agent
+/// runs it: the budget's frames onloaded at the plan's latency, and in the device time
+/// they leave, frames finished on the device at device-only's.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, serde::Deserialize)]
+pub struct Expected {
+    /// Inferences per second.
+    pub fps: f64,
+    /// Mean end-to-end latency, seconds.
+    pub latency_s: f64,
+}
+
+impl Expected {
+    pub fn of(tables: &Tables, c: &Conditions, p: &Prediction, rate_fps: f64) -> Expected {
+        if rate_fps >= p.throughput {
+            return Expected {
+                fps: p.throughput,
+                latency_s: p.latency_s,
+            };
+        }
+        let alone = tables.device_only().predict(c);
+        let onloaded = rate_fps.max(0.0);
+        let busy = onloaded * (p.head_s + p.pack_s);
+        let local = (1.0 - busy).max(0.0) * alone.throughput;
+        let fps = onloaded + local;
+        Expected {
+            fps,
+            latency_s: if fps > 0.0 {
+                (onloaded * p.latency_s + local * alone.latency_s) / fps
+            } else {
+                alone.latency_s
+            },
+        }
+    }
 }
 
 /// A budget of `rate` frames per second against a plan that goes at `throughput`:
@@ -101,6 +142,8 @@ pub fn step(
             c.cloud_slowdown = cloud_slowdown;
             c.correction = d.correction;
             c.cloud_slots = slots;
+            c.cloud_queue_s = d.cloud_queue_s;
+            c.in_flight = f64::from(d.in_flight.max(1));
             FleetDevice {
                 id: d.id.to_string(),
                 conditions: c,
@@ -154,6 +197,7 @@ pub fn step(
                     // Kept only while they meet their SLO's constraints.
                     feasible: true,
                     rate_fps,
+                    expected: Expected::of(tables, &f.conditions, &prediction, rate_fps),
                 }
             })
             .collect();
@@ -232,6 +276,7 @@ pub fn step(
             prediction,
             feasible,
             rate_fps,
+            expected: Expected::of(tables, &fleet_devices[i].conditions, &prediction, rate_fps),
         });
     }
     Step {
