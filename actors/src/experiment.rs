@@ -281,7 +281,12 @@ fn processes(
     home: &Home,
     host: &dyn Fn(Host) -> Command,
 ) -> anyhow::Result<Vec<(agent::AgentSummary, Vec<FrameResult>)>> {
-    let dir = tempfile::Builder::new().prefix("dyno-live-").tempdir()?;
+    let mut dir = tempfile::Builder::new().prefix("dyno-live-").tempdir()?;
+    // The processes' logs go with the run unless DYNO_KEEP_LOGS is set.
+    if std::env::var_os("DYNO_KEEP_LOGS").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("logs kept in {}", dir.path().display());
+    }
     let write = |name: &str, text: String| -> anyhow::Result<PathBuf> {
         let path = dir.path().join(name);
         std::fs::write(&path, text)?;

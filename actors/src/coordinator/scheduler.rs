@@ -111,7 +111,7 @@ impl SchedulerActor {
                 continue;
             };
             let a = self.on_the_wire(a);
-            tracing::info!(device = %id, plan = %a.candidate, worker = ?a.worker, "new plan");
+            tracing::info!(device = %id, plan = %a.candidate, worker = ?a.worker, budget_fps = a.rate_fps, expected_fps = a.expected.fps, "new plan");
             metrics::gauge!("dyno_plan_split", "device" => id.clone())
                 .set(f64::from(a.candidate.split));
             metrics::gauge!("dyno_plan_bits", "device" => id.clone())

@@ -42,7 +42,7 @@ mod step;
 
 pub use budget::{Budget, BURST_S};
 pub use link::{LinkState, ProbeRule, PROBE};
-pub use step::{cloud_load, step, Assigned, DeviceView, Expected, Step, WorkerView};
+pub use step::{cloud_load, device_slots, step, Assigned, DeviceView, Expected, Step, WorkerView};
 
 /// The link assumed for a device before anything was measured.
 pub const STARTING_LINK: Link = Link {
@@ -53,6 +53,11 @@ pub const STARTING_LINK: Link = Link {
 /// Joins and link changes re-plan at most this often (the coordinator's default
 /// `replan_gap_ms`).
 pub const REPLAN_GAP_S: f64 = 0.1;
+
+/// A device keeps a new plan at least this long, while it still meets its SLO's
+/// constraints and its worker is there and no device left and no worker joined: the
+/// anti-flap rule against estimates and factors that wobble between two plans.
+pub const DWELL_S: f64 = 2.0;
 
 /// The name of a coordinator's embedded worker pool (and of the simulator's pool).
 pub const EMBEDDED_WORKER: &str = "embedded";
@@ -240,15 +245,17 @@ struct Device {
     /// Its measured head and pack over the predicted.
     k_dev: Factor,
     plan: Option<Plan>,
+    /// When its plan last changed.
+    since_s: f64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Worker {
     slots: u32,
     /// Its measured unpack and tail over the predicted.
     k_cloud: Factor,
     queue: QueueWait,
-    /// Its measured seconds per frame (unpack and tail), smoothed (0: none yet).
+    /// Its seconds per frame (unpack and tail) as last corrected (0: none yet).
     service_s: f64,
 }
 
@@ -346,6 +353,7 @@ impl Control {
                 link: LinkState::default(),
                 k_dev: Factor::default(),
                 plan: None,
+                since_s: f64::NEG_INFINITY,
             },
         );
         Reaction::gated(&mut self.gate, now_s)
@@ -435,13 +443,8 @@ impl Control {
         if let (Some(w), Some(cloud), true) = (worker, frame.cloud, p.cloud_s > 0.0) {
             drifted |= w.k_cloud.observe(p.cloud_s, cloud.service_s);
             drifted |= w.queue.observe(cloud.queue_s);
-            if cloud.service_s.is_finite() && cloud.service_s > 0.0 {
-                w.service_s = if w.service_s > 0.0 {
-                    (1.0 - Correction::GAIN) * w.service_s + Correction::GAIN * cloud.service_s
-                } else {
-                    cloud.service_s
-                };
-            }
+            // Its seconds per frame: the profile's under the worker's factor.
+            w.service_s = p.cloud_s / c.correction.k_cloud * w.k_cloud.value;
         }
         if drifted {
             Reaction::gated(&mut self.gate, now_s)
@@ -565,8 +568,20 @@ impl Control {
             &workers,
             !self.membership_changed,
         );
+        // Each plan in force under today's conditions: kept while it dwells.
+        let slots = device_slots(&workers);
+        let today: Vec<Option<(Prediction, bool, Expected)>> = views
+            .iter()
+            .map(|v| {
+                let (c, _) = v.current?;
+                let cond = v.conditions(self.cloud_slowdown, slots);
+                let p = tables.row(&c)?.predict(&cond);
+                let allowed = v.slo.constraints.allows(&p);
+                Some((p, allowed, Expected::of(tables, &cond, &p, v.budget_fps)))
+            })
+            .collect();
         drop(views);
-        self.membership_changed = false;
+        let membership_changed = std::mem::take(&mut self.membership_changed);
         // The plans are made with today's factors: drift is measured from here.
         for d in self.devices.values_mut() {
             d.k_dev.planned();
@@ -576,7 +591,7 @@ impl Control {
             w.queue.planned();
         }
         let mut out = Replanned::default();
-        for ((id, d), a) in self.devices.iter_mut().zip(s.devices) {
+        for (((id, d), a), today) in self.devices.iter_mut().zip(s.devices).zip(today) {
             let worker = a.worker.map(|w| names[w].clone());
             if let Some(p) = d.plan.as_mut().filter(|p| {
                 p.candidate == a.candidate
@@ -590,6 +605,16 @@ impl Control {
                 p.expected = a.expected;
                 continue;
             }
+            // A plan still dwelling is kept while it holds.
+            if let (Some(p), Some((prediction, true, expected))) = (d.plan.as_mut(), today) {
+                let worker_there = p.worker.as_ref().is_none_or(|w| names.contains(w));
+                if !membership_changed && worker_there && now_s - d.since_s < DWELL_S {
+                    p.prediction = prediction;
+                    p.expected = expected;
+                    continue;
+                }
+            }
+            d.since_s = now_s;
             let plan = Plan {
                 candidate: a.candidate,
                 worker,

@@ -27,6 +27,27 @@ pub struct DeviceView<'a> {
     pub budget_fps: f64,
 }
 
+impl DeviceView<'_> {
+    /// The conditions it is planned under, its frames served by `slots` at once.
+    pub fn conditions(&self, cloud_slowdown: f64, slots: f64) -> Conditions {
+        let mut c = Conditions::new(self.slowdown, self.link);
+        c.cloud_slowdown = cloud_slowdown;
+        c.correction = self.correction;
+        c.cloud_slots = slots;
+        c.cloud_queue_s = self.cloud_queue_s;
+        c.in_flight = f64::from(self.in_flight.max(1));
+        c
+    }
+}
+
+/// The slots that serve one device's frames at once: a device gets one worker.
+pub fn device_slots(workers: &[WorkerView]) -> f64 {
+    workers
+        .iter()
+        .map(|w| f64::from(w.slots))
+        .fold(1.0, f64::max)
+}
+
 /// A worker's view for the control step.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerView<'a> {
@@ -130,23 +151,13 @@ pub fn step(
             kept: false,
         };
     }
-    // A device gets one worker; its slots serve the device's frames at once.
-    let slots = workers
-        .iter()
-        .map(|w| f64::from(w.slots))
-        .fold(1.0, f64::max);
+    let slots = device_slots(workers);
     let fleet_devices: Vec<FleetDevice> = devices
         .iter()
         .map(|d| {
-            let mut c = Conditions::new(d.slowdown, d.link);
-            c.cloud_slowdown = cloud_slowdown;
-            c.correction = d.correction;
-            c.cloud_slots = slots;
-            c.cloud_queue_s = d.cloud_queue_s;
-            c.in_flight = f64::from(d.in_flight.max(1));
             FleetDevice {
                 id: d.id.to_string(),
-                conditions: c,
+                conditions: d.conditions(cloud_slowdown, slots),
                 slo: d.slo.clone(),
                 policy: d.policy,
                 demand_fps: None,
