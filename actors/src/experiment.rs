@@ -578,6 +578,7 @@ fn ticks(
                 kernel_mbps: f64::NAN,
                 split: f.candidate.split,
                 precision: f.candidate.precision.to_string(),
+                k_dev: f.planned_k_dev.unwrap_or(f64::NAN),
             });
         }
     }

@@ -596,11 +596,11 @@ pub fn write(out: &Outcome, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let frames = dir.join("frames.csv");
     std::fs::write(&frames, csv)?;
     let mut csv = String::from(
-        "policy,mbps,time_s,device,true_mbps,estimated_mbps,kernel_mbps,split,precision\n",
+        "policy,mbps,time_s,device,true_mbps,estimated_mbps,kernel_mbps,split,precision,k_dev\n",
     );
     for (p, m, t) in &out.ticks {
         csv.push_str(&format!(
-            "{p},{},{:.3},{},{:.4},{:.4},{:.4},{},{}\n",
+            "{p},{},{:.3},{},{:.4},{:.4},{:.4},{},{},{:.4}\n",
             m.map_or(String::new(), |m| m.to_string()),
             t.time_s,
             t.device,
@@ -608,7 +608,8 @@ pub fn write(out: &Outcome, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             t.estimated_mbps,
             t.kernel_mbps,
             t.split,
-            t.precision
+            t.precision,
+            t.k_dev
         ));
     }
     let ticks = dir.join("ticks.csv");

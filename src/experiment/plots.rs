@@ -272,6 +272,15 @@ pub fn write(out: &Outcome, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
                     .collect(),
             ),
             (
+                // The device's correction factor its plans were made with.
+                "k_dev x 10".into(),
+                ticks
+                    .iter()
+                    .filter(|t| t.k_dev.is_finite())
+                    .map(|t| (t.time_s, 10.0 * t.k_dev))
+                    .collect(),
+            ),
+            (
                 "inferences/s".into(),
                 per_s
                     .iter()

@@ -66,6 +66,8 @@ pub struct SimTick {
     pub kernel_mbps: f64,
     pub split: u16,
     pub precision: String,
+    /// The device's correction factor (`k_dev`) its plan was made with (NaN: none).
+    pub k_dev: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -294,6 +296,7 @@ pub fn run(
                 estimated_mbps: l.bandwidth_bps / 1e6,
                 split: p.candidate.split,
                 precision: p.candidate.precision.to_string(),
+                k_dev: p.feedback.k_dev,
             });
         }
         probes

@@ -49,6 +49,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
     let compute = &path.compute;
     let plan = path.plan.borrow().clone();
     let expected = plan.as_ref().map(|a| a.expected);
+    let planned_k_dev = plan.as_ref().map(|a| a.feedback.k_dev);
     let stalled = path.uplink.send(IsStalled).await.unwrap_or(true);
     let (mut candidate, mut worker) = match &plan {
         Some(a) if a.worker.is_some() && !stalled => (a.candidate, a.worker.clone()),
@@ -91,6 +92,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
             latency_s: t0.elapsed().as_secs_f64(),
             bytes: 0,
             expected,
+            planned_k_dev,
         },
         candidate,
         stages: Stages::default(),
@@ -120,6 +122,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
             latency_s: t0.elapsed().as_secs_f64(),
             bytes,
             expected,
+            planned_k_dev,
         },
         candidate,
         stages,

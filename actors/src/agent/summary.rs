@@ -28,6 +28,9 @@ pub struct FrameResult {
     /// the first plan).
     #[serde(default)]
     pub expected: Option<dyno::sched::control::Expected>,
+    /// The device's correction factor (`k_dev`) that plan was made with.
+    #[serde(default)]
+    pub planned_k_dev: Option<f64>,
 }
 
 /// What an agent did.

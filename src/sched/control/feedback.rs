@@ -141,7 +141,11 @@ mod tests {
         // The truth is 1.1x the profile, with one frame in four stretched 5x by a quota.
         for i in 0..64 {
             let observed = if i % 4 == 3 { 0.055 } else { 0.011 };
-            assert!(!f.observe(0.010 * f.value, observed), "frame {i}: {}", f.value);
+            assert!(
+                !f.observe(0.010 * f.value, observed),
+                "frame {i}: {}",
+                f.value
+            );
         }
         assert!((f.value - 1.1).abs() < 1e-9, "{}", f.value);
         // Twice the profile: it asks within half a window and lands there.

@@ -227,6 +227,8 @@ pub struct Plan {
     pub rate_fps: f64,
     /// What the device is expected to make on it, with its budget.
     pub expected: Expected,
+    /// The correction factors and queue wait it was made with.
+    pub feedback: Feedback,
     /// Increases with every new plan for this device.
     pub epoch: u64,
 }
@@ -290,7 +292,7 @@ pub struct CloudSample {
 
 /// A device's correction factors and queue wait as the planner sees them
 /// ([`Control::feedback`]).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Feedback {
     pub k_dev: f64,
     pub k_cloud: f64,
@@ -570,6 +572,14 @@ impl Control {
         );
         // Each plan in force under today's conditions: kept while it dwells.
         let slots = device_slots(&workers);
+        let feedbacks: Vec<Feedback> = views
+            .iter()
+            .map(|v| Feedback {
+                k_dev: v.correction.k_dev,
+                k_cloud: v.correction.k_cloud,
+                queue_s: v.cloud_queue_s,
+            })
+            .collect();
         let today: Vec<Option<(Prediction, bool, Expected)>> = views
             .iter()
             .map(|v| {
@@ -591,7 +601,13 @@ impl Control {
             w.queue.planned();
         }
         let mut out = Replanned::default();
-        for (((id, d), a), today) in self.devices.iter_mut().zip(s.devices).zip(today) {
+        let planned = self
+            .devices
+            .iter_mut()
+            .zip(s.devices)
+            .zip(today)
+            .zip(feedbacks);
+        for ((((id, d), a), today), feedback) in planned {
             let worker = a.worker.map(|w| names[w].clone());
             if let Some(p) = d.plan.as_mut().filter(|p| {
                 p.candidate == a.candidate
@@ -603,6 +619,7 @@ impl Control {
                 p.prediction = a.prediction;
                 p.feasible = a.feasible;
                 p.expected = a.expected;
+                p.feedback = feedback;
                 continue;
             }
             // A plan still dwelling is kept while it holds.
@@ -611,6 +628,7 @@ impl Control {
                 if !membership_changed && worker_there && now_s - d.since_s < DWELL_S {
                     p.prediction = prediction;
                     p.expected = expected;
+                    p.feedback = feedback;
                     continue;
                 }
             }
@@ -622,6 +640,7 @@ impl Control {
                 feasible: a.feasible,
                 rate_fps: a.rate_fps,
                 expected: a.expected,
+                feedback,
                 epoch: d.plan.as_ref().map_or(1, |p| p.epoch + 1),
             };
             d.plan = Some(plan.clone());

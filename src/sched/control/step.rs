@@ -154,14 +154,12 @@ pub fn step(
     let slots = device_slots(workers);
     let fleet_devices: Vec<FleetDevice> = devices
         .iter()
-        .map(|d| {
-            FleetDevice {
-                id: d.id.to_string(),
-                conditions: d.conditions(cloud_slowdown, slots),
-                slo: d.slo.clone(),
-                policy: d.policy,
-                demand_fps: None,
-            }
+        .map(|d| FleetDevice {
+            id: d.id.to_string(),
+            conditions: d.conditions(cloud_slowdown, slots),
+            slo: d.slo.clone(),
+            policy: d.policy,
+            demand_fps: None,
         })
         .collect();
     let capacity = match sharing {
