@@ -709,6 +709,94 @@ mod tests {
         c.plan(id).map_or(0.0, |p| p.cloud_load() / slots)
     }
 
+    /// A device alone on a roomy pool, its link measured at `mbps`.
+    fn alone(slowdown: f64, mbps: f64) -> Control {
+        let mut c = Control::new(Sharing::PerDevice, 1.0, 0.0);
+        c.join_worker("w", 4);
+        let spec = DeviceSpec {
+            slowdown,
+            slo: Slo::default(),
+            policy: Policy::Dyno,
+            in_flight: 2,
+        };
+        c.join_device("d", spec, 0.0);
+        c.observe_rtt("d", 0.0, 0.01);
+        c.observe_transfer("d", 0.0, 1_000_000, 0.01 + 8e6 / (mbps * 1e6));
+        c
+    }
+
+    /// A bandwidth at which a device of slowdown `a` and one of `b` get different plans.
+    fn where_plans_differ(a: f64, b: f64) -> f64 {
+        let tables = crate::sched::tests::toy();
+        [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]
+            .into_iter()
+            .find(|&m| {
+                let plan = |s| {
+                    let mut c = alone(s, m);
+                    c.replan(&tables, 0.0);
+                    c.plan("d").unwrap().candidate
+                };
+                plan(a) != plan(b)
+            })
+            .expect("the toy tables plan slow and fast devices apart somewhere")
+    }
+
+    #[test]
+    fn a_device_slower_than_its_class_is_found_and_its_plan_moves() {
+        let tables = crate::sched::tests::toy();
+        // It says slowdown 2; it runs at 4.
+        let mbps = where_plans_differ(2.0, 4.0);
+        let mut truth = alone(4.0, mbps);
+        truth.replan(&tables, 0.0);
+        let right = truth.plan("d").unwrap().candidate;
+        let mut c = alone(2.0, mbps);
+        c.replan(&tables, 0.0);
+        let first = c.plan("d").unwrap().candidate;
+        assert_ne!(first, right);
+        let (mut t, mut asked) = (0.0, None);
+        for n in 0..60 {
+            t += 0.1;
+            let p = c.plan("d").unwrap().clone();
+            let sample = FrameSample {
+                candidate: p.candidate,
+                // Twice what its class predicts: the device is twice as slow.
+                device_s: 2.0 * (p.prediction.head_s + p.prediction.pack_s) / p.feedback.k_dev,
+                cloud: None,
+            };
+            if c.observe_frame(&tables, "d", t, &sample) != Reaction::None {
+                asked.get_or_insert(n + 1);
+                c.replan(&tables, t);
+            }
+            // The coordinator's periodic re-plan, every second.
+            if n % 10 == 9 {
+                c.replan(&tables, t);
+            }
+        }
+        let k = c.feedback("d").unwrap().k_dev;
+        assert!((k - 2.0).abs() < 0.05, "k_dev {k}");
+        assert!(asked.is_some_and(|n| n <= feedback::WINDOW / 2 + 1), "asked after {asked:?} frames");
+        assert_eq!(c.plan("d").unwrap().candidate, right, "the plan did not move");
+    }
+
+    #[test]
+    fn a_plan_dwells_while_it_holds_then_follows_the_link() {
+        let tables = crate::sched::tests::toy();
+        let (slow, fast) = (1.0, 100.0);
+        let mut c = alone(2.0, slow);
+        c.replan(&tables, 10.0);
+        let first = c.plan("d").unwrap().clone();
+        // The link jumps: within the dwell the plan holds (it still meets the SLO)...
+        c.observe_transfer("d", 10.5, 1_000_000, 0.01 + 8e6 / (fast * 1e6));
+        c.observe_transfer("d", 10.6, 1_000_000, 0.01 + 8e6 / (fast * 1e6));
+        c.observe_transfer("d", 10.7, 1_000_000, 0.01 + 8e6 / (fast * 1e6));
+        assert!(c.replan(&tables, 11.0).changed.is_empty());
+        assert_eq!(c.plan("d").unwrap().epoch, first.epoch);
+        // ... and once it has dwelt, it follows.
+        let moved = c.replan(&tables, 10.0 + DWELL_S + 0.1).changed;
+        assert_eq!(moved.len(), 1, "{moved:?}");
+        assert_ne!(moved[0].1.candidate, first.candidate);
+    }
+
     #[test]
     fn a_rate_is_sent_again_when_it_moved_by_more_than_ten_percent() {
         assert!(!rate_moved(10.0, 10.9));
