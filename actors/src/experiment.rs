@@ -215,6 +215,7 @@ pub fn live_with(
                         },
                         expected_fps: r.expected.map_or(f64::NAN, |e| e.fps),
                         expected_latency_s: r.expected.map_or(f64::NAN, |e| e.latency_s),
+                        budget_fps: r.budget_fps.unwrap_or(f64::NAN),
                     });
                 }
             }

@@ -52,6 +52,8 @@ pub struct SimFrame {
     /// first plan).
     pub expected_fps: f64,
     pub expected_latency_s: f64,
+    /// The onload budget of that plan, frames per second (infinite: none; NaN: no plan).
+    pub budget_fps: f64,
 }
 
 /// A sample of one device's state over time.
@@ -204,6 +206,7 @@ struct Flight {
     drop: f64,
     share: f64,
     expected: Option<crate::sched::control::Expected>,
+    budget_fps: f64,
 }
 
 /// A worker of the pool: free slots and its FIFO queue of flights.
@@ -390,6 +393,10 @@ pub fn run(
                     continue;
                 }
                 let expected = coord.control().plan(&devices[i].id).map(|p| p.expected);
+                let budget_fps = coord
+                    .control()
+                    .plan(&devices[i].id)
+                    .map_or(f64::NAN, |p| p.rate_fps);
                 // Before its first plan a device runs device-only, as an agent does.
                 let (c, worker) = match coord.control().plan(&devices[i].id) {
                     // Over its budget, a frame the plan would onload runs on the device.
@@ -419,6 +426,7 @@ pub fn run(
                     drop: p.drop_points,
                     share: row.head_s / total_ref,
                     expected,
+                    budget_fps,
                 });
                 push(&mut heap, t + device_s, Kind::DeviceDone(flights.len() - 1));
             }
@@ -484,6 +492,7 @@ pub fn run(
                     device_share: fl.share,
                     expected_fps: fl.expected.map_or(f64::NAN, |e| e.fps),
                     expected_latency_s: fl.expected.map_or(f64::NAN, |e| e.latency_s),
+                    budget_fps: fl.budget_fps,
                 });
                 // The agent's report: its stages fold into the corrections, and an
                 // onloaded frame's transfer (first byte out to the answer, less the

@@ -50,6 +50,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
     let plan = path.plan.borrow().clone();
     let expected = plan.as_ref().map(|a| a.expected);
     let planned_k_dev = plan.as_ref().map(|a| a.feedback.k_dev);
+    let budget_fps = plan.as_ref().map(|a| a.rate_fps);
     let stalled = path.uplink.send(IsStalled).await.unwrap_or(true);
     let (mut candidate, mut worker) = match &plan {
         Some(a) if a.worker.is_some() && !stalled => (a.candidate, a.worker.clone()),
@@ -93,6 +94,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
             bytes: 0,
             expected,
             planned_k_dev,
+            budget_fps,
         },
         candidate,
         stages: Stages::default(),
@@ -123,6 +125,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
             bytes,
             expected,
             planned_k_dev,
+            budget_fps,
         },
         candidate,
         stages,

@@ -31,6 +31,9 @@ pub struct FrameResult {
     /// The device's correction factor (`k_dev`) that plan was made with.
     #[serde(default)]
     pub planned_k_dev: Option<f64>,
+    /// That plan's onload budget, frames per second (infinite: none).
+    #[serde(default)]
+    pub budget_fps: Option<f64>,
 }
 
 /// What an agent did.

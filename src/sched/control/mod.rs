@@ -774,8 +774,15 @@ mod tests {
         }
         let k = c.feedback("d").unwrap().k_dev;
         assert!((k - 2.0).abs() < 0.05, "k_dev {k}");
-        assert!(asked.is_some_and(|n| n <= feedback::WINDOW / 2 + 1), "asked after {asked:?} frames");
-        assert_eq!(c.plan("d").unwrap().candidate, right, "the plan did not move");
+        assert!(
+            asked.is_some_and(|n| n <= feedback::WINDOW / 2 + 1),
+            "asked after {asked:?} frames"
+        );
+        assert_eq!(
+            c.plan("d").unwrap().candidate,
+            right,
+            "the plan did not move"
+        );
     }
 
     #[test]
