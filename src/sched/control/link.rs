@@ -44,6 +44,11 @@ pub struct LinkState {
 }
 
 impl LinkState {
+    /// Whether the link was measured (not the starting link's assumption).
+    pub fn measured(&self) -> bool {
+        self.planned.is_some()
+    }
+
     /// The link to plan with.
     pub fn link(&self) -> Link {
         self.planned.unwrap_or(STARTING_LINK)

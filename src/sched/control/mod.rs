@@ -55,9 +55,15 @@ pub const STARTING_LINK: Link = Link {
 pub const REPLAN_GAP_S: f64 = 0.1;
 
 /// A device keeps a new plan at least this long, while it still meets its SLO's
-/// constraints and its worker is there and no device left and no worker joined: the
-/// anti-flap rule against estimates and factors that wobble between two plans.
+/// constraints, its worker is there, no device left and no worker joined, the plan was
+/// made on a measured link, and the new plan is not expected to make more than
+/// [`DWELL_GAIN`] times as many inferences: the anti-flap rule against estimates and
+/// factors that wobble between two close plans.
 pub const DWELL_S: f64 = 2.0;
+
+/// A new plan expected to make more than this many times the plan in force replaces it
+/// even while it dwells.
+pub const DWELL_GAIN: f64 = 1.25;
 
 /// The name of a coordinator's embedded worker pool (and of the simulator's pool).
 pub const EMBEDDED_WORKER: &str = "embedded";
@@ -249,6 +255,8 @@ struct Device {
     plan: Option<Plan>,
     /// When its plan last changed.
     since_s: f64,
+    /// Whether its plan in force was made on a measured link.
+    planned_measured: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -356,6 +364,7 @@ impl Control {
                 k_dev: Factor::default(),
                 plan: None,
                 since_s: f64::NEG_INFINITY,
+                planned_measured: false,
             },
         );
         Reaction::gated(&mut self.gate, now_s)
@@ -625,7 +634,13 @@ impl Control {
             // A plan still dwelling is kept while it holds.
             if let (Some(p), Some((prediction, true, expected))) = (d.plan.as_mut(), today) {
                 let worker_there = p.worker.as_ref().is_none_or(|w| names.contains(w));
-                if !membership_changed && worker_there && now_s - d.since_s < DWELL_S {
+                let close = a.expected.fps <= DWELL_GAIN * expected.fps;
+                if !membership_changed
+                    && worker_there
+                    && d.planned_measured
+                    && close
+                    && now_s - d.since_s < DWELL_S
+                {
                     p.prediction = prediction;
                     p.expected = expected;
                     p.feedback = feedback;
@@ -633,6 +648,7 @@ impl Control {
                 }
             }
             d.since_s = now_s;
+            d.planned_measured = d.link.measured();
             let plan = Plan {
                 candidate: a.candidate,
                 worker,
