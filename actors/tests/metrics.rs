@@ -37,7 +37,7 @@ fn a_running_fleet_serves_metrics_that_move_and_its_status() {
     }
     assert!(second.contains("dyno_plan_split{device=\"cam-1\"}"));
     // The coordinator: the link estimate, the plan, the pool, the worker's inferences
-    // once the plan onloads (slow10x at 50 Mbit/s).
+    // once the plan onloads (slow10x at 50 Mbit/s, 1 ms RTT).
     let c = wait_for(cm, "dyno_worker_inferences_total", 0.0);
     eprintln!("coordinator scrape:\n{c}");
     let est = value(&c, "dyno_bandwidth_estimate_mbps");
