@@ -85,6 +85,8 @@ pub struct CoordinatorConfig {
     pub workers: usize,
     /// Frames a worker queues beyond its busy slots before it says busy.
     pub queue: usize,
+    /// Dynamic batching of the embedded workers.
+    pub batching: BatchingConfig,
     /// The model the fleet serves.
     pub model: String,
     /// Device classes and the cloud (default: config/devices.toml in the project).
@@ -111,6 +113,7 @@ impl Default for CoordinatorConfig {
             data_listen: "0.0.0.0:7701".into(),
             workers: 1,
             queue: 4,
+            batching: BatchingConfig::default(),
             model: "mobilenet_v2".into(),
             devices: None,
             replan_ms: 1000,
@@ -136,8 +139,36 @@ pub struct WorkerConfig {
     pub advertise: Option<String>,
     pub workers: usize,
     pub queue: usize,
+    /// Dynamic batching.
+    pub batching: BatchingConfig,
     pub model: String,
     pub mdns: bool,
+}
+
+/// A worker's dynamic batching (as Triton's dynamic batcher): frames for the same tail
+/// (model, split) wait at most `max_queue_delay_ms` to run together, up to `max_batch`
+/// and only up to the size that pays at their split, as the batch curve of `profile`
+/// measured (`dyno profile latency --batch 1,2,4,8`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    /// Frames in one batch at most (1: one at a time, no batching).
+    pub max_batch: usize,
+    /// How long the first frame of a batch waits for others, milliseconds.
+    pub max_queue_delay_ms: u64,
+    /// The latency profile with the batch curve (default: the model's latency profile,
+    /// out/profiles/ then models/profiles/).
+    pub profile: Option<PathBuf>,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig {
+            max_batch: 1,
+            max_queue_delay_ms: 5,
+            profile: None,
+        }
+    }
 }
 
 impl Default for WorkerConfig {
@@ -150,6 +181,7 @@ impl Default for WorkerConfig {
             advertise: None,
             workers: 1,
             queue: 4,
+            batching: BatchingConfig::default(),
             model: "mobilenet_v2".into(),
             mdns: true,
         }

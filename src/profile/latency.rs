@@ -37,7 +37,25 @@ pub struct LatencyProfile {
     /// Median pack and unpack seconds at each split `0..blocks.len()`, for every
     /// precision and codec.
     pub codecs: Vec<CodecLatency>,
+    /// Median seconds of the tail from each split on a batch of activations, for the
+    /// batch sizes measured (`--batch`; empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batches: Vec<BatchLatency>,
 }
+
+/// The tail from `split` on `batch` activations at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchLatency {
+    pub split: usize,
+    pub batch: usize,
+    pub seconds: f64,
+}
+
+/// A batch size pays at a split when its tail takes at most this share of batch 1's
+/// time per image (and so does every size below it): a batch that saves less than 5 %
+/// is within the noise of this machine, and it makes the first frame wait.
+pub const BATCH_PAYS: f64 = 0.95;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +84,8 @@ pub struct LatencyOptions {
     pub runs: usize,
     /// Precisions to time the codecs at (default: all 18).
     pub precisions: Vec<Precision>,
+    /// Batch sizes to time every split's tail at (empty: none).
+    pub batches: Vec<usize>,
     pub progress: bool,
 }
 
@@ -74,6 +94,7 @@ impl Default for LatencyOptions {
         LatencyOptions {
             runs: 11,
             precisions: Precision::all(),
+            batches: Vec::new(),
             progress: false,
         }
     }
@@ -181,6 +202,19 @@ pub fn measure(
             }
         }
     }
+    // The tail from each split on batches of the same activation.
+    let mut batches = Vec::new();
+    for (split, act) in activations.iter().enumerate() {
+        for &batch in &opts.batches {
+            let x = act.repeat([batch.max(1) as i64, 1, 1, 1]);
+            let (seconds, _) = time(opts.runs, || model.tail(&x, split))?;
+            batches.push(BatchLatency {
+                split,
+                batch: batch.max(1),
+                seconds,
+            });
+        }
+    }
     bar.finish_and_clear();
     Ok(LatencyProfile {
         format: LATENCY_FORMAT,
@@ -191,10 +225,41 @@ pub fn measure(
         input: input.to_string(),
         blocks,
         codecs,
+        batches,
     })
 }
 
 impl LatencyProfile {
+    /// The measured tail seconds at `split` by batch size, smallest first.
+    pub fn batch_curve(&self, split: usize) -> Vec<(usize, f64)> {
+        let mut c: Vec<(usize, f64)> = self
+            .batches
+            .iter()
+            .filter(|b| b.split == split && b.batch >= 1 && b.seconds > 0.0)
+            .map(|b| (b.batch, b.seconds))
+            .collect();
+        c.sort_by_key(|x| x.0);
+        c
+    }
+
+    /// The largest batch, up to `max_batch`, that pays at `split` (`BATCH_PAYS`: every
+    /// measured size up to it takes at most 95 % of batch 1's time per image); 1 where
+    /// nothing was measured or nothing pays.
+    pub fn batch_limit(&self, split: usize, max_batch: usize) -> usize {
+        let curve = self.batch_curve(split);
+        let Some(&(1, one)) = curve.first() else {
+            return 1;
+        };
+        let mut limit = 1;
+        for &(b, t) in curve.iter().skip(1).filter(|x| x.0 <= max_batch) {
+            if t / b as f64 > BATCH_PAYS * one {
+                break;
+            }
+            limit = b;
+        }
+        limit
+    }
+
     /// Median seconds of all blocks.
     pub fn total_seconds(&self) -> f64 {
         self.blocks.iter().map(|b| b.seconds).sum()
@@ -262,4 +327,53 @@ impl LatencyProfile {
 /// Where `dyno profile latency` writes by default: `out/profiles/<model>.latency.json`.
 pub fn default_out(home: &Home, model: &str) -> PathBuf {
     super::out_path(home, model, "latency")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_curve(curve: &[(usize, usize, f64)]) -> LatencyProfile {
+        LatencyProfile {
+            format: LATENCY_FORMAT,
+            model: "m".into(),
+            weights_hash: "0".into(),
+            threads: 1,
+            runs: 1,
+            input: "x".into(),
+            blocks: Vec::new(),
+            codecs: Vec::new(),
+            batches: curve
+                .iter()
+                .map(|&(split, batch, seconds)| BatchLatency {
+                    split,
+                    batch,
+                    seconds,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_split_is_batched_only_up_to_the_size_that_pays() {
+        let p = with_curve(&[
+            // Split 0: batching costs (0.6-0.8x per image): never.
+            (0, 1, 0.010),
+            (0, 2, 0.030),
+            (0, 4, 0.060),
+            // Split 1: pays at 2 and 4, not at 8.
+            (1, 1, 0.010),
+            (1, 2, 0.017),
+            (1, 4, 0.030),
+            (1, 8, 0.080),
+            // Split 2: within 5 % of batch 1: noise, not a gain.
+            (2, 1, 0.010),
+            (2, 2, 0.0196),
+        ]);
+        assert_eq!(p.batch_limit(0, 8), 1);
+        assert_eq!(p.batch_limit(1, 8), 4);
+        assert_eq!(p.batch_limit(1, 2), 2, "never above max_batch");
+        assert_eq!(p.batch_limit(2, 8), 1);
+        assert_eq!(p.batch_limit(3, 8), 1, "nothing measured: one at a time");
+    }
 }

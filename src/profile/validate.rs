@@ -145,6 +145,7 @@ fn serve(
                         queue_s: 0.0,
                         unpack_s,
                         tail_s: t.elapsed().as_secs_f64(),
+                        batch: 1,
                     }
                 }
                 Ok(m) => {
@@ -231,7 +232,7 @@ pub fn run(
     let opts = LatencyOptions {
         runs,
         precisions: vec![precision],
-        progress: false,
+        ..LatencyOptions::default()
     };
     let device = latency::measure(model, x, "validation input (device)", &opts)?;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err)?;

@@ -29,7 +29,11 @@ pub struct Stages {
     pub link_s: f64,
     pub queue_s: f64,
     pub unpack_s: f64,
+    /// The tail of the batch the frame ran in (the whole batch's time: the frame waited
+    /// for all of it).
     pub tail_s: f64,
+    /// Frames in that batch (0: it did not onload).
+    pub batch: u32,
 }
 
 impl Stages {
@@ -185,7 +189,10 @@ pub enum Message {
         top1: i64,
         queue_s: f64,
         unpack_s: f64,
+        /// The tail of the whole batch the frame ran in.
         tail_s: f64,
+        /// Frames in that batch.
+        batch: u32,
     },
     InferErr {
         request: u64,

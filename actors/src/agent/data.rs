@@ -243,6 +243,7 @@ impl DataPath {
                 queue_s,
                 unpack_s,
                 tail_s,
+                batch,
                 ..
             } => {
                 let worker = Duration::from_secs_f64((queue_s + unpack_s + tail_s).max(0.0));
@@ -274,6 +275,7 @@ impl DataPath {
                         queue_s,
                         unpack_s,
                         tail_s,
+                        batch,
                         link_s: uplink_s + downlink_s,
                         ..Stages::default()
                     },

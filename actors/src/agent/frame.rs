@@ -144,6 +144,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
             stages.queue_s = worker_stages.queue_s;
             stages.unpack_s = worker_stages.unpack_s;
             stages.tail_s = worker_stages.tail_s;
+            stages.batch = worker_stages.batch;
             stages.link_s = worker_stages.link_s;
             stages.wire_s = wire_s;
             done(top1, false, stages, bytes)

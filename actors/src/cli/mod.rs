@@ -163,6 +163,10 @@ pub struct LatencyArgs {
     /// Timed runs per figure (the median is kept, after one warm-up run).
     #[arg(long, default_value_t = 11)]
     pub runs: usize,
+    /// Also time every split's tail on batches of these sizes (e.g. 1,2,4,8): the curve
+    /// a worker's dynamic batching follows.
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
     /// Profile file to write [default: out/profiles/<model>.latency.json in the project folder].
     #[arg(long)]
     pub out: Option<PathBuf>,

@@ -131,9 +131,22 @@ pub fn latency(home: &Home, a: LatencyArgs) -> anyhow::Result<()> {
         model.name()
     );
     let x = inputs.xs.narrow(0, 0, 1);
+    anyhow::ensure!(
+        a.batch.iter().all(|&b| (1..=256).contains(&b)),
+        "--batch {:?}: give batch sizes from 1 to 256, e.g. --batch 1,2,4,8",
+        a.batch
+    );
+    let mut batches = a.batch.clone();
+    if !batches.is_empty() && !batches.contains(&1) {
+        // Batch 1 is what every other size is judged against.
+        batches.insert(0, 1);
+    }
+    batches.sort_unstable();
+    batches.dedup();
     let opts = LatencyOptions {
         runs: a.runs,
         progress: !a.json,
+        batches,
         ..LatencyOptions::default()
     };
     let what = format!("the first input of {}", inputs.description);
@@ -172,6 +185,23 @@ pub fn latency(home: &Home, a: LatencyArgs) -> anyhow::Result<()> {
             c.map_or("-".into(), |c| format!("{:.3}", c.unpack_s * 1e3)),
             c.map_or("-".into(), |c| c.bytes.to_string()),
         );
+    }
+    if !profile.batches.is_empty() {
+        let sizes: Vec<usize> = profile.batch_curve(0).iter().map(|x| x.0).collect();
+        println!("\ntail ms per image by batch size (batched up to: the largest that pays, 95 %)");
+        print!("{:>5}", "split");
+        for b in &sizes {
+            print!("  {:>9}", format!("b={b}"));
+        }
+        println!("  {:>8}", "batch to");
+        for split in 0..profile.blocks.len() {
+            let curve = profile.batch_curve(split);
+            print!("{split:>5}");
+            for (b, t) in &curve {
+                print!("  {:>9.3}", t * 1e3 / *b as f64);
+            }
+            println!("  {:>8}", profile.batch_limit(split, usize::MAX));
+        }
     }
     println!(
         "\nwhole model: {:.2} ms; wrote {}",

@@ -14,7 +14,7 @@ use dyno::wire::{Identity, Role};
 use tokio::net::TcpListener;
 
 use crate::config::CoordinatorConfig;
-use crate::worker::{self, reachable, Pool};
+use crate::worker::{self, reachable, Batching, Pool};
 
 mod endpoint;
 mod scheduler;
@@ -77,7 +77,8 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
             .await
             .with_context(|| format!("data endpoint {}", cfg.data_listen))?;
         let addr = l.local_addr()?;
-        let pool = Pool::start(home, &cfg.model, cfg.workers, cfg.queue);
+        let batching = Batching::resolve(&cfg.batching, home, &cfg.model)?;
+        let pool = Pool::start(home, &cfg.model, cfg.workers, cfg.queue, batching);
         actix_rt::spawn(worker::serve_data(
             l,
             pool.clone(),

@@ -367,7 +367,8 @@ impl Handler<FrameDone> for SchedulerActor {
             device_s: s.head_s + s.pack_s,
             cloud: (m.report.bytes > 0).then_some(CloudSample {
                 queue_s: s.queue_s,
-                service_s: s.unpack_s + s.tail_s,
+                // A batch's tail serves all its frames: one frame's share of it.
+                service_s: s.unpack_s + s.tail_s / f64::from(s.batch.max(1)),
             }),
         };
         let r = self

@@ -37,6 +37,8 @@ async fn data_session(conn: Conn, peer: SocketAddr, pool: Pool) {
                         let m = match pool.run(packed).await {
                             Ok(d) => {
                                 metrics::counter!("dyno_worker_inferences_total").increment(1);
+                                metrics::histogram!("dyno_worker_batch_frames")
+                                    .record(f64::from(d.batch));
                                 tracing::debug!(
                                     queue_ms = d.queue_s * 1e3,
                                     tail_ms = (d.unpack_s + d.tail_s) * 1e3,
@@ -48,6 +50,7 @@ async fn data_session(conn: Conn, peer: SocketAddr, pool: Pool) {
                                     queue_s: d.queue_s,
                                     unpack_s: d.unpack_s,
                                     tail_s: d.tail_s,
+                                    batch: d.batch,
                                 }
                             }
                             Err(e) => Message::InferErr {

@@ -14,7 +14,7 @@ mod data;
 mod pool;
 
 pub use data::serve_data;
-pub use pool::{CloudWorker, Pool, RunTail, TailDone, TailError};
+pub use pool::{Batching, CloudWorker, Pool, RunTail, TailDone, TailError};
 
 /// The host part peers should dial for a listener bound to `bound`.
 pub fn reachable(bound: SocketAddr) -> String {
@@ -44,7 +44,8 @@ pub async fn start(cfg: &crate::config::WorkerConfig, home: &Home) -> anyhow::Re
         .await
         .map_err(|e| anyhow::anyhow!("data endpoint {}: {e}", cfg.listen))?;
     let data = l.local_addr()?;
-    let pool = Pool::start(home, &cfg.model, cfg.workers, cfg.queue);
+    let batching = pool::Batching::resolve(&cfg.batching, home, &cfg.model)?;
+    let pool = Pool::start(home, &cfg.model, cfg.workers, cfg.queue, batching);
     actix_rt::spawn(serve_data(l, pool.clone(), me.clone(), cfg.fleet.max_frame));
     let advertise = cfg.advertise.clone().unwrap_or_else(|| reachable(data));
     let register = Message::RegisterWorker {

@@ -1,15 +1,25 @@
 //! The **CloudWorker** actor (a `SyncArbiter`; one model copy and one libtorch intra-op
 //! thread each) and the `Pool` in front of it with bounded admission: with `slots`
 //! threads busy and `queue` frames waiting, the next frame is answered busy at once.
+//! With dynamic batching (`Batching`), frames for the same split wait up to
+//! `max_queue_delay` in the `batcher` task to run as one batch, up to the size that pays
+//! at their split (the cloud profile's batch curve); batch 1 is the path without it.
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use anyhow::Context as _;
 use dyno::home::Home;
 use dyno::model::{zoo, Model};
 use dyno::pack::tensor::unpack_tensor;
-use dyno::pack::{DecodeLimits, Packer};
+use dyno::pack::{DecodeLimits, Header, Packer};
+use dyno::profile::latency::LatencyProfile;
+use tch::Tensor;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::BatchingConfig;
 
 /// Runs one tail.
 #[derive(Message)]
@@ -35,7 +45,17 @@ pub struct TailDone {
     pub top1: i64,
     pub queue_s: f64,
     pub unpack_s: f64,
+    /// The tail of the whole batch the frame ran in.
     pub tail_s: f64,
+    /// Frames in that batch.
+    pub batch: u32,
+}
+
+/// Runs the tails of frames of one split as one batch: one answer per frame, in order.
+#[derive(Message)]
+#[rtype(result = "Vec<Result<TailDone, TailError>>")]
+pub struct RunBatch {
+    pub frames: Vec<(Vec<u8>, Instant)>,
 }
 
 /// One worker thread with its own copy of the model.
@@ -62,17 +82,16 @@ impl Actor for CloudWorker {
     type Context = SyncContext<Self>;
 }
 
-impl Handler<RunTail> for CloudWorker {
-    type Result = Result<TailDone, TailError>;
-
-    fn handle(&mut self, m: RunTail, _: &mut Self::Context) -> Self::Result {
-        let queue_s = m.enqueued.elapsed().as_secs_f64();
+impl CloudWorker {
+    /// One frame's activation, checked against the model this worker serves, with its
+    /// split and the seconds its unpacking took.
+    fn unpack(&mut self, packed: &[u8]) -> Result<(Tensor, usize, f64), TailError> {
         let model = self
             .model
             .as_ref()
             .map_err(|e| TailError::Failed(e.clone()))?;
         let t = Instant::now();
-        let (header, a) = unpack_tensor(&mut self.packer, &m.packed, &self.limits)
+        let (header, a) = unpack_tensor(&mut self.packer, packed, &self.limits)
             .map_err(|e| TailError::Failed(format!("unpacking: {e}")))?;
         if header.model != model.name() || header.weights_hash != model.weights_hash() {
             return Err(TailError::Failed(format!(
@@ -84,18 +103,233 @@ impl Handler<RunTail> for CloudWorker {
                 model.weights_hash()
             )));
         }
-        let unpack_s = t.elapsed().as_secs_f64();
+        Ok((a, header.split as usize, t.elapsed().as_secs_f64()))
+    }
+}
+
+impl Handler<RunTail> for CloudWorker {
+    type Result = Result<TailDone, TailError>;
+
+    fn handle(&mut self, m: RunTail, ctx: &mut Self::Context) -> Self::Result {
+        let batch = RunBatch {
+            frames: vec![(m.packed, m.enqueued)],
+        };
+        self.handle(batch, ctx)
+            .pop()
+            .unwrap_or_else(|| Err(TailError::Failed("no answer".into())))
+    }
+}
+
+impl Handler<RunBatch> for CloudWorker {
+    type Result = Vec<Result<TailDone, TailError>>;
+
+    fn handle(&mut self, m: RunBatch, _: &mut Self::Context) -> Self::Result {
+        let started = Instant::now();
+        let mut out: Vec<Result<TailDone, TailError>> = Vec::with_capacity(m.frames.len());
+        // Frames that unpacked and belong to the batch's split (the first good one's).
+        let mut good: Vec<(usize, Tensor, f64)> = Vec::new();
+        let mut split = None;
+        for (i, (packed, enqueued)) in m.frames.iter().enumerate() {
+            let queue_s = started.saturating_duration_since(*enqueued).as_secs_f64();
+            out.push(Ok(TailDone {
+                top1: -1,
+                queue_s,
+                unpack_s: 0.0,
+                tail_s: 0.0,
+                batch: 0,
+            }));
+            match self.unpack(packed) {
+                Ok((a, s, unpack_s)) if split.is_none_or(|x| x == s) => {
+                    split = Some(s);
+                    good.push((i, a, unpack_s));
+                }
+                Ok((_, s, _)) => {
+                    out[i] = Err(TailError::Failed(format!(
+                        "a batch of split {split:?} was given a frame of split {s}"
+                    )))
+                }
+                Err(e) => out[i] = Err(e),
+            }
+        }
+        let (Some(split), Ok(model)) = (split, self.model.as_ref()) else {
+            return out;
+        };
         let t = Instant::now();
-        let y = model
-            .tail(&a, header.split as usize)
-            .map_err(|e| TailError::Failed(e.to_string()))?;
-        let top1 = y.argmax(-1, false).int64_value(&[0]);
-        Ok(TailDone {
-            top1,
-            queue_s,
-            unpack_s,
-            tail_s: t.elapsed().as_secs_f64(),
+        let xs: Vec<&Tensor> = good.iter().map(|g| &g.1).collect();
+        let y = if xs.len() == 1 {
+            model.tail(xs[0], split)
+        } else {
+            model.tail(&Tensor::cat(&xs, 0), split)
+        };
+        let tail_s = t.elapsed().as_secs_f64();
+        match y {
+            Ok(y) => {
+                let top1 = y.argmax(-1, false);
+                for (row, (i, _, unpack_s)) in good.iter().enumerate() {
+                    if let Ok(d) = out[*i].as_mut() {
+                        d.top1 = top1.int64_value(&[row as i64]);
+                        d.unpack_s = *unpack_s;
+                        d.tail_s = tail_s;
+                        d.batch = good.len() as u32;
+                    }
+                }
+            }
+            Err(e) => {
+                for (i, _, _) in &good {
+                    out[*i] = Err(TailError::Failed(e.to_string()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A worker's dynamic batching, resolved: the largest batch that pays at each split
+/// (1: that split runs one frame at a time) and how long a batch's first frame waits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batching {
+    pub limits: Vec<usize>,
+    pub max_queue_delay: Duration,
+}
+
+impl Batching {
+    /// One frame at a time.
+    pub fn off() -> Batching {
+        Batching {
+            limits: Vec::new(),
+            max_queue_delay: Duration::ZERO,
+        }
+    }
+
+    /// The limits from the batch curve of the latency profile `cfg` names (or the
+    /// model's); an error naming the fix when batching is asked for and no curve was
+    /// measured.
+    pub fn resolve(cfg: &BatchingConfig, home: &Home, model: &str) -> anyhow::Result<Batching> {
+        anyhow::ensure!(
+            cfg.max_batch >= 1,
+            "batching.max_batch = 0 is not allowed: give 1 (no batching) or more"
+        );
+        if cfg.max_batch == 1 {
+            return Ok(Batching::off());
+        }
+        let path = match &cfg.profile {
+            Some(p) => home.root().join(p),
+            None => dyno::profile::find(home, model, "latency"),
+        };
+        let p = LatencyProfile::load(&path)
+            .with_context(|| format!("batching: the latency profile {}", path.display()))?;
+        anyhow::ensure!(
+            p.model == model && !p.batches.is_empty(),
+            "batching.max_batch = {} needs the batch curve of `{model}` and {} has {}: \
+             measure it with `dyno profile latency --model {model} --batch 1,2,4,8 --out {}` \
+             (or set max_batch = 1)",
+            cfg.max_batch,
+            path.display(),
+            if p.model == model {
+                "none".to_string()
+            } else {
+                format!("the profile of `{}`", p.model)
+            },
+            path.display()
+        );
+        let limits: Vec<usize> = (0..p.blocks.len())
+            .map(|s| p.batch_limit(s, cfg.max_batch))
+            .collect();
+        tracing::info!(
+            ?limits,
+            "dynamic batching: the largest batch that pays at each split"
+        );
+        Ok(Batching {
+            limits,
+            max_queue_delay: Duration::from_millis(cfg.max_queue_delay_ms),
         })
+    }
+
+    /// The largest batch at `split`.
+    pub fn limit(&self, split: usize) -> usize {
+        self.limits.get(split).copied().unwrap_or(1).max(1)
+    }
+}
+
+/// A frame waiting in the batcher.
+struct Waiting {
+    packed: Vec<u8>,
+    split: usize,
+    enqueued: Instant,
+    answer: oneshot::Sender<Result<TailDone, TailError>>,
+}
+
+/// Collects frames by split and sends each batch to the workers when it is as large as
+/// its split allows or its first frame has waited `max_queue_delay`.
+async fn batcher(
+    mut rx: mpsc::UnboundedReceiver<Waiting>,
+    addr: Addr<CloudWorker>,
+    batching: Batching,
+) {
+    let mut pending: BTreeMap<usize, (Instant, Vec<Waiting>)> = BTreeMap::new();
+    let dispatch = |frames: Vec<Waiting>| {
+        let addr = addr.clone();
+        actix_rt::spawn(async move {
+            let (answers, batch): (Vec<_>, Vec<_>) = frames
+                .into_iter()
+                .map(|w| (w.answer, (w.packed, w.enqueued)))
+                .unzip();
+            let results = addr.send(RunBatch { frames: batch }).await;
+            for (i, a) in answers.into_iter().enumerate() {
+                let r = match &results {
+                    Ok(r) => r
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| Err(TailError::Failed("no answer".into()))),
+                    Err(e) => Err(TailError::Failed(format!("worker thread gone: {e}"))),
+                };
+                let _ = a.send(r);
+            }
+        });
+    };
+    loop {
+        let due = pending
+            .values()
+            .map(|(first, _)| *first + batching.max_queue_delay)
+            .min();
+        let next = match due {
+            Some(at) => tokio::select! {
+                w = rx.recv() => Some(w),
+                _ = tokio::time::sleep_until(at.into()) => None,
+            },
+            None => Some(rx.recv().await),
+        };
+        match next {
+            Some(Some(w)) => {
+                let split = w.split;
+                let entry = pending
+                    .entry(split)
+                    .or_insert_with(|| (Instant::now(), Vec::new()));
+                entry.1.push(w);
+                if entry.1.len() >= batching.limit(split) {
+                    let (_, frames) = pending.remove(&split).expect("just filled");
+                    dispatch(frames);
+                }
+            }
+            Some(None) => {
+                for (_, (_, frames)) in std::mem::take(&mut pending) {
+                    dispatch(frames);
+                }
+                return;
+            }
+            None => {
+                let now = Instant::now();
+                let ready: Vec<usize> = pending
+                    .iter()
+                    .filter(|(_, (first, _))| *first + batching.max_queue_delay <= now)
+                    .map(|(s, _)| *s)
+                    .collect();
+                for s in ready {
+                    let (_, frames) = pending.remove(&s).expect("listed");
+                    dispatch(frames);
+                }
+            }
+        }
     }
 }
 
@@ -106,16 +340,30 @@ pub struct Pool {
     pub slots: usize,
     pub queue: usize,
     in_flight: Arc<AtomicUsize>,
+    batching: Arc<Batching>,
+    /// The batcher's inbox (none without batching).
+    batcher: Option<mpsc::UnboundedSender<Waiting>>,
 }
 
 impl Pool {
-    pub fn start(home: &Home, model: &str, slots: usize, queue: usize) -> Pool {
+    /// `slots` worker threads; `queue` frames waiting beyond them; `batching`
+    /// ([`Batching::off`]: one frame at a time). Within an actix system.
+    pub fn start(home: &Home, model: &str, slots: usize, queue: usize, batching: Batching) -> Pool {
         let (home, model) = (home.clone(), model.to_string());
+        let addr = SyncArbiter::start(slots.max(1), move || CloudWorker::new(&home, &model));
+        let batcher = batching.limits.iter().any(|&l| l > 1).then(|| {
+            // Bounded by admission: at most `slots + queue` frames are ever in it.
+            let (tx, rx) = mpsc::unbounded_channel();
+            actix_rt::spawn(batcher(rx, addr.clone(), batching.clone()));
+            tx
+        });
         Pool {
-            addr: SyncArbiter::start(slots.max(1), move || CloudWorker::new(&home, &model)),
+            addr,
             slots: slots.max(1),
             queue,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            batching: Arc::new(batching),
+            batcher,
         }
     }
 
@@ -131,17 +379,35 @@ impl Pool {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(TailError::Busy(n));
         }
-        let r = self
-            .addr
-            .send(RunTail {
-                packed,
-                enqueued: Instant::now(),
-            })
-            .await;
+        let enqueued = Instant::now();
+        // Its split, from the header alone (a frame whose header does not decode goes
+        // on alone and is refused by the worker with the reason).
+        let split = Header::decode(&packed, DecodeLimits::default().max_elements)
+            .map(|(h, _)| h.split as usize)
+            .ok();
+        let r = match (&self.batcher, split) {
+            (Some(tx), Some(split)) if self.batching.limit(split) > 1 => {
+                let (answer, rx) = oneshot::channel();
+                let w = Waiting {
+                    packed,
+                    split,
+                    enqueued,
+                    answer,
+                };
+                match tx.send(w) {
+                    Ok(()) => rx
+                        .await
+                        .unwrap_or_else(|_| Err(TailError::Failed("the batcher is gone".into()))),
+                    Err(_) => Err(TailError::Failed("the batcher is gone".into())),
+                }
+            }
+            _ => self
+                .addr
+                .send(RunTail { packed, enqueued })
+                .await
+                .unwrap_or_else(|e| Err(TailError::Failed(format!("worker thread gone: {e}")))),
+        };
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        match r {
-            Ok(r) => r,
-            Err(e) => Err(TailError::Failed(format!("worker thread gone: {e}"))),
-        }
+        r
     }
 }

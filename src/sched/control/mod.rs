@@ -801,23 +801,63 @@ mod tests {
         );
     }
 
+    /// A device planned at `from` Mbit/s at t = 10 s whose link is then measured at `to`.
+    fn moved(from: f64, to: f64) -> (Control, Plan) {
+        let tables = crate::sched::tests::toy();
+        let mut c = alone(2.0, from);
+        c.replan(&tables, 10.0);
+        let first = c.plan("d").unwrap().clone();
+        for t in [10.5, 10.6, 10.7] {
+            c.observe_transfer("d", t, 1_000_000, 0.01 + 8e6 / (to * 1e6));
+        }
+        (c, first)
+    }
+
+    /// What the plan a device would get at `to` makes, over what `held` makes there.
+    fn gain(held: &Plan, to: f64) -> f64 {
+        let tables = crate::sched::tests::toy();
+        let mut fresh = alone(2.0, to);
+        fresh.replan(&tables, 0.0);
+        let mut c = Conditions::new(2.0, Link::mbps(to, 10.0));
+        c.cloud_slots = 4.0;
+        c.in_flight = 2.0;
+        let kept = tables.row(&held.candidate).unwrap().predict(&c).throughput;
+        fresh.plan("d").unwrap().expected.fps / kept
+    }
+
     #[test]
     fn a_plan_dwells_while_it_holds_then_follows_the_link() {
         let tables = crate::sched::tests::toy();
-        let (slow, fast) = (1.0, 100.0);
-        let mut c = alone(2.0, slow);
-        c.replan(&tables, 10.0);
-        let first = c.plan("d").unwrap().clone();
-        // The link jumps: within the dwell the plan holds (it still meets the SLO)...
-        c.observe_transfer("d", 10.5, 1_000_000, 0.01 + 8e6 / (fast * 1e6));
-        c.observe_transfer("d", 10.6, 1_000_000, 0.01 + 8e6 / (fast * 1e6));
-        c.observe_transfer("d", 10.7, 1_000_000, 0.01 + 8e6 / (fast * 1e6));
-        assert!(c.replan(&tables, 11.0).changed.is_empty());
+        let rates = [2.0, 5.0, 10.0, 20.0, 50.0, 100.0];
+        // A move to a plan that is better, but by less than DWELL_GAIN.
+        let (from, to) = rates
+            .iter()
+            .flat_map(|&a| rates.iter().map(move |&b| (a, b)))
+            .find(|&(a, b)| {
+                let (mut c, first) = moved(a, b);
+                let g = gain(&first, b);
+                g > 1.0 && g < DWELL_GAIN && {
+                    c.replan(&tables, 10.0 + DWELL_S + 0.1);
+                    c.plan("d").unwrap().candidate != first.candidate
+                }
+            })
+            .expect("the toy tables have a close move");
+        let (mut c, first) = moved(from, to);
+        // Within the dwell the plan holds (it still meets the SLO)...
+        assert!(
+            c.replan(&tables, 11.0).changed.is_empty(),
+            "{from} -> {to} Mbit/s"
+        );
         assert_eq!(c.plan("d").unwrap().epoch, first.epoch);
         // ... and once it has dwelt, it follows.
-        let moved = c.replan(&tables, 10.0 + DWELL_S + 0.1).changed;
-        assert_eq!(moved.len(), 1, "{moved:?}");
-        assert_ne!(moved[0].1.candidate, first.candidate);
+        let moved_on = c.replan(&tables, 10.0 + DWELL_S + 0.1).changed;
+        assert_eq!(moved_on.len(), 1, "{moved_on:?}");
+        assert_ne!(moved_on[0].1.candidate, first.candidate);
+        // A move that gains more than DWELL_GAIN does not wait.
+        let (mut c, first) = moved(1.0, 100.0);
+        assert!(gain(&first, 100.0) > DWELL_GAIN);
+        let at_once = c.replan(&tables, 11.0).changed;
+        assert_eq!(at_once.len(), 1, "{at_once:?}");
     }
 
     #[test]
