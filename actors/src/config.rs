@@ -156,8 +156,8 @@ pub struct BatchingConfig {
     pub max_batch: usize,
     /// How long the first frame of a batch waits for others, milliseconds.
     pub max_queue_delay_ms: u64,
-    /// The latency profile with the batch curve (default: the model's latency profile,
-    /// out/profiles/ then models/profiles/).
+    /// The latency profile with the batch curve (default: the cloud's, from the
+    /// device-classes file: models/profiles/<model>.latency-1thread.json).
     pub profile: Option<PathBuf>,
 }
 

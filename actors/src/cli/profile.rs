@@ -188,7 +188,7 @@ pub fn latency(home: &Home, a: LatencyArgs) -> anyhow::Result<()> {
     }
     if !profile.batches.is_empty() {
         let sizes: Vec<usize> = profile.batch_curve(0).iter().map(|x| x.0).collect();
-        println!("\ntail ms per image by batch size (batched up to: the largest that pays, 95 %)");
+        println!("\ntail ms per image by batch size (batched up to: the largest that saves 15 %)");
         print!("{:>5}", "split");
         for b in &sizes {
             print!("  {:>9}", format!("b={b}"));

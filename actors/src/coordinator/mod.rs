@@ -77,7 +77,7 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
             .await
             .with_context(|| format!("data endpoint {}", cfg.data_listen))?;
         let addr = l.local_addr()?;
-        let batching = Batching::resolve(&cfg.batching, home, &cfg.model)?;
+        let batching = Batching::resolve(&cfg.batching, home, &cfg.model, cfg.devices.as_deref())?;
         let pool = Pool::start(home, &cfg.model, cfg.workers, cfg.queue, batching);
         actix_rt::spawn(worker::serve_data(
             l,

@@ -44,7 +44,7 @@ pub async fn start(cfg: &crate::config::WorkerConfig, home: &Home) -> anyhow::Re
         .await
         .map_err(|e| anyhow::anyhow!("data endpoint {}: {e}", cfg.listen))?;
     let data = l.local_addr()?;
-    let batching = pool::Batching::resolve(&cfg.batching, home, &cfg.model)?;
+    let batching = pool::Batching::resolve(&cfg.batching, home, &cfg.model, None)?;
     let pool = Pool::start(home, &cfg.model, cfg.workers, cfg.queue, batching);
     actix_rt::spawn(serve_data(l, pool.clone(), me.clone(), cfg.fleet.max_frame));
     let advertise = cfg.advertise.clone().unwrap_or_else(|| reachable(data));

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use anyhow::Context as _;
+use dyno::config::{latency_profile_path, Devices};
 use dyno::home::Home;
 use dyno::model::{zoo, Model};
 use dyno::pack::tensor::unpack_tensor;
@@ -201,10 +202,16 @@ impl Batching {
         }
     }
 
-    /// The limits from the batch curve of the latency profile `cfg` names (or the
-    /// model's); an error naming the fix when batching is asked for and no curve was
-    /// measured.
-    pub fn resolve(cfg: &BatchingConfig, home: &Home, model: &str) -> anyhow::Result<Batching> {
+    /// The limits from the batch curve of the latency profile `cfg` names, or the
+    /// cloud's in the device-classes file `devices` (default: config/devices.toml's:
+    /// models/profiles/<model>.latency-1thread.json); an error naming the fix when
+    /// batching is asked for and no curve was measured.
+    pub fn resolve(
+        cfg: &BatchingConfig,
+        home: &Home,
+        model: &str,
+        devices: Option<&std::path::Path>,
+    ) -> anyhow::Result<Batching> {
         anyhow::ensure!(
             cfg.max_batch >= 1,
             "batching.max_batch = 0 is not allowed: give 1 (no batching) or more"
@@ -214,7 +221,10 @@ impl Batching {
         }
         let path = match &cfg.profile {
             Some(p) => home.root().join(p),
-            None => dyno::profile::find(home, model, "latency"),
+            None => {
+                let classes = Devices::load_or_default(devices, home)?;
+                latency_profile_path(classes.cloud.profile.as_deref(), home, model)
+            }
         };
         let p = LatencyProfile::load(&path)
             .with_context(|| format!("batching: the latency profile {}", path.display()))?;
