@@ -156,8 +156,10 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
             .unwrap()
         })
         .collect();
-    // A device's planned share of the pool: its cloud seconds per second over the slots.
-    let share = |st: &serde_json::Value, id: &str| -> f64 {
+    // A device's planned share of the pool: its cloud seconds per second over the slots,
+    // at the rate planned (the prediction's, or the onload budget below it, `null`: no
+    // budget) or, `budgeted` false, at the prediction's rate (what it could use).
+    let load = |st: &serde_json::Value, id: &str, budgeted: bool| -> f64 {
         let slots: f64 = st["workers"]
             .as_array()
             .unwrap()
@@ -171,35 +173,16 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
             .filter(|d| d["id"] == id)
             .map(|d| {
                 let p = &d["plan"]["prediction"];
-                // The rate planned: the prediction's, or the onload budget below it
-                // (`null`: no budget).
+                let budget = d["plan"]["rate_fps"].as_f64().filter(|_| budgeted);
                 let rate = p["throughput"]
                     .as_f64()
                     .unwrap()
-                    .min(d["plan"]["rate_fps"].as_f64().unwrap_or(f64::INFINITY));
+                    .min(budget.unwrap_or(f64::INFINITY));
                 rate * p["cloud_s"].as_f64().unwrap() / slots
             })
             .sum()
     };
-    // What a device's plan would take from the pool without a budget.
-    let unbudgeted = |st: &serde_json::Value, id: &str| -> f64 {
-        let slots: f64 = st["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["slots"].as_f64().unwrap())
-            .sum();
-        st["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|d| d["id"] == id)
-            .map(|d| {
-                let p = &d["plan"]["prediction"];
-                p["throughput"].as_f64().unwrap() * p["cloud_s"].as_f64().unwrap() / slots
-            })
-            .sum()
-    };
+    let share = |st: &serde_json::Value, id: &str| load(st, id, true);
     // All three planned and sending frames, the pool planned full.
     let t = Instant::now();
     let before = loop {
@@ -267,7 +250,7 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
     // The pool was full, and the two left now plan at least half of what was the
     // victim's on top of theirs, or as much as they can use: each device's own
     // throughput (its window and its stages) bounds what it takes from the pool.
-    let usable: f64 = others.iter().map(|id| unbudgeted(&after, id)).sum();
+    let usable: f64 = others.iter().map(|id| load(&after, id, false)).sum();
     let wanted = (others_before + 0.5 * victim_before).min(0.9 * usable);
     assert!(
         others_after >= wanted,

@@ -229,15 +229,8 @@ fn bad_peers_are_refused_and_the_fleet_keeps_working() {
             "--id",
             "good",
             "--verify",
-            // Slow enough, on a short enough round trip, that onloading pays with two
-            // frames in flight (common::agent_args).
-            "--class",
-            "slow10x",
-            "--mbps",
-            "50",
-            "--rtt-ms",
-            "1",
         ])
+        .args(common::ONLOADING_DEVICE)
         .env("DYNO_FLEET_KEY", key)
         .output()
         .unwrap();

@@ -392,13 +392,11 @@ pub fn run(
                 if device_busy[i] || in_flight[i] >= devices[i].in_flight.max(1) {
                     continue;
                 }
-                let expected = coord.control().plan(&devices[i].id).map(|p| p.expected);
-                let budget_fps = coord
-                    .control()
-                    .plan(&devices[i].id)
-                    .map_or(f64::NAN, |p| p.rate_fps);
+                let plan = coord.control().plan(&devices[i].id);
+                let expected = plan.map(|p| p.expected);
+                let budget_fps = plan.map_or(f64::NAN, |p| p.rate_fps);
                 // Before its first plan a device runs device-only, as an agent does.
-                let (c, worker) = match coord.control().plan(&devices[i].id) {
+                let (c, worker) = match plan {
                     // Over its budget, a frame the plan would onload runs on the device.
                     Some(p) if p.worker.is_some() && !budgets[i].admit(t, p.rate_fps) => {
                         (tables.device_only().candidate, None)

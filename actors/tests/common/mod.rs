@@ -226,9 +226,9 @@ pub fn coordinator_args(fleet: &str, listen: &str, workers: usize) -> Vec<String
     .to_vec()
 }
 
-/// The arguments of an insecure `fashion_cnn` agent `id` of class `slow10x` on a
-/// 50 Mbit/s link with a 1 ms RTT, joining the coordinator at `control` directly, for `frames` frames (0:
-/// until stopped).
+/// The arguments of an insecure `fashion_cnn` agent `id` on [`ONLOADING_DEVICE`],
+/// joining the coordinator at `control` directly, for `frames` frames (0: until
+/// stopped).
 pub fn agent_args(fleet: &str, id: &str, control: &str, frames: u64) -> Vec<String> {
     [
         "agent",
@@ -239,23 +239,22 @@ pub fn agent_args(fleet: &str, id: &str, control: &str, frames: u64) -> Vec<Stri
         "fashion_cnn",
         "--id",
         id,
-        "--class",
-        "slow10x",
-        "--mbps",
-        "50",
-        // A 1 ms round trip, so that onloading pays with two frames in flight (at
-        // 20 ms, device-only's 3.4 ms a frame beats 2 frames per round trip).
-        "--rtt-ms",
-        "1",
         "--coordinator",
         control,
         "--no-mdns",
         "--frames",
         &frames.to_string(),
     ]
+    .into_iter()
+    .chain(ONLOADING_DEVICE)
     .map(String::from)
-    .to_vec()
+    .collect()
 }
+
+/// An agent's device that onloads `fashion_cnn`: `slow10x` at 50 Mbit/s with a 1 ms
+/// round trip (at 20 ms, device-only's 3.4 ms a frame beats two frames in flight per
+/// round trip).
+pub const ONLOADING_DEVICE: [&str; 6] = ["--class", "slow10x", "--mbps", "50", "--rtt-ms", "1"];
 
 /// An insecure coordinator (`coordinator_args` and `extra`); returns it with its
 /// control address.
