@@ -11,9 +11,10 @@ use dyno::sched::slo::Slo;
 use dyno::sched::Policy;
 use dyno::wire::{Assignment, DeviceInfo};
 use dyno_actors::coordinator::{
-    self, DeviceJoined, DeviceLeft, GetStatus, LinkSample, Replan, SchedulerActor, WorkerJoined,
-    WorkerLeft,
+    self, Admits, DeviceJoined, DeviceLeft, GetStatus, LinkSample, Replan, SchedulerActor,
+    WorkerJoined, WorkerLeft,
 };
+use dyno_actors::worker::Admission;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -75,7 +76,14 @@ fn slowdown(classes: &Devices, class: &str) -> f64 {
 }
 
 /// The script through the Scheduler actor: the plans after every step.
-fn through_the_actor(planning: Planning, classes: &Devices, home: &Home) -> Vec<Plans> {
+/// Also counts, in `budgeted`, the (step, device) pairs whose worker held a finite
+/// budget for it.
+fn through_the_actor(
+    planning: Planning,
+    classes: &Devices,
+    home: &Home,
+    budgeted: &mut usize,
+) -> Vec<Plans> {
     actix::System::new().block_on(async {
         let (tables, cloud_slowdown) = coordinator::tables(home, "mobilenet_v2", None).unwrap();
         let sharing = planning.sharing();
@@ -89,6 +97,7 @@ fn through_the_actor(planning: Planning, classes: &Devices, home: &Home) -> Vec<
         )
         .start();
         let mut outboxes = BTreeMap::new();
+        let mut admissions: BTreeMap<&str, Admission> = BTreeMap::new();
         let mut keep = Vec::new();
         let mut out = Vec::new();
         for step in script() {
@@ -98,6 +107,7 @@ fn through_the_actor(planning: Planning, classes: &Devices, home: &Home) -> Vec<
                         name: name.into(),
                         data_addr: name.into(),
                         slots,
+                        admits: Admits::Here(admissions.entry(name).or_default().clone()),
                     })
                     .await
                     .unwrap(),
@@ -151,6 +161,29 @@ fn through_the_actor(planning: Planning, classes: &Devices, home: &Home) -> Vec<
                 Step::Tick => actor.send(Replan).await.unwrap(),
             }
             let st = actor.send(GetStatus).await.unwrap();
+            // Every worker's admission holds the budgets of the devices planned onto
+            // it, and no other.
+            for (&w, admission) in &admissions {
+                let live = st.workers.iter().any(|x| x.name == w);
+                for d in &st.devices {
+                    let planned = d
+                        .plan
+                        .as_ref()
+                        .filter(|p| live && p.worker.as_deref() == Some(w))
+                        .map(|p| p.rate_fps);
+                    if live {
+                        assert_eq!(
+                            admission.budget(&d.id),
+                            planned,
+                            "{planning}: worker {w}'s budget for {}",
+                            d.id
+                        );
+                    }
+                    if planned.is_some_and(f64::is_finite) {
+                        *budgeted += 1;
+                    }
+                }
+            }
             out.push(st.devices.into_iter().map(|d| (d.id, d.plan)).collect());
         }
         out
@@ -211,7 +244,8 @@ fn the_coordinator_and_the_simulator_assign_alike_at_every_step_for_every_policy
         .collect();
     let script = script();
     for planning in plannings {
-        let actor = through_the_actor(planning, &classes, &home);
+        let mut budgeted = 0;
+        let actor = through_the_actor(planning, &classes, &home, &mut budgeted);
         let simulated = through_the_simulator(planning, &classes, &home);
         assert_eq!(actor.len(), script.len());
         let mut distinct = std::collections::HashSet::new();
@@ -239,7 +273,8 @@ fn the_coordinator_and_the_simulator_assign_alike_at_every_step_for_every_policy
             distinct.len()
         );
         eprintln!(
-            "{planning}: {} steps, {} distinct (plan, worker) pairs, identical",
+            "{planning}: {} steps, {} distinct (plan, worker) pairs, identical; {budgeted} \
+             device-steps with a finite budget, held by their worker",
             script.len(),
             distinct.len()
         );

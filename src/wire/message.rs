@@ -97,6 +97,11 @@ pub struct DeviceStatus {
     pub fallbacks: u64,
     /// Frames its plan would have onloaded, run on the device over its budget.
     pub over_budget: u64,
+    /// Frames it onloaded over the coordinator's recent window, per second: what its
+    /// budget (`plan.rate_fps`) bounds.
+    pub onload_fps: f64,
+    /// Its head and pack time measured over the profiled (the control step's `k_dev`).
+    pub k_dev: f64,
     /// Frames reported over the coordinator's recent window, per second.
     pub fps: f64,
     /// End-to-end latency of those frames, ms (NaN before any).
@@ -113,6 +118,19 @@ pub struct WorkerStatus {
     pub data_addr: String,
     pub slots: u32,
     pub queued: u32,
+    /// Its service time measured over the profiled (the control step's `k_cloud`).
+    pub k_cloud: f64,
+    /// The queue wait the control step plans with, ms.
+    pub queue_ms: f64,
+    /// Frames it answered busy because their device was over its onload budget.
+    pub over_budget: u64,
+}
+
+/// A device's onload budget on a worker, frames per second (infinite: none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceBudget {
+    pub device: String,
+    pub rate_fps: f64,
 }
 
 /// Everything that travels.
@@ -177,7 +195,14 @@ pub enum Message {
     WorkerLoad {
         queued: u32,
         slots: u32,
+        /// Frames it answered busy because their device was over its onload budget,
+        /// since it started.
+        over_budget: u64,
     },
+    /// The coordinator tells a worker the onload budget of every device planned onto it
+    /// (the whole list: a device not in it has none there), so that its admission
+    /// agrees with the plans.
+    Budgets(Vec<DeviceBudget>),
     // Agent and worker: the data path.
     Infer {
         request: u64,
@@ -226,6 +251,7 @@ impl Message {
             Message::LinkSample { .. } => "LinkSample",
             Message::RegisterWorker { .. } => "RegisterWorker",
             Message::WorkerLoad { .. } => "WorkerLoad",
+            Message::Budgets(_) => "Budgets",
             Message::Infer { .. } => "Infer",
             Message::InferOk { .. } => "InferOk",
             Message::InferErr { .. } => "InferErr",

@@ -14,12 +14,12 @@ pub mod session;
 pub use frame::{codec, Conn, Receiver, Sender};
 pub use handshake::{accept, connect, Identity, Key};
 pub use message::{
-    decode, encode, Assignment, DeviceInfo, DeviceStatus, FleetStatus, FrameReport, Message, Role,
-    Stages, WorkerStatus,
+    decode, encode, Assignment, DeviceBudget, DeviceInfo, DeviceStatus, FleetStatus, FrameReport,
+    Message, Role, Stages, WorkerStatus,
 };
 
 /// Bumped on any incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// No frame may be larger, whatever a config says: the decoder refuses a length field
 /// (of a string or a byte vector) claiming more than this before it allocates.
 pub const FRAME_LIMIT: usize = 64 << 20;

@@ -50,7 +50,7 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<()> {
         st.plans_sent
     );
     println!(
-        "\n{:<16} {:<10} {:<28} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>7} {:>11}",
+        "\n{:<16} {:<10} {:<28} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>11} {:>6}",
         "device",
         "class",
         "plan",
@@ -62,7 +62,9 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<()> {
         "frames",
         "fallbacks",
         "budget",
-        "over budget"
+        "onload",
+        "over budget",
+        "k_dev"
     );
     for d in &st.devices {
         let plan = d
@@ -76,7 +78,7 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<()> {
             .filter(|p| p.rate_fps.is_finite())
             .map_or("-".to_string(), |p| format!("{:.1}", p.rate_fps));
         println!(
-            "{:<16} {:<10} {:<28} {:>8.2} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8} {:>9} {:>7} {:>11}",
+            "{:<16} {:<10} {:<28} {:>8.2} {:>7.1} {:>7.1} {:>8.1} {:>8.1} {:>8} {:>9} {:>7} {:>7.1} {:>11} {:>6.2}",
             d.id,
             d.class,
             plan,
@@ -88,18 +90,26 @@ pub fn run_status(a: StatusArgs) -> anyhow::Result<()> {
             d.frames,
             d.fallbacks,
             budget,
-            d.over_budget
+            d.onload_fps,
+            d.over_budget,
+            d.k_dev
         );
     }
     println!(
-        "\n{:<16} {:<24} {:>6} {:>7}",
-        "worker", "data address", "slots", "queued"
+        "\n{:<16} {:<24} {:>6} {:>7} {:>8} {:>8} {:>11}",
+        "worker", "data address", "slots", "queued", "k_cloud", "wait ms", "over budget"
     );
     for w in &st.workers {
         println!(
-            "{:<16} {:<24} {:>6} {:>7}",
-            w.name, w.data_addr, w.slots, w.queued
+            "{:<16} {:<24} {:>6} {:>7} {:>8.2} {:>8.1} {:>11}",
+            w.name, w.data_addr, w.slots, w.queued, w.k_cloud, w.queue_ms, w.over_budget
         );
     }
+    println!(
+        "\nbudget, onload: frames/s a device may onload, and does (over the last {:.0} s); \
+         over budget: frames run on the device (device rows) or answered busy (worker rows) \
+         over it; k_dev, k_cloud: measured time over profiled; wait: the queue wait planned with",
+        coordinator::RECENT_S
+    );
     Ok(())
 }

@@ -11,8 +11,8 @@ use dyno::wire::{Conn, Identity, Message, Role, WireError};
 use tokio::net::TcpListener;
 
 use super::scheduler::{
-    DeviceJoined, DeviceLeft, FrameDone, LinkSample, SchedulerActor, WorkerJoined, WorkerLeft,
-    WorkerLoad,
+    Admits, DeviceJoined, DeviceLeft, FrameDone, LinkSample, SchedulerActor, WorkerJoined,
+    WorkerLeft, WorkerLoad,
 };
 use super::status::GetStatus;
 
@@ -98,6 +98,7 @@ async fn control_session(
                     name: wname,
                     data_addr,
                     slots,
+                    admits: Admits::Remote(out.clone()),
                 });
             }
             (Role::Observer, Message::StatusRequest) => match scheduler.send(GetStatus).await {
@@ -109,11 +110,19 @@ async fn control_session(
                     break;
                 }
             },
-            (Role::Worker, Message::WorkerLoad { queued, .. }) => {
+            (
+                Role::Worker,
+                Message::WorkerLoad {
+                    queued,
+                    over_budget,
+                    ..
+                },
+            ) => {
                 if let Some(w) = &worker {
                     scheduler.do_send(WorkerLoad {
                         name: w.clone(),
                         queued,
+                        over_budget,
                     });
                 }
             }

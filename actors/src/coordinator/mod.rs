@@ -14,7 +14,7 @@ use dyno::wire::{Identity, Role};
 use tokio::net::TcpListener;
 
 use crate::config::CoordinatorConfig;
-use crate::worker::{self, reachable, Batching, Pool};
+use crate::worker::{self, reachable, Admission, Batching, Pool};
 
 mod endpoint;
 mod scheduler;
@@ -22,8 +22,8 @@ mod status;
 
 pub use dyno::wire::{DeviceStatus, FleetStatus, WorkerStatus};
 pub use scheduler::{
-    DeviceJoined, DeviceLeft, FrameDone, LinkSample, Replan, SchedulerActor, WorkerJoined,
-    WorkerLeft, WorkerLoad,
+    Admits, DeviceJoined, DeviceLeft, FrameDone, LinkSample, Replan, SchedulerActor, WorkerJoined,
+    WorkerLeft, WorkerLoad, RECENT_S,
 };
 pub use status::{fetch_status, GetStatus};
 
@@ -79,9 +79,11 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
         let addr = l.local_addr()?;
         let batching = Batching::resolve(&cfg.batching, home, &cfg.model, cfg.devices.as_deref())?;
         let pool = Pool::start(home, &cfg.model, cfg.workers, cfg.queue, batching);
+        let admission = Admission::default();
         actix_rt::spawn(worker::serve_data(
             l,
             pool.clone(),
+            admission.clone(),
             me.clone(),
             cfg.fleet.max_frame,
         ));
@@ -89,6 +91,7 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
             name: EMBEDDED_WORKER.into(),
             data_addr: reachable(addr),
             slots: cfg.workers as u32,
+            admits: Admits::Here(admission.clone()),
         });
         data = Some(addr);
         let s = scheduler.clone();
@@ -99,6 +102,7 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
                 s.do_send(WorkerLoad {
                     name: EMBEDDED_WORKER.into(),
                     queued: pool.queued() as u32,
+                    over_budget: admission.refused(),
                 });
             }
         });

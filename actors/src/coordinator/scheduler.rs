@@ -12,7 +12,7 @@ use dyno::sched::control::{
 };
 use dyno::sched::perf::Tables;
 use dyno::wire::session::Outbox;
-use dyno::wire::{Assignment, DeviceInfo, FrameReport, Message};
+use dyno::wire::{Assignment, DeviceBudget, DeviceInfo, FrameReport, Message};
 
 /// The window of reports behind a device's rate and latency figures, seconds.
 pub const RECENT_S: f64 = 10.0;
@@ -25,14 +25,25 @@ pub(super) struct DeviceSession {
     pub fallbacks: u64,
     /// Frames run on the device over the onload budget.
     pub over_budget: u64,
-    /// (when, end-to-end seconds) of the reports of the last `RECENT_S` seconds.
-    pub recent: VecDeque<(Instant, f64)>,
+    /// (when, end-to-end seconds, onloaded) of the reports of the last `RECENT_S`
+    /// seconds.
+    pub recent: VecDeque<(Instant, f64, bool)>,
 }
 
 pub(super) struct WorkerSession {
     pub data_addr: String,
     pub slots: u32,
     pub queued: u32,
+    /// Frames it refused over a device's budget, as it last reported.
+    pub over_budget: u64,
+    pub admits: Admits,
+}
+
+/// Where a worker's admission takes the budgets: the coordinator's own pool's, or a
+/// worker process's session.
+pub enum Admits {
+    Here(crate::worker::Admission),
+    Remote(Outbox),
 }
 
 /// The Scheduler actor.
@@ -106,6 +117,12 @@ impl SchedulerActor {
         let r = self.control.replan(&self.tables, self.now());
         metrics::histogram!("dyno_replan_seconds").record(timer.elapsed().as_secs_f64());
         metrics::gauge!("dyno_pool_utilisation").set(self.control.utilisation());
+        // The workers learn the budgets before the devices their plans.
+        if !r.changed.is_empty() {
+            for name in self.workers.keys() {
+                self.send_budgets(name);
+            }
+        }
         for (id, a) in r.changed {
             let Some(d) = self.devices.get(&id) else {
                 continue;
@@ -120,6 +137,30 @@ impl SchedulerActor {
             self.plans_sent += 1;
         }
         self.probe(r.probes);
+    }
+
+    /// Tells worker `name` the budget of every device planned onto it.
+    fn send_budgets(&self, name: &str) {
+        let Some(w) = self.workers.get(name) else {
+            return;
+        };
+        let budgets: Vec<DeviceBudget> = self
+            .devices
+            .keys()
+            .filter_map(|id| {
+                let p = self.control.plan(id)?;
+                (p.worker.as_deref() == Some(name)).then(|| DeviceBudget {
+                    device: id.clone(),
+                    rate_fps: p.rate_fps,
+                })
+            })
+            .collect();
+        match &w.admits {
+            Admits::Here(a) => a.set(&budgets),
+            Admits::Remote(tx) => {
+                let _ = tx.send(Message::Budgets(budgets));
+            }
+        }
     }
 
     fn probe(&self, ids: Vec<(String, u32)>) {
@@ -164,6 +205,7 @@ pub struct WorkerJoined {
     pub name: String,
     pub data_addr: String,
     pub slots: u32,
+    pub admits: Admits,
 }
 
 #[derive(Message)]
@@ -177,6 +219,8 @@ pub struct WorkerLeft {
 pub struct WorkerLoad {
     pub name: String,
     pub queued: u32,
+    /// Frames it refused over a device's budget since it started.
+    pub over_budget: u64,
 }
 
 /// A link sample of a device: `bytes` in `seconds` (one RTT included); 0 bytes is a
@@ -272,13 +316,17 @@ impl Handler<WorkerJoined> for SchedulerActor {
         metrics::counter!("dyno_registrations_total", "role" => "worker").increment(1);
         let r = self.control.join_worker(&m.name, m.slots);
         self.workers.insert(
-            m.name,
+            m.name.clone(),
             WorkerSession {
                 data_addr: m.data_addr,
                 slots: m.slots,
                 queued: 0,
+                over_budget: 0,
+                admits: m.admits,
             },
         );
+        // A worker that comes back learns the budgets it holds at once.
+        self.send_budgets(&m.name);
         self.react(r, ctx);
     }
 }
@@ -299,6 +347,7 @@ impl Handler<WorkerLoad> for SchedulerActor {
     fn handle(&mut self, m: WorkerLoad, ctx: &mut Self::Context) {
         if let Some(w) = self.workers.get_mut(&m.name) {
             w.queued = m.queued;
+            w.over_budget = m.over_budget;
             let r = self
                 .control
                 .observe_worker_load(&m.name, self.now(), m.queued);
@@ -338,7 +387,8 @@ impl Handler<FrameDone> for SchedulerActor {
         d.frames += 1;
         let now = Instant::now();
         let total_s = m.report.stages.total();
-        d.recent.push_back((now, total_s));
+        let onloaded = m.report.bytes > 0 && !m.report.fallback;
+        d.recent.push_back((now, total_s, onloaded));
         while d
             .recent
             .front()

@@ -15,7 +15,7 @@ use super::scheduler::{SchedulerActor, RECENT_S};
 pub struct GetStatus;
 
 /// The `q` quantile of the latencies (seconds) of `recent` reports; NaN when empty.
-fn quantile(recent: &VecDeque<(Instant, f64)>, q: f64) -> f64 {
+fn quantile(recent: &VecDeque<(Instant, f64, bool)>, q: f64) -> f64 {
     let mut v: Vec<f64> = recent.iter().map(|r| r.1).collect();
     v.sort_by(f64::total_cmp);
     percentile(&v, q)
@@ -28,6 +28,12 @@ impl Handler<GetStatus> for SchedulerActor {
             .devices
             .iter()
             .map(|(id, d)| {
+                // The window the rates are over: since its oldest recent report.
+                let span = d
+                    .recent
+                    .front()
+                    .map_or(0.0, |f| f.0.elapsed().as_secs_f64())
+                    .clamp(1.0, RECENT_S);
                 let link = self
                     .control
                     .link(id)
@@ -41,14 +47,9 @@ impl Handler<GetStatus> for SchedulerActor {
                     frames: d.frames,
                     fallbacks: d.fallbacks,
                     over_budget: d.over_budget,
-                    fps: {
-                        let span = d
-                            .recent
-                            .front()
-                            .map_or(0.0, |f| f.0.elapsed().as_secs_f64())
-                            .clamp(1.0, RECENT_S);
-                        d.recent.len() as f64 / span
-                    },
+                    fps: d.recent.len() as f64 / span,
+                    onload_fps: d.recent.iter().filter(|r| r.2).count() as f64 / span,
+                    k_dev: self.control.feedback(id).map_or(f64::NAN, |f| f.k_dev),
                     latency_p50_ms: quantile(&d.recent, 0.5) * 1e3,
                     latency_p95_ms: quantile(&d.recent, 0.95) * 1e3,
                     registrations: self.registrations.get(id).copied().unwrap_or(0),
@@ -59,11 +60,20 @@ impl Handler<GetStatus> for SchedulerActor {
         let mut workers: Vec<WorkerStatus> = self
             .workers
             .iter()
-            .map(|(name, w)| WorkerStatus {
-                name: name.clone(),
-                data_addr: w.data_addr.clone(),
-                slots: w.slots,
-                queued: w.queued,
+            .map(|(name, w)| {
+                let (k_cloud, queue_s) = self
+                    .control
+                    .worker_feedback(name)
+                    .unwrap_or((f64::NAN, f64::NAN));
+                WorkerStatus {
+                    name: name.clone(),
+                    data_addr: w.data_addr.clone(),
+                    slots: w.slots,
+                    queued: w.queued,
+                    k_cloud,
+                    queue_ms: queue_s * 1e3,
+                    over_budget: w.over_budget,
+                }
             })
             .collect();
         workers.sort_by(|a, b| a.name.cmp(&b.name));

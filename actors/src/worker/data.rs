@@ -1,6 +1,7 @@
 //! The data endpoint: each agent connection is handshaken, then every `Infer` is
-//! answered with `InferOk` or `InferErr`. A peer that fails the handshake or sends
-//! garbage is dropped with a logged reason.
+//! answered with `InferOk` or `InferErr` (busy at once when its device is over its
+//! onload budget, `admission`). A peer that fails the handshake or sends garbage is
+//! dropped with a logged reason.
 use std::net::SocketAddr;
 
 use dyno::wire::session::{self, pump};
@@ -8,19 +9,26 @@ use dyno::wire::{self, Conn, Identity, Message};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+use super::admission::Admission;
 use super::pool::{Pool, TailError};
 
 /// Serves the data endpoint on `listener` until the process ends: each agent connection
 /// is handshaken, then every `Infer` is answered with `InferOk` or `InferErr`. A peer that
 /// fails the handshake or sends garbage is dropped with a logged reason.
-pub async fn serve_data(listener: TcpListener, pool: Pool, me: Identity, max_frame: usize) {
+pub async fn serve_data(
+    listener: TcpListener,
+    pool: Pool,
+    admission: Admission,
+    me: Identity,
+    max_frame: usize,
+) {
     session::serve(listener, me, max_frame, "data", move |conn, peer| {
-        data_session(conn, peer, pool.clone())
+        data_session(conn, peer, pool.clone(), admission.clone())
     })
     .await
 }
 
-async fn data_session(conn: Conn, peer: SocketAddr, pool: Pool) {
+async fn data_session(conn: Conn, peer: SocketAddr, pool: Pool, admission: Admission) {
     let name = conn.peer.clone();
     let (tx, mut rx) = conn.split();
     let (out, writer) = pump(tx);
@@ -29,6 +37,18 @@ async fn data_session(conn: Conn, peer: SocketAddr, pool: Pool) {
             Ok(Message::Infer {
                 request, packed, ..
             }) => {
+                // The budget is the authenticated peer's: the name it shook hands with.
+                if let Err(rate) = admission.admit(&name) {
+                    let _ = out.send(Message::InferErr {
+                        request,
+                        busy: true,
+                        reason: format!(
+                            "{name} is over its onload budget of {rate:.2} frames/s: \
+                             finish the frame on the device"
+                        ),
+                    });
+                    continue;
+                }
                 let (pool, out) = (pool.clone(), out.clone());
                 // The frame's span, as the agent names it (device, request).
                 let span = tracing::info_span!("frame", device = %name, request);

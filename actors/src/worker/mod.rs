@@ -10,9 +10,11 @@ use tokio::net::TcpListener;
 
 use crate::discovery;
 
+mod admission;
 mod data;
 mod pool;
 
+pub use admission::Admission;
 pub use data::serve_data;
 pub use pool::{Batching, CloudWorker, Pool, RunTail, TailDone, TailError};
 
@@ -46,7 +48,14 @@ pub async fn start(cfg: &crate::config::WorkerConfig, home: &Home) -> anyhow::Re
     let data = l.local_addr()?;
     let batching = pool::Batching::resolve(&cfg.batching, home, &cfg.model, None)?;
     let pool = Pool::start(home, &cfg.model, cfg.workers, cfg.queue, batching);
-    actix_rt::spawn(serve_data(l, pool.clone(), me.clone(), cfg.fleet.max_frame));
+    let admission = Admission::default();
+    actix_rt::spawn(serve_data(
+        l,
+        pool.clone(),
+        admission.clone(),
+        me.clone(),
+        cfg.fleet.max_frame,
+    ));
     let advertise = cfg.advertise.clone().unwrap_or_else(|| reachable(data));
     let register = Message::RegisterWorker {
         name: cfg.name.clone(),
@@ -57,44 +66,71 @@ pub async fn start(cfg: &crate::config::WorkerConfig, home: &Home) -> anyhow::Re
     let (coordinators, max_frame, mdns) = (cfg.coordinators.clone(), cfg.fleet.max_frame, cfg.mdns);
     actix_rt::spawn(async move {
         loop {
-            let (addr, mut conn) =
+            let (addr, conn) =
                 discovery::connect(&me, max_frame, mdns, &coordinators, "not registered yet").await;
-            if conn.send(&register).await.is_err() {
-                continue;
-            }
-            tracing::info!(coordinator = %addr, "registered");
-            let mut seq = 0;
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                seq += 1;
-                let load = Message::WorkerLoad {
-                    queued: pool.queued() as u32,
-                    slots: pool.slots as u32,
-                };
-                if conn.send(&load).await.is_err()
-                    || conn.send(&Message::Heartbeat { seq }).await.is_err()
-                {
-                    break;
-                }
-                match tokio::time::timeout(std::time::Duration::from_secs(3), conn.recv()).await {
-                    Ok(Ok(Message::HeartbeatAck { .. })) => {}
-                    Ok(Ok(m)) => {
-                        tracing::warn!("coordinator sent {}: reconnecting", m.kind());
-                        break;
-                    }
-                    Ok(Err(e)) => {
-                        tracing::info!("lost the coordinator: {e}");
-                        break;
-                    }
-                    Err(_) => {
-                        tracing::info!("the coordinator is silent: reconnecting");
-                        break;
-                    }
-                }
-            }
+            tracing::info!(coordinator = %addr, "connected");
+            let why = session(conn, &register, &pool, &admission).await;
+            tracing::info!("{why}: reconnecting");
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
     });
     Ok(Worker { data })
+}
+
+/// One registration with the coordinator: the load and a heartbeat every 0.5 s, and
+/// the budgets it sends taken in as they come; returns why it ended (the coordinator
+/// gone, or silent for 3 s).
+async fn session(
+    conn: wire::Conn,
+    register: &Message,
+    pool: &Pool,
+    admission: &Admission,
+) -> String {
+    use std::time::Duration;
+    use tokio::time::Instant;
+    let (tx, mut rx) = conn.split();
+    let (out, writer) = wire::session::pump(tx);
+    let _stop = AbortOnDrop(writer);
+    if out.send(register.clone()).is_err() {
+        return "not registered".into();
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut seq = 0;
+    let mut heard = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if heard.elapsed() > Duration::from_secs(3) {
+                    return "the coordinator is silent".into();
+                }
+                seq += 1;
+                let load = Message::WorkerLoad {
+                    queued: pool.queued() as u32,
+                    slots: pool.slots as u32,
+                    over_budget: admission.refused(),
+                };
+                if out.send(load).is_err() || out.send(Message::Heartbeat { seq }).is_err() {
+                    return "lost the coordinator".into();
+                }
+            }
+            m = rx.recv() => match m {
+                Ok(Message::HeartbeatAck { .. }) => heard = Instant::now(),
+                Ok(Message::Budgets(b)) => {
+                    tracing::debug!(devices = b.len(), "budgets");
+                    admission.set(&b);
+                }
+                Ok(m) => return format!("the coordinator sent {}", m.kind()),
+                Err(e) => return format!("lost the coordinator: {e}"),
+            },
+        }
+    }
+}
+
+/// Ends the writer pump with the session.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -40,7 +40,7 @@ pub mod feedback;
 mod link;
 mod step;
 
-pub use budget::{Budget, BURST_S};
+pub use budget::{Budget, ARRIVAL_SLACK_S, BURST_S};
 pub use link::{LinkState, ProbeRule, PROBE};
 pub use step::{cloud_load, device_slots, step, Assigned, DeviceView, Expected, Step, WorkerView};
 
@@ -487,6 +487,12 @@ impl Control {
             k_cloud,
             queue_s,
         })
+    }
+
+    /// A worker's correction: its `k_cloud` and the queue wait planned with, seconds.
+    pub fn worker_feedback(&self, name: &str) -> Option<(f64, f64)> {
+        let w = self.workers.get(name)?;
+        Some((w.k_cloud.value, w.queue.value_s))
     }
 
     /// The cloud a device is planned against: its worker's `k_cloud` and queue wait, or
