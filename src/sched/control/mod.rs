@@ -316,8 +316,12 @@ pub struct Replanned {
     pub probes: Vec<(String, u32)>,
 }
 
-/// Whether an onload rate moved by more than 10 % (a plan with it is sent again).
-fn rate_moved(sent: f64, now: f64) -> bool {
+/// Whether an onload rate moved by more than 10 % (a plan with it is sent again), as
+/// what it lets the device onload: a budget at or above the plan's throughput
+/// (`throughput_fps`), or none, lets it onload all it makes. So a budget that moves
+/// between none and just under the throughput is not sent again and again.
+fn rate_moved(sent: f64, now: f64, throughput_fps: f64) -> bool {
+    let (sent, now) = (sent.min(throughput_fps), now.min(throughput_fps));
     if sent.is_infinite() || now.is_infinite() {
         return sent != now;
     }
@@ -627,7 +631,7 @@ impl Control {
             if let Some(p) = d.plan.as_mut().filter(|p| {
                 p.candidate == a.candidate
                     && p.worker == worker
-                    && !rate_moved(p.rate_fps, a.rate_fps)
+                    && !rate_moved(p.rate_fps, a.rate_fps, a.prediction.throughput)
             }) {
                 // The same plan: its prediction under today's conditions, the rate
                 // as it was sent.
@@ -868,12 +872,18 @@ mod tests {
 
     #[test]
     fn a_rate_is_sent_again_when_it_moved_by_more_than_ten_percent() {
-        assert!(!rate_moved(10.0, 10.9));
-        assert!(rate_moved(10.0, 11.1));
-        assert!(rate_moved(10.0, 8.9));
-        assert!(!rate_moved(f64::INFINITY, f64::INFINITY));
-        assert!(rate_moved(f64::INFINITY, 10.0));
-        assert!(rate_moved(10.0, f64::INFINITY));
+        let inf = f64::INFINITY;
+        assert!(!rate_moved(10.0, 10.9, 30.0));
+        assert!(rate_moved(10.0, 11.1, 30.0));
+        assert!(rate_moved(10.0, 8.9, 30.0));
+        assert!(!rate_moved(inf, inf, 30.0));
+        assert!(rate_moved(inf, 10.0, 30.0));
+        assert!(rate_moved(10.0, inf, 30.0));
+        // As what the device may onload: no budget and one just under what it makes
+        // are the same; one well under it is not.
+        assert!(!rate_moved(inf, 17.0, 18.0));
+        assert!(!rate_moved(17.0, inf, 18.0));
+        assert!(rate_moved(inf, 15.0, 18.0));
     }
 
     #[test]
