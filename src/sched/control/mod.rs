@@ -609,6 +609,10 @@ impl Control {
                 Some((p, allowed, Expected::of(tables, &cond, &p, v.budget_fps)))
             })
             .collect();
+        let conds: Vec<Conditions> = views
+            .iter()
+            .map(|v| v.conditions(self.cloud_slowdown, slots))
+            .collect();
         drop(views);
         let membership_changed = std::mem::take(&mut self.membership_changed);
         // The plans are made with today's factors: drift is measured from here.
@@ -672,6 +676,7 @@ impl Control {
             d.plan = Some(plan.clone());
             out.changed.push((id.clone(), plan));
         }
+        self.expect_shares(tables, &conds, &mut out);
         let slots: f64 = self.workers.values().map(|w| f64::from(w.slots)).sum();
         let load: f64 = self
             .devices
@@ -682,6 +687,41 @@ impl Control {
         self.utilisation = if slots > 0.0 { load / slots } else { 0.0 };
         out.probes = self.probes(now_s);
         out
+    }
+
+    /// What each device is expected to make, with its share of its worker: plans made
+    /// each alone (per-device planning) can offer a worker more than its slots serve,
+    /// and then each gets that worker's slots over its load ([`Expected::shared`]).
+    /// `conds`: each device's conditions, in the devices' order.
+    fn expect_shares(&mut self, tables: &Tables, conds: &[Conditions], out: &mut Replanned) {
+        let mut load: BTreeMap<&str, f64> = BTreeMap::new();
+        for p in self.devices.values().filter_map(|d| d.plan.as_ref()) {
+            if let Some(w) = p.worker.as_deref() {
+                *load.entry(w).or_default() += p.cloud_load();
+            }
+        }
+        let shares: BTreeMap<String, f64> = load
+            .into_iter()
+            .filter_map(|(w, load)| {
+                let slots = f64::from(self.workers.get(w)?.slots);
+                Some((w.to_string(), (slots / load).min(1.0)))
+            })
+            .collect();
+        for ((id, d), cond) in self.devices.iter_mut().zip(conds) {
+            let Some(p) = d.plan.as_mut() else { continue };
+            let share = p
+                .worker
+                .as_deref()
+                .and_then(|w| shares.get(w))
+                .copied()
+                .unwrap_or(1.0);
+            if share < 1.0 {
+                p.expected = Expected::shared(tables, cond, &p.prediction, p.rate_fps, share);
+                if let Some((_, sent)) = out.changed.iter_mut().find(|(c, _)| c == id) {
+                    sent.expected = p.expected;
+                }
+            }
+        }
     }
 
     /// The plan in force for a device.
@@ -801,7 +841,7 @@ mod tests {
         let k = c.feedback("d").unwrap().k_dev;
         assert!((k - 2.0).abs() < 0.05, "k_dev {k}");
         assert!(
-            asked.is_some_and(|n| n <= feedback::WINDOW / 2 + 1),
+            asked.is_some_and(|n| n <= feedback::FACTOR_WINDOW / 3),
             "asked after {asked:?} frames"
         );
         assert_eq!(
@@ -931,5 +971,49 @@ mod tests {
         // With the membership unchanged, the next re-plan keeps every plan.
         let again = c.replan(&tables, 3.0).changed;
         assert!(again.is_empty(), "{again:?}");
+    }
+
+    #[test]
+    fn devices_planned_alone_on_one_slot_expect_their_share_of_it() {
+        let tables = crate::sched::tests::toy();
+        let ids = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let expected = |sharing: Sharing| {
+            let mut c = Control::new(sharing, 1.0, 0.0);
+            c.join_worker("w", 1);
+            for id in ids {
+                let spec = DeviceSpec {
+                    slowdown: 2.0,
+                    slo: Slo::default(),
+                    policy: Policy::Dyno,
+                    in_flight: 2,
+                };
+                c.join_device(id, spec, 0.0);
+                c.observe_rtt(id, 0.0, 0.01);
+                c.observe_transfer(id, 0.0, 1_000_000, 0.01 + 8e6 / 50e6);
+            }
+            c.replan(&tables, 1.0);
+            let offered: f64 = ids.iter().map(|id| c.plan(id).unwrap().cloud_load()).sum();
+            let made: f64 = ids
+                .iter()
+                .map(|id| {
+                    let p = c.plan(id).unwrap();
+                    // The onloaded part of what it is expected to make.
+                    p.expected.fps.min(p.rate_fps) * p.prediction.cloud_s
+                })
+                .sum();
+            (offered, made)
+        };
+        // Eight devices planned each alone offer the one slot several times what it
+        // serves; what they are expected to make fills it, and no more.
+        let (offered, made) = expected(Sharing::PerDevice);
+        assert!(offered > 2.0, "offered {offered}");
+        assert!(
+            (made - 1.0).abs() < 1e-6,
+            "expected to use {made} of one slot"
+        );
+        // Fleet-aware plans fit the slot already: their expectation is unchanged.
+        let (offered, made) = expected(Sharing::FleetAware);
+        assert!(offered <= 1.0 + 1e-9, "offered {offered}");
+        assert!((made - offered).abs() < 1e-9, "{made} against {offered}");
     }
 }

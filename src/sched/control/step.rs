@@ -107,6 +107,31 @@ impl Expected {
     }
 }
 
+impl Expected {
+    /// [`Expected::of`] on a worker offered more than its slots serve: the pool serves
+    /// each device `share` of the frames it onloads (a FIFO queue serves them in the
+    /// order they come). Frames over a budget still finish on the device. The latency
+    /// is the plan's: it carries the queue wait the worker reports.
+    pub fn shared(
+        tables: &Tables,
+        c: &Conditions,
+        p: &Prediction,
+        rate_fps: f64,
+        share: f64,
+    ) -> Expected {
+        if !(share < 1.0) {
+            return Expected::of(tables, c, p, rate_fps);
+        }
+        if rate_fps < p.throughput {
+            return Expected::of(tables, c, p, rate_fps * share);
+        }
+        Expected {
+            fps: p.throughput * share.max(0.0),
+            latency_s: p.latency_s,
+        }
+    }
+}
+
 /// A budget of `rate` frames per second against a plan that goes at `throughput`:
 /// none (infinite) unless it holds the plan back.
 fn budget(rate: f64, throughput: f64) -> f64 {
