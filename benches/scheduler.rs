@@ -77,7 +77,7 @@ fn scheduler(c: &mut Criterion) {
     ] {
         let mut ctl = Control::new(sharing, 1.0, 0.0);
         for w in 0..4 {
-            ctl.join_worker(&format!("w{w}"), 8);
+            ctl.join_worker(&format!("w{w}"), 8, dyno::sched::batch::Batching::off());
         }
         for d in &devices {
             let spec = DeviceSpec {

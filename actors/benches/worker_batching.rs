@@ -18,7 +18,7 @@ use dyno::pack::tensor::pack_tensor;
 use dyno::pack::{Codec, PackOptions, Packer, Precision, TensorId};
 use dyno::stats::percentile;
 use dyno_actors::config::BatchingConfig;
-use dyno_actors::worker::{Batching, Pool};
+use dyno_actors::worker::{resolve_batching, Batching, Pool};
 
 const SENDERS: usize = 8;
 const SPLITS: [usize; 4] = [0, 4, 8, 14];
@@ -60,7 +60,7 @@ fn worker_batching(c: &mut Criterion) {
         max_batch: 8,
         ..BatchingConfig::default()
     };
-    let batching = Batching::resolve(&cfg, &home, "mobilenet_v2", None)
+    let batching = resolve_batching(&cfg, &home, "mobilenet_v2", None)
         .expect("the model's latency profile has its batch curve");
     let sys = actix_rt::System::new();
     let (alone, batched) = sys.block_on(async {

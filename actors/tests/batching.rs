@@ -2,7 +2,6 @@
 //! one batch, each answered with its own top-1 (the same as alone) and the batch's size;
 //! a split whose curve does not pay, and a pool without batching, run frames one at a
 //! time.
-use std::time::Duration;
 
 use dyno::data;
 use dyno::home::Home;
@@ -37,7 +36,7 @@ fn frames_of_one_split_run_as_one_batch_with_their_own_answers() {
     limits[8] = 8;
     let batching = Batching {
         limits,
-        max_queue_delay: Duration::from_millis(200),
+        max_queue_delay_s: 0.2,
     };
     let (batched, alone, single) = actix::System::new().block_on(async move {
         let pool = Pool::start(&home, "mobilenet_v2", 1, 16, batching);

@@ -14,7 +14,7 @@ use dyno_actors::coordinator::{
     self, Admits, DeviceJoined, DeviceLeft, GetStatus, LinkSample, Replan, SchedulerActor,
     WorkerJoined, WorkerLeft,
 };
-use dyno_actors::worker::Admission;
+use dyno_actors::worker::{Admission, Batching};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -107,6 +107,7 @@ fn through_the_actor(
                         name: name.into(),
                         data_addr: name.into(),
                         slots,
+                        batching: Batching::off(),
                         admits: Admits::Here(admissions.entry(name).or_default().clone()),
                     })
                     .await
@@ -199,7 +200,7 @@ fn through_the_simulator(planning: Planning, classes: &Devices, home: &Home) -> 
     for (i, step) in script().into_iter().enumerate() {
         let t = 0.1 * i as f64;
         let deferred = match step {
-            Step::WorkerJoins(name, slots) => c.join_worker(name, slots, t),
+            Step::WorkerJoins(name, slots) => c.join_worker(name, slots, Batching::off(), t),
             Step::WorkerLeaves(name) => c.leave_worker(name, t),
             Step::DeviceJoins(id, class) => {
                 devices.push(id);

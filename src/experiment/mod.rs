@@ -137,6 +137,20 @@ pub struct CloudSpec {
     pub workers: usize,
     #[serde(default = "one")]
     pub slowdown: f64,
+    /// Dynamic batching in the pool (1: none): frames of one split batched up to the
+    /// size where the cloud profile's batch curve pays, within `max_queue_delay_ms`.
+    #[serde(default = "one_frame")]
+    pub max_batch: usize,
+    #[serde(default = "five_ms")]
+    pub max_queue_delay_ms: f64,
+}
+
+fn one_frame() -> usize {
+    1
+}
+
+fn five_ms() -> f64 {
+    5.0
 }
 
 fn one() -> f64 {
@@ -148,6 +162,8 @@ impl Default for CloudSpec {
         CloudSpec {
             workers: 1,
             slowdown: 1.0,
+            max_batch: 1,
+            max_queue_delay_ms: 5.0,
         }
     }
 }
@@ -235,6 +251,16 @@ impl Experiment {
         pos("duration_s", self.duration_s)?;
         pos("replan_s", self.replan_s)?;
         pos("cloud.slowdown", self.cloud.slowdown)?;
+        if self.cloud.max_batch == 0 {
+            return Err("cloud.max_batch = 0: give 1 (no batching) or more".into());
+        }
+        if !(self.cloud.max_queue_delay_ms.is_finite() && self.cloud.max_queue_delay_ms >= 0.0) {
+            return Err(format!(
+                "cloud.max_queue_delay_ms = {}: give a number of milliseconds >= 0",
+                self.cloud.max_queue_delay_ms
+            )
+            .into());
+        }
         if self.policies.is_empty() {
             return Err(
                 "policies is empty: name at least one of device-only, cloud-only, \
@@ -333,6 +359,28 @@ pub struct Outcome {
 }
 
 impl Experiment {
+    /// The pool's batching ([cloud] `max_batch`, `max_queue_delay_ms`) with the batch
+    /// curve of the cloud's latency profile in the device-classes file.
+    pub fn batching(
+        &self,
+        classes: &Devices,
+        home: &Home,
+    ) -> anyhow::Result<crate::sched::batch::Batching> {
+        let path = crate::config::latency_profile_path(
+            classes.cloud.profile.as_deref(),
+            home,
+            &self.model,
+        );
+        crate::sched::batch::Batching::resolve(
+            &path,
+            &self.model,
+            self.cloud.max_batch,
+            // Whole milliseconds, as the worker's file takes it.
+            self.cloud.max_queue_delay_ms.round() / 1e3,
+        )
+        .map_err(|e| anyhow::anyhow!("[cloud] {e}"))
+    }
+
     /// The sweep's bandwidths, or one run without a sweep.
     pub fn points(&self) -> Vec<Option<f64>> {
         if self.sweep.mbps.is_empty() {
@@ -489,6 +537,7 @@ pub fn prediction_errors(rows: &[Row]) -> Option<PredictionErrors> {
 pub fn simulate(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outcome> {
     let classes = Devices::load_or_default(e.devices_file.as_deref(), home)?;
     let tables = classes.tables(home, &e.model)?;
+    let batching = e.batching(&classes, home)?;
     let slo = match &e.slo {
         Some(p) => Slo::load(&home.root().join(p))?,
         None => Slo::default(),
@@ -544,6 +593,7 @@ pub fn simulate(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<O
                 &mut devices,
                 e.cloud.workers,
                 e.cloud.slowdown,
+                &batching,
                 &slo,
                 planning,
                 e.duration_s,

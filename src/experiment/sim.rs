@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use serde::Serialize;
 
 use crate::link::Shaper;
+use crate::sched::batch::Batching;
 pub use crate::sched::control::Planning;
 use crate::sched::control::{
     CloudSample, Control, DeviceSpec, FrameSample, Reaction, EMBEDDED_WORKER, PROBE, REPLAN_GAP_S,
@@ -130,8 +131,8 @@ impl<'t> Coordinator<'t> {
         self.react(r, t)
     }
 
-    pub fn join_worker(&mut self, name: &str, slots: u32, t: f64) -> Option<f64> {
-        let r = self.control.join_worker(name, slots);
+    pub fn join_worker(&mut self, name: &str, slots: u32, b: Batching, t: f64) -> Option<f64> {
+        let r = self.control.join_worker(name, slots, b);
         self.react(r, t)
     }
 
@@ -185,7 +186,10 @@ enum Kind {
     Beat,
     ProbeDone(usize),
     Answer(usize),
+    /// A job (a batch of flights) finished at its worker.
     CloudDone(usize),
+    /// A split's batch at a worker reached its delay (`batch_due`'s entry).
+    BatchDue(usize),
     Arrive(usize),
     DeviceDone(usize),
     Start(usize),
@@ -199,9 +203,13 @@ struct Flight {
     device_s: f64,
     sent: f64,
     arrives: f64,
-    /// Its wait in the worker's queue.
+    /// Its wait in the worker's queue (and its batcher).
     queue_s: f64,
+    /// Its cloud seconds: unpack and tail alone, then, once served, its share of its
+    /// batch's.
     cloud_s: f64,
+    unpack_s: f64,
+    tail_s: f64,
     bytes: f64,
     drop: f64,
     share: f64,
@@ -209,17 +217,23 @@ struct Flight {
     budget_fps: f64,
 }
 
-/// A worker of the pool: free slots and its FIFO queue of flights.
+/// A worker of the pool: free slots, its FIFO queue of jobs (each a batch of flights,
+/// one flight when it does not batch), and its batcher: per split, the flights held for
+/// company, since when, and the generation that tells a batch's due event its own.
 struct SimWorker {
     slots: u32,
     free: u32,
     queue: VecDeque<usize>,
+    batching: Batching,
+    pending: BTreeMap<usize, (Vec<usize>, u64)>,
+    waiting: u32,
 }
 
 impl SimWorker {
     /// Frames admitted, running or waiting (what a worker reports).
-    fn queued(&self) -> u32 {
-        self.slots - self.free + self.queue.len() as u32
+    fn queued(&self, jobs: &[Vec<usize>]) -> u32 {
+        let queued: usize = self.queue.iter().map(|&j| jobs[j].len()).sum();
+        self.slots - self.free + queued as u32 + self.waiting
     }
 }
 
@@ -231,6 +245,7 @@ pub fn run(
     devices: &mut [SimDevice],
     workers: usize,
     cloud_slowdown: f64,
+    batching: &Batching,
     slo: &Slo,
     planning: Planning,
     duration_s: f64,
@@ -258,9 +273,13 @@ pub fn run(
                 slots: workers as u32,
                 free: workers as u32,
                 queue: VecDeque::new(),
+                batching: batching.clone(),
+                pending: BTreeMap::new(),
+                waiting: 0,
             },
         );
-        if let Some(at) = coord.join_worker(EMBEDDED_WORKER, workers as u32, 0.0) {
+        if let Some(at) = coord.join_worker(EMBEDDED_WORKER, workers as u32, batching.clone(), 0.0)
+        {
             push(&mut heap, at, Kind::Deferred);
         }
     }
@@ -338,6 +357,31 @@ pub fn run(
         push(&mut heap, 0.0, Kind::Start(i));
     }
     let mut flights: Vec<Flight> = Vec::new();
+    // Jobs at the workers (batches of flights), and batches waiting for their delay:
+    // (worker, split, generation).
+    let mut jobs: Vec<Vec<usize>> = Vec::new();
+    let mut batch_due: Vec<(String, usize, u64)> = Vec::new();
+    let mut generation = 0u64;
+    // A job's service: each frame's unpack, and one tail for the batch at the curve's
+    // time per image; it starts now on a free slot of worker `w`.
+    let serve = |job: &[usize], flights: &mut [Flight], t: f64| -> f64 {
+        let n = job.len();
+        let split = flights[job[0]].candidate.split as usize;
+        let ratios = tables
+            .batch_ratios
+            .get(split)
+            .map_or(&[][..], Vec::as_slice);
+        let tail =
+            flights[job[0]].tail_s * n as f64 * crate::sched::batch::per_image(ratios, n as f64);
+        let unpack: f64 = job.iter().map(|&f| flights[f].unpack_s).sum();
+        let service = unpack + tail;
+        for &f in job {
+            flights[f].queue_s = t - flights[f].arrives;
+            // One frame's share, as the coordinator folds a batch's tail.
+            flights[f].cloud_s = flights[f].unpack_s + tail / n as f64;
+        }
+        service
+    };
     let mut in_flight = vec![0usize; n];
     // Each device's onload budget, enforced as the agent does.
     let mut budgets = vec![crate::sched::control::Budget::default(); n];
@@ -371,7 +415,7 @@ pub fn run(
                 }
                 // The workers' load reports, on the same beat.
                 for (name, w) in &pool {
-                    if let Some(at) = coord.observe_worker_load(name, t, w.queued()) {
+                    if let Some(at) = coord.observe_worker_load(name, t, w.queued(&jobs)) {
                         push(&mut heap, at, Kind::Deferred);
                     }
                 }
@@ -420,6 +464,8 @@ pub fn run(
                     arrives: 0.0,
                     queue_s: 0.0,
                     cloud_s: p.unpack_s + p.tail_s,
+                    unpack_s: p.unpack_s,
+                    tail_s: p.tail_s,
                     bytes: p.bytes,
                     drop: p.drop_points,
                     share: row.head_s / total_ref,
@@ -444,32 +490,89 @@ pub fn run(
                 }
             }
             Kind::Arrive(f) => {
-                let w = flights[f].worker.as_deref().and_then(|w| pool.get_mut(w));
-                match w {
-                    Some(w) if w.free > 0 => {
-                        w.free -= 1;
-                        push(&mut heap, t + flights[f].cloud_s, Kind::CloudDone(f));
-                    }
-                    Some(w) => w.queue.push_back(f),
+                let name = flights[f].worker.clone();
+                let Some(w) = name.as_deref().and_then(|w| pool.get_mut(w)) else {
                     // Its worker is gone: the device finishes the frame itself.
-                    None => {
-                        flights[f].bytes = 0.0;
-                        push(&mut heap, t, Kind::Answer(f));
+                    flights[f].bytes = 0.0;
+                    push(&mut heap, t, Kind::Answer(f));
+                    continue;
+                };
+                let split = flights[f].candidate.split as usize;
+                let limit = w.batching.limit(split);
+                // As the worker's batcher: a split that batches waits for company.
+                let job = if limit > 1 {
+                    let (held, gen) = w.pending.entry(split).or_insert_with(|| {
+                        generation += 1;
+                        (Vec::new(), generation)
+                    });
+                    held.push(f);
+                    w.waiting += 1;
+                    if held.len() == 1 {
+                        batch_due.push((name.clone().unwrap_or_default(), split, *gen));
+                        push(
+                            &mut heap,
+                            t + w.batching.max_queue_delay_s,
+                            Kind::BatchDue(batch_due.len() - 1),
+                        );
                     }
+                    if held.len() < limit {
+                        continue;
+                    }
+                    let (held, _) = w.pending.remove(&split).expect("just filled");
+                    w.waiting -= held.len() as u32;
+                    held
+                } else {
+                    vec![f]
+                };
+                jobs.push(job);
+                let j = jobs.len() - 1;
+                if w.free > 0 {
+                    w.free -= 1;
+                    let service = serve(&jobs[j], &mut flights, t);
+                    push(&mut heap, t + service, Kind::CloudDone(j));
+                } else {
+                    w.queue.push_back(j);
                 }
             }
-            Kind::CloudDone(f) => {
-                if let Some(w) = flights[f].worker.as_deref().and_then(|w| pool.get_mut(w)) {
+            Kind::BatchDue(b) => {
+                let (name, split, gen) = batch_due[b].clone();
+                let Some(w) = pool.get_mut(&name) else {
+                    continue;
+                };
+                if w.pending.get(&split).is_none_or(|p| p.1 != gen) {
+                    continue; // it filled and went before its delay
+                }
+                let (held, _) = w.pending.remove(&split).expect("checked");
+                w.waiting -= held.len() as u32;
+                jobs.push(held);
+                let j = jobs.len() - 1;
+                if w.free > 0 {
+                    w.free -= 1;
+                    let service = serve(&jobs[j], &mut flights, t);
+                    push(&mut heap, t + service, Kind::CloudDone(j));
+                } else {
+                    w.queue.push_back(j);
+                }
+            }
+            Kind::CloudDone(j) => {
+                let first = jobs[j][0];
+                if let Some(w) = flights[first]
+                    .worker
+                    .as_deref()
+                    .and_then(|w| pool.get_mut(w))
+                {
                     match w.queue.pop_front() {
                         Some(next) => {
-                            flights[next].queue_s = t - flights[next].arrives;
-                            push(&mut heap, t + flights[next].cloud_s, Kind::CloudDone(next))
+                            let service = serve(&jobs[next], &mut flights, t);
+                            push(&mut heap, t + service, Kind::CloudDone(next))
                         }
                         None => w.free += 1,
                     }
                 }
-                let one_way = devices[flights[f].device].rtt_s / 2.0;
-                push(&mut heap, t + one_way, Kind::Answer(f));
+                for &f in &jobs[j] {
+                    let one_way = devices[flights[f].device].rtt_s / 2.0;
+                    push(&mut heap, t + one_way, Kind::Answer(f));
+                }
             }
             Kind::Answer(f) => {
                 let fl = &flights[f];

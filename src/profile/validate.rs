@@ -319,6 +319,8 @@ pub fn run(
                 unpack_s,
                 bytes: bytes as f64,
                 drop_points: 0.0,
+                batch: 1.0,
+                batch_wait_s: 0.0,
             };
             let predicted = row.predict(&cond).latency_s;
             let measured = median(t);

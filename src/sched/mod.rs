@@ -19,6 +19,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod bandwidth;
+pub mod batch;
 pub mod control;
 pub mod fleet;
 pub mod perf;
@@ -443,6 +444,8 @@ pub(crate) mod tests {
                         unpack_s: 1e-9 * fp32[s] * codec_cost,
                         bytes: 64.0 + fp32[s] * bits / 32.0 * ratio,
                         drop_points: drop,
+                        batch: 1.0,
+                        batch_wait_s: 0.0,
                     });
                 }
             }
@@ -459,10 +462,13 @@ pub(crate) mod tests {
             unpack_s: 0.0,
             bytes: 0.0,
             drop_points: 0.0,
+            batch: 1.0,
+            batch_wait_s: 0.0,
         });
         Tables {
             model: "toy".into(),
             blocks: 4,
+            batch_ratios: Vec::new(),
             rows,
         }
     }

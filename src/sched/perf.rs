@@ -22,6 +22,7 @@
 //! for the scheduler's inner loop: one [`Row`] per candidate.
 use serde::{Deserialize, Serialize};
 
+use super::batch::{self, Batching};
 use crate::pack::{Clip, Codec, Granularity, Precision};
 use crate::profile::latency::LatencyProfile;
 use crate::profile::AccuracyProfile;
@@ -204,6 +205,12 @@ pub struct Row {
     pub unpack_s: f64,
     pub bytes: f64,
     pub drop_points: f64,
+    /// The batch a frame of this split expects at a worker that batches (1: alone);
+    /// `tail_s` is then its share, the curve's time per image.
+    pub batch: f64,
+    /// Its wait for the batch's other frames, seconds (not scaled by the cloud's
+    /// slowdown: a delay of the clock).
+    pub batch_wait_s: f64,
 }
 
 impl Row {
@@ -227,7 +234,14 @@ impl Row {
         // After the device, frames can pile up: at the link, or at the cloud.
         let after = wire_s.max(cloud_s / c.cloud_slots.max(1.0));
         let slowest = (head_s + pack_s).max(after);
-        let mut latency_s = head_s + pack_s + net_s + queue + cloud_s;
+        // A batched frame waits for its company and for the whole batch's tail; the pool
+        // pays only its share (`cloud_s`).
+        let batch_s = if cloud_s > 0.0 {
+            self.batch_wait_s + tail_s * (self.batch - 1.0).max(0.0)
+        } else {
+            0.0
+        };
+        let mut latency_s = head_s + pack_s + net_s + queue + cloud_s + batch_s;
         // The pipeline's rate, or the window's: `in_flight` frames per latency. When the
         // link or the cloud is the slowest stage, the window's frames wait for it
         // (Little's law: latency = in_flight / throughput).
@@ -269,6 +283,8 @@ pub struct Tables {
     /// Every candidate: each split `0..blocks` with each precision and codec that the
     /// accuracy profile and the latency profile both cover, then device-only last.
     pub rows: Vec<Row>,
+    /// Each split's batch curve in the cloud profile (`batch::ratios`; empty: none).
+    pub batch_ratios: Vec<Vec<(usize, f64)>>,
 }
 
 /// Why profiles cannot be combined into [`Tables`].
@@ -353,6 +369,8 @@ impl Tables {
                         unpack_s,
                         bytes: e.bytes.get(codec),
                         drop_points: e.drop_points,
+                        batch: 1.0,
+                        batch_wait_s: 0.0,
                     });
                 }
             }
@@ -376,11 +394,14 @@ impl Tables {
             unpack_s: 0.0,
             bytes: 0.0,
             drop_points: 0.0,
+            batch: 1.0,
+            batch_wait_s: 0.0,
         });
         Ok(Tables {
             model: accuracy.model.clone(),
             blocks: n,
             rows,
+            batch_ratios: (0..n).map(|s| batch::ratios(cloud, s)).collect(),
         })
     }
 
@@ -392,6 +413,30 @@ impl Tables {
     /// The row of a candidate, if it is in the tables.
     pub fn row(&self, c: &Candidate) -> Option<&Row> {
         self.rows.iter().find(|r| r.candidate == *c)
+    }
+
+    /// These tables at a pool that batches as `b`, each split's frames arriving at a
+    /// worker at `arrivals_fps[split]`: every row that onloads costs its share of the
+    /// batch it expects and waits for it ([`batch::Effect`]).
+    pub fn batched(&self, b: &Batching, arrivals_fps: &[f64]) -> Tables {
+        let mut t = self.clone();
+        for r in t
+            .rows
+            .iter_mut()
+            .filter(|r| (r.candidate.split as usize) < self.blocks)
+        {
+            let s = r.candidate.split as usize;
+            let e = batch::Effect::of(
+                self.batch_ratios.get(s).map_or(&[][..], Vec::as_slice),
+                b.limit(s),
+                b.max_queue_delay_s,
+                arrivals_fps.get(s).copied().unwrap_or(0.0),
+            );
+            r.tail_s *= e.per_image;
+            r.batch = e.frames;
+            r.batch_wait_s = e.wait_s;
+        }
+        t
     }
 }
 
@@ -412,6 +457,8 @@ mod tests {
             unpack_s: 0.002,
             bytes,
             drop_points: 0.5,
+            batch: 1.0,
+            batch_wait_s: 0.0,
         }
     }
 
@@ -490,5 +537,43 @@ mod tests {
             k.observe_cloud(0.01 * k.k_cloud, 1e9);
         }
         assert!(k.k_cloud <= Correction::LIMIT + 1e-9);
+    }
+
+    #[test]
+    fn a_batched_split_costs_the_pool_its_share_and_waits_for_its_batch() {
+        let mut t = crate::sched::tests::toy();
+        // Split 2's curve: batch 4 at 0.75 of batch 1's time per image.
+        t.batch_ratios = vec![vec![], vec![], vec![(1, 1.0), (2, 0.9), (4, 0.75)], vec![]];
+        let b = Batching {
+            limits: vec![1, 1, 4, 1],
+            max_queue_delay_s: 0.010,
+        };
+        let c = Conditions::new(1.0, Link::mbps(100.0, 0.01));
+        let split2 = |t: &Tables| *t.rows.iter().find(|r| r.candidate.split == 2).unwrap();
+        let alone = split2(&t).predict(&c);
+        // 300 frames/s of split 2 at the worker: 4 within 10 ms, a full batch.
+        let batched = t.batched(&b, &[0.0, 0.0, 300.0, 0.0]);
+        let r = split2(&batched);
+        assert!((r.batch - 4.0).abs() < 1e-9, "{}", r.batch);
+        let p = r.predict(&c);
+        // The pool pays 0.75 of the tail; the frame waits for its company and for the
+        // batch's whole tail (4 x 0.75).
+        assert!((p.tail_s - 0.75 * alone.tail_s).abs() < 1e-12);
+        assert!(p.cloud_s < alone.cloud_s);
+        let extra = r.batch_wait_s + 3.0 * p.tail_s;
+        assert!(
+            (p.latency_s - (alone.latency_s - alone.tail_s + p.tail_s + extra)).abs() < 1e-9,
+            "{} against {}",
+            p.latency_s,
+            alone.latency_s
+        );
+        // Other splits, and no batching, are untouched.
+        let other = batched
+            .rows
+            .iter()
+            .find(|r| r.candidate.split == 1)
+            .unwrap();
+        assert_eq!(other.batch, 1.0);
+        assert_eq!(t.batched(&Batching::off(), &[300.0; 4]).rows, t.rows);
     }
 }

@@ -191,6 +191,8 @@ pub enum Message {
         data_addr: String,
         slots: u32,
         models: Vec<String>,
+        /// How it batches: the planner counts each split at the batch it expects.
+        batching: crate::sched::batch::Batching,
     },
     WorkerLoad {
         queued: u32,

@@ -90,6 +90,7 @@ async fn control_session(
                     name: wname,
                     data_addr,
                     slots,
+                    batching,
                     ..
                 },
             ) => {
@@ -98,6 +99,7 @@ async fn control_session(
                     name: wname,
                     data_addr,
                     slots,
+                    batching,
                     admits: Admits::Remote(out.clone()),
                 });
             }

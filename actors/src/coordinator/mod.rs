@@ -14,7 +14,7 @@ use dyno::wire::{Identity, Role};
 use tokio::net::TcpListener;
 
 use crate::config::CoordinatorConfig;
-use crate::worker::{self, reachable, Admission, Batching, Pool};
+use crate::worker::{self, reachable, Admission, Pool};
 
 mod endpoint;
 mod scheduler;
@@ -77,8 +77,9 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
             .await
             .with_context(|| format!("data endpoint {}", cfg.data_listen))?;
         let addr = l.local_addr()?;
-        let batching = Batching::resolve(&cfg.batching, home, &cfg.model, cfg.devices.as_deref())?;
-        let pool = Pool::start(home, &cfg.model, cfg.workers, cfg.queue, batching);
+        let batching =
+            worker::resolve_batching(&cfg.batching, home, &cfg.model, cfg.devices.as_deref())?;
+        let pool = Pool::start(home, &cfg.model, cfg.workers, cfg.queue, batching.clone());
         let admission = Admission::default();
         actix_rt::spawn(worker::serve_data(
             l,
@@ -91,6 +92,7 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
             name: EMBEDDED_WORKER.into(),
             data_addr: reachable(addr),
             slots: cfg.workers as u32,
+            batching,
             admits: Admits::Here(admission.clone()),
         });
         data = Some(addr);

@@ -205,6 +205,8 @@ pub struct WorkerJoined {
     pub name: String,
     pub data_addr: String,
     pub slots: u32,
+    /// How it batches (the planner counts each split at the batch it expects).
+    pub batching: dyno::sched::batch::Batching,
     pub admits: Admits,
 }
 
@@ -314,7 +316,7 @@ impl Handler<WorkerJoined> for SchedulerActor {
     fn handle(&mut self, m: WorkerJoined, ctx: &mut Self::Context) {
         tracing::info!(worker = %m.name, data = %m.data_addr, slots = m.slots, "worker joined");
         metrics::counter!("dyno_registrations_total", "role" => "worker").increment(1);
-        let r = self.control.join_worker(&m.name, m.slots);
+        let r = self.control.join_worker(&m.name, m.slots, m.batching);
         self.workers.insert(
             m.name.clone(),
             WorkerSession {

@@ -174,6 +174,11 @@ pub fn live_with(
                 replan_ms: (e.replan_s * 1e3) as u64,
                 mdns: false,
                 fleet_aware,
+                batching: crate::config::BatchingConfig {
+                    max_batch: e.cloud.max_batch,
+                    max_queue_delay_ms: e.cloud.max_queue_delay_ms.round() as u64,
+                    profile: None,
+                },
                 ..CoordinatorConfig::default()
             };
             let mut qdisc = Vec::new();

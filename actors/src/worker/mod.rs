@@ -16,7 +16,7 @@ mod pool;
 
 pub use admission::Admission;
 pub use data::serve_data;
-pub use pool::{Batching, CloudWorker, Pool, RunTail, TailDone, TailError};
+pub use pool::{resolve_batching, Batching, CloudWorker, Pool, RunTail, TailDone, TailError};
 
 /// The host part peers should dial for a listener bound to `bound`.
 pub fn reachable(bound: SocketAddr) -> String {
@@ -46,8 +46,8 @@ pub async fn start(cfg: &crate::config::WorkerConfig, home: &Home) -> anyhow::Re
         .await
         .map_err(|e| anyhow::anyhow!("data endpoint {}: {e}", cfg.listen))?;
     let data = l.local_addr()?;
-    let batching = pool::Batching::resolve(&cfg.batching, home, &cfg.model, None)?;
-    let pool = Pool::start(home, &cfg.model, cfg.workers, cfg.queue, batching);
+    let batching = resolve_batching(&cfg.batching, home, &cfg.model, None)?;
+    let pool = Pool::start(home, &cfg.model, cfg.workers, cfg.queue, batching.clone());
     let admission = Admission::default();
     actix_rt::spawn(serve_data(
         l,
@@ -62,6 +62,7 @@ pub async fn start(cfg: &crate::config::WorkerConfig, home: &Home) -> anyhow::Re
         data_addr: advertise,
         slots: cfg.workers.max(1) as u32,
         models: vec![cfg.model.clone()],
+        batching: batching.clone(),
     };
     let (coordinators, max_frame, mdns) = (cfg.coordinators.clone(), cfg.fleet.max_frame, cfg.mdns);
     actix_rt::spawn(async move {

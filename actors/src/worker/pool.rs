@@ -10,17 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use anyhow::Context as _;
 use dyno::config::{latency_profile_path, Devices};
 use dyno::home::Home;
 use dyno::model::{zoo, Model};
 use dyno::pack::tensor::unpack_tensor;
 use dyno::pack::{DecodeLimits, Header, Packer};
-use dyno::profile::latency::LatencyProfile;
 use tch::Tensor;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::BatchingConfig;
+pub use dyno::sched::batch::Batching;
 
 /// Runs one tail.
 #[derive(Message)]
@@ -185,80 +184,34 @@ impl Handler<RunBatch> for CloudWorker {
     }
 }
 
-/// A worker's dynamic batching, resolved: the largest batch that pays at each split
-/// (1: that split runs one frame at a time) and how long a batch's first frame waits.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Batching {
-    pub limits: Vec<usize>,
-    pub max_queue_delay: Duration,
-}
-
-impl Batching {
-    /// One frame at a time.
-    pub fn off() -> Batching {
-        Batching {
-            limits: Vec::new(),
-            max_queue_delay: Duration::ZERO,
+/// The batching a worker's file asks for (`[batching]`), resolved with the batch curve
+/// of the latency profile it names, or the cloud's in the device-classes file `devices`
+/// (default: config/devices.toml's: models/profiles/<model>.latency-1thread.json); an
+/// error naming the fix when batching is asked for and no curve was measured.
+pub fn resolve_batching(
+    cfg: &BatchingConfig,
+    home: &Home,
+    model: &str,
+    devices: Option<&std::path::Path>,
+) -> anyhow::Result<Batching> {
+    let path = match &cfg.profile {
+        Some(p) => home.root().join(p),
+        None => {
+            let classes = Devices::load_or_default(devices, home)?;
+            latency_profile_path(classes.cloud.profile.as_deref(), home, model)
         }
+    };
+    let b = Batching::resolve(
+        &path,
+        model,
+        cfg.max_batch,
+        cfg.max_queue_delay_ms as f64 / 1e3,
+    )
+    .map_err(|e| anyhow::anyhow!("batching.{e}"))?;
+    if b.is_on() {
+        tracing::info!(limits = ?b.limits, "dynamic batching: the largest batch that pays at each split");
     }
-
-    /// The limits from the batch curve of the latency profile `cfg` names, or the
-    /// cloud's in the device-classes file `devices` (default: config/devices.toml's:
-    /// models/profiles/<model>.latency-1thread.json); an error naming the fix when
-    /// batching is asked for and no curve was measured.
-    pub fn resolve(
-        cfg: &BatchingConfig,
-        home: &Home,
-        model: &str,
-        devices: Option<&std::path::Path>,
-    ) -> anyhow::Result<Batching> {
-        anyhow::ensure!(
-            cfg.max_batch >= 1,
-            "batching.max_batch = 0 is not allowed: give 1 (no batching) or more"
-        );
-        if cfg.max_batch == 1 {
-            return Ok(Batching::off());
-        }
-        let path = match &cfg.profile {
-            Some(p) => home.root().join(p),
-            None => {
-                let classes = Devices::load_or_default(devices, home)?;
-                latency_profile_path(classes.cloud.profile.as_deref(), home, model)
-            }
-        };
-        let p = LatencyProfile::load(&path)
-            .with_context(|| format!("batching: the latency profile {}", path.display()))?;
-        anyhow::ensure!(
-            p.model == model && !p.batches.is_empty(),
-            "batching.max_batch = {} needs the batch curve of `{model}` and {} has {}: \
-             measure it with `dyno profile latency --model {model} --batch 1,2,4,8 --out {}` \
-             (or set max_batch = 1)",
-            cfg.max_batch,
-            path.display(),
-            if p.model == model {
-                "none".to_string()
-            } else {
-                format!("the profile of `{}`", p.model)
-            },
-            path.display()
-        );
-        let limits: Vec<usize> = (0..p.blocks.len())
-            .map(|s| p.batch_limit(s, cfg.max_batch))
-            .collect();
-        tracing::info!(
-            ?limits,
-            "dynamic batching: the largest batch that pays at each split"
-        );
-        Ok(Batching {
-            limits,
-            max_queue_delay: Duration::from_millis(cfg.max_queue_delay_ms),
-        })
-    }
-
-    /// The largest batch at `split`.
-    pub fn limit(&self, split: usize) -> usize {
-        self.limits.get(split).copied().unwrap_or(1).max(1)
-    }
+    Ok(b)
 }
 
 /// A frame waiting in the batcher.
@@ -300,7 +253,7 @@ async fn batcher(
     loop {
         let due = pending
             .values()
-            .map(|(first, _)| *first + batching.max_queue_delay)
+            .map(|(first, _)| *first + Duration::from_secs_f64(batching.max_queue_delay_s))
             .min();
         let next = match due {
             Some(at) => tokio::select! {
@@ -331,7 +284,9 @@ async fn batcher(
                 let now = Instant::now();
                 let ready: Vec<usize> = pending
                     .iter()
-                    .filter(|(_, (first, _))| *first + batching.max_queue_delay <= now)
+                    .filter(|(_, (first, _))| {
+                        *first + Duration::from_secs_f64(batching.max_queue_delay_s) <= now
+                    })
                     .map(|(s, _)| *s)
                     .collect();
                 for s in ready {

@@ -30,6 +30,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::batch::Batching;
 use super::perf::{Candidate, Conditions, Correction, Link, Prediction, Tables};
 use super::slo::Slo;
 use super::{Policy, Scheduler};
@@ -267,6 +268,8 @@ struct Worker {
     queue: QueueWait,
     /// Its seconds per frame (unpack and tail) as last corrected (0: none yet).
     service_s: f64,
+    /// How it batches (off until it says).
+    batching: Batching,
 }
 
 impl Worker {
@@ -276,6 +279,7 @@ impl Worker {
             k_cloud: Factor::default(),
             queue: QueueWait::default(),
             service_s: 0.0,
+            batching: Batching::off(),
         }
     }
 }
@@ -341,6 +345,9 @@ pub struct Control {
     /// A device left or a worker joined since the last re-plan: the next one plans
     /// afresh, without fleet-level hysteresis.
     membership_changed: bool,
+    /// The tables the plans in force were made with, when the pool batches: each split
+    /// at the batch its frames expect (`Tables::batched`).
+    batched: Option<Tables>,
 }
 
 impl Control {
@@ -355,6 +362,7 @@ impl Control {
             gate: ReplanGate::new(replan_gap_s),
             utilisation: 0.0,
             membership_changed: false,
+            batched: None,
         }
     }
 
@@ -384,8 +392,12 @@ impl Control {
         }
     }
 
-    pub fn join_worker(&mut self, name: &str, slots: u32) -> Reaction {
-        self.workers.insert(name.to_string(), Worker::new(slots));
+    /// A worker joined with `slots` threads, batching as `batching` (the pool is planned
+    /// with what all its workers batch, [`Batching::common`]).
+    pub fn join_worker(&mut self, name: &str, slots: u32, batching: Batching) -> Reaction {
+        let mut w = Worker::new(slots);
+        w.batching = batching;
+        self.workers.insert(name.to_string(), w);
         self.membership_changed = true;
         Reaction::Now
     }
@@ -436,7 +448,8 @@ impl Control {
         now_s: f64,
         frame: &FrameSample,
     ) -> Reaction {
-        let Some(row) = tables.row(&frame.candidate) else {
+        let tables = self.batched.as_ref().unwrap_or(tables);
+        let Some(row) = tables.row(&frame.candidate).copied() else {
             return Reaction::None;
         };
         let Some(d) = self.devices.get_mut(id) else {
@@ -542,6 +555,9 @@ impl Control {
     /// probe.
     pub fn replan(&mut self, tables: &Tables, now_s: f64) -> Replanned {
         self.gate.ran(now_s);
+        self.batched = self.batched_tables(tables);
+        let batched = self.batched.clone();
+        let tables = batched.as_ref().unwrap_or(tables);
         let names: Vec<String> = self.workers.keys().cloned().collect();
         let workers: Vec<WorkerView> = self
             .workers
@@ -689,6 +705,23 @@ impl Control {
         out
     }
 
+    /// The tables at the batch each split's frames expect, when the pool batches: the
+    /// frames the plans in force onload at each split, spread over the workers.
+    fn batched_tables(&self, tables: &Tables) -> Option<Tables> {
+        let pool = Batching::common(self.workers.values().map(|w| &w.batching));
+        if !pool.is_on() {
+            return None;
+        }
+        let workers = self.workers.len().max(1) as f64;
+        let mut arrivals = vec![0.0; tables.blocks];
+        for p in self.devices.values().filter_map(|d| d.plan.as_ref()) {
+            if let (Some(_), Some(a)) = (&p.worker, arrivals.get_mut(p.candidate.split as usize)) {
+                *a += p.rate_fps.min(p.prediction.throughput) / workers;
+            }
+        }
+        Some(tables.batched(&pool, &arrivals))
+    }
+
     /// What each device is expected to make, with its share of its worker: plans made
     /// each alone (per-device planning) can offer a worker more than its slots serve,
     /// and then each gets that worker's slots over its load ([`Expected::shared`]).
@@ -778,7 +811,7 @@ mod tests {
     /// A device alone on a roomy pool, its link measured at `mbps`.
     fn alone(slowdown: f64, mbps: f64) -> Control {
         let mut c = Control::new(Sharing::PerDevice, 1.0, 0.0);
-        c.join_worker("w", 4);
+        c.join_worker("w", 4, Batching::off());
         let spec = DeviceSpec {
             slowdown,
             slo: Slo::default(),
@@ -932,7 +965,7 @@ mod tests {
         let ids = ["a", "b", "c", "d", "e", "f", "g", "h"];
         // A scarce pool: one slot against eight devices.
         let mut c = Control::new(Sharing::FleetAware, 1.0, 0.0);
-        c.join_worker("w", 1);
+        c.join_worker("w", 1, Batching::off());
         for (i, id) in ids.iter().enumerate() {
             let spec = DeviceSpec {
                 slowdown: 2.0,
@@ -979,7 +1012,7 @@ mod tests {
         let ids = ["a", "b", "c", "d", "e", "f", "g", "h"];
         let expected = |sharing: Sharing| {
             let mut c = Control::new(sharing, 1.0, 0.0);
-            c.join_worker("w", 1);
+            c.join_worker("w", 1, Batching::off());
             for id in ids {
                 let spec = DeviceSpec {
                     slowdown: 2.0,
