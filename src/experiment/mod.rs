@@ -13,6 +13,8 @@
 //! [cloud]
 //! workers = 2
 //! slowdown = 1.0
+//! max_batch = 1              # dynamic batching: up to this many frames of one split,
+//! max_queue_delay_ms = 5     # where the cloud profile's batch curve pays (whole ms)
 //!
 //! [[devices]]
 //! class = "slow10x"          # from config/devices.toml
