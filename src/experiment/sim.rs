@@ -231,6 +231,17 @@ struct SimWorker {
 
 impl SimWorker {
     /// Frames admitted, running or waiting (what a worker reports).
+    /// Job `j` takes a free slot (true: it starts now) or joins the queue.
+    fn admit(&mut self, j: usize) -> bool {
+        if self.free > 0 {
+            self.free -= 1;
+            true
+        } else {
+            self.queue.push_back(j);
+            false
+        }
+    }
+
     fn queued(&self, jobs: &[Vec<usize>]) -> u32 {
         let queued: usize = self.queue.iter().map(|&j| jobs[j].len()).sum();
         self.slots - self.free + queued as u32 + self.waiting
@@ -526,12 +537,9 @@ pub fn run(
                 };
                 jobs.push(job);
                 let j = jobs.len() - 1;
-                if w.free > 0 {
-                    w.free -= 1;
+                if w.admit(j) {
                     let service = serve(&jobs[j], &mut flights, t);
                     push(&mut heap, t + service, Kind::CloudDone(j));
-                } else {
-                    w.queue.push_back(j);
                 }
             }
             Kind::BatchDue(b) => {
@@ -546,12 +554,9 @@ pub fn run(
                 w.waiting -= held.len() as u32;
                 jobs.push(held);
                 let j = jobs.len() - 1;
-                if w.free > 0 {
-                    w.free -= 1;
+                if w.admit(j) {
                     let service = serve(&jobs[j], &mut flights, t);
                     push(&mut heap, t + service, Kind::CloudDone(j));
-                } else {
-                    w.queue.push_back(j);
                 }
             }
             Kind::CloudDone(j) => {

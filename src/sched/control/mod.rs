@@ -959,12 +959,15 @@ mod tests {
         assert!(rate_moved(inf, 15.0, 18.0));
     }
 
-    #[test]
-    fn a_leaving_device_hands_its_share_to_the_others_and_utilisation_is_what_is_planned() {
-        let tables = crate::sched::tests::toy();
-        let ids = ["a", "b", "c", "d", "e", "f", "g", "h"];
-        // A scarce pool: one slot against eight devices.
-        let mut c = Control::new(Sharing::FleetAware, 1.0, 0.0);
+    /// Devices `ids` (slowdown 2, two frames in flight, DynO), device `i` on a link of
+    /// `mbps(i)`, sharing one worker of one slot as `sharing`; planned once at 1 s.
+    fn one_slot(
+        tables: &Tables,
+        sharing: Sharing,
+        ids: &[&str],
+        mbps: impl Fn(usize) -> f64,
+    ) -> Control {
+        let mut c = Control::new(sharing, 1.0, 0.0);
         c.join_worker("w", 1, Batching::off());
         for (i, id) in ids.iter().enumerate() {
             let spec = DeviceSpec {
@@ -975,9 +978,20 @@ mod tests {
             };
             c.join_device(id, spec, 0.0);
             c.observe_rtt(id, 0.0, 0.01);
-            c.observe_transfer(id, 0.0, 1_000_000, 0.01 + 8e6 / (20e6 + 10e6 * i as f64));
+            c.observe_transfer(id, 0.0, 1_000_000, 0.01 + 8e6 / (mbps(i) * 1e6));
         }
-        c.replan(&tables, 1.0);
+        c.replan(tables, 1.0);
+        c
+    }
+
+    #[test]
+    fn a_leaving_device_hands_its_share_to_the_others_and_utilisation_is_what_is_planned() {
+        let tables = crate::sched::tests::toy();
+        let ids = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        // A scarce pool: one slot against eight devices.
+        let mut c = one_slot(&tables, Sharing::FleetAware, &ids, |i| {
+            20.0 + 10.0 * i as f64
+        });
         let planned = |c: &Control| ids.iter().map(|id| share(c, id, 1.0)).sum::<f64>();
         assert!(c.utilisation() > 0.9, "{}", c.utilisation());
         assert!((c.utilisation() - planned(&c)).abs() < 1e-9);
@@ -1011,20 +1025,7 @@ mod tests {
         let tables = crate::sched::tests::toy();
         let ids = ["a", "b", "c", "d", "e", "f", "g", "h"];
         let expected = |sharing: Sharing| {
-            let mut c = Control::new(sharing, 1.0, 0.0);
-            c.join_worker("w", 1, Batching::off());
-            for id in ids {
-                let spec = DeviceSpec {
-                    slowdown: 2.0,
-                    slo: Slo::default(),
-                    policy: Policy::Dyno,
-                    in_flight: 2,
-                };
-                c.join_device(id, spec, 0.0);
-                c.observe_rtt(id, 0.0, 0.01);
-                c.observe_transfer(id, 0.0, 1_000_000, 0.01 + 8e6 / 50e6);
-            }
-            c.replan(&tables, 1.0);
+            let c = one_slot(&tables, sharing, &ids, |_| 50.0);
             let offered: f64 = ids.iter().map(|id| c.plan(id).unwrap().cloud_load()).sum();
             let made: f64 = ids
                 .iter()
