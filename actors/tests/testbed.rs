@@ -123,7 +123,8 @@ fn a_killed_run_is_cleaned_by_the_next_which_runs_under_quotas_and_tc_and_leaves
         Hierarchy::V1(_) => "cpu.cfs_quota_us",
         Hierarchy::V2(_) => "cpu.max",
     };
-    let want = (cal.cores("slow10x").unwrap() * testbed::PERIOD_US as f64).round() as u64;
+    let cores = cal.cores("slow10x").unwrap();
+    let want = (cores * testbed::period_us(cores) as f64).round() as u64;
     let t = Instant::now();
     let quota = loop {
         let q = std::fs::read_to_string(h.parent().join("d0").join(quota_file));

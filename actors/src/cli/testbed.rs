@@ -154,24 +154,24 @@ fn run_calibrate(home: &Home, a: CalibrateArgs) -> anyhow::Result<()> {
         return print_json(&cal);
     }
     println!(
-        "{} on {} ({}), period {} us; no quota {:.1} ms a forward, profile {:.1} ms ({})\n",
+        "{} on {} ({}); no quota {:.1} ms a forward, profile {:.1} ms ({})\n",
         cal.model,
         cal.machine,
         cal.date,
-        cal.period_us,
         cal.free_full_ms,
         cal.profile_full_ms,
         cal.profile
     );
     println!(
-        "{:<18} {:>8} {:>9} {:>10} {:>10} {:>10} {:>6}",
-        "class", "cores", "nominal", "measured", "head", "vs free", "ok"
+        "{:<18} {:>8} {:>10} {:>9} {:>10} {:>10} {:>10} {:>6}",
+        "class", "cores", "period us", "nominal", "measured", "head", "vs free", "ok"
     );
     for (name, q) in &cal.classes {
         println!(
-            "{:<18} {:>8.4} {:>8.1}x {:>9.2}x {:>9.2}x {:>9.2}x {:>6}",
+            "{:<18} {:>8.4} {:>10} {:>8.1}x {:>9.2}x {:>9.2}x {:>9.2}x {:>6}",
             name,
             q.cores,
+            q.period_us,
             q.nominal,
             q.measured,
             q.measured_head,

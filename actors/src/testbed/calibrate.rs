@@ -13,7 +13,7 @@ use dyno::home::Home;
 use serde::{Deserialize, Serialize};
 
 use super::cgroup::{CpuGroup, Hierarchy, MIN_QUOTA_US};
-use super::{Calibration, ClassQuota, PERIOD_US};
+use super::{period_us, Calibration, ClassQuota, MAX_PERIOD_US};
 
 /// What one measurement gives: mean milliseconds of whole forwards and of the head to
 /// `split`, one libtorch thread.
@@ -114,14 +114,19 @@ pub fn calibrate(
         "no quota: {:.1} ms a forward (profile {:.1} ms), head to split {} {:.1} ms (profile {:.1} ms)",
         free.full_ms, profile_full, free.split, free.head_ms, profile_head
     ));
-    let least = MIN_QUOTA_US as f64 / PERIOD_US as f64;
+    let least = MIN_QUOTA_US as f64 / MAX_PERIOD_US as f64;
     let mut out = std::collections::BTreeMap::new();
     for (class, nominal) in classes {
         // Linear first guess, then corrected by what each quota gave.
         let mut cores = (free.full_ms / (nominal * profile_full)).clamp(least, 1.0);
         let mut best: Option<(f64, Measurement)> = None;
         for _ in 0..6 {
-            let g = CpuGroup::create(&h, &format!("calibrate-{class}"), cores, PERIOD_US)?;
+            let g = CpuGroup::create(
+                &h,
+                &format!("calibrate-{class}"),
+                cores,
+                period_us(cores),
+            )?;
             let m = measure_in(exe, home, model, frames, Some(&g))?;
             drop(g);
             let got = m.full_ms / profile_full;
@@ -150,6 +155,7 @@ pub fn calibrate(
             class.clone(),
             ClassQuota {
                 cores: (cores * 1e4).round() / 1e4,
+                period_us: period_us(cores),
                 nominal: *nominal,
                 measured: m.full_ms / profile_full,
                 measured_free: m.full_ms / free.full_ms,
@@ -164,7 +170,6 @@ pub fn calibrate(
             .unwrap_or(profile)
             .display()
             .to_string(),
-        period_us: PERIOD_US,
         machine: cpu_model(),
         date: today(),
         free_full_ms: free.full_ms,
