@@ -74,6 +74,40 @@ fn bad_configs_and_keys_are_refused_with_the_fix() {
             &[want, "is not allowed"],
         );
     }
+    // An experiment's pool batching: a bad size, and a size whose curve was never
+    // measured (fashion_cnn's profile has none), each refused with the fix.
+    for (cloud, model, want) in [
+        (
+            "max_batch = 0",
+            "mobilenet_v2",
+            &["cloud.max_batch = 0", "give 1"][..],
+        ),
+        (
+            "max_queue_delay_ms = -1.0",
+            "mobilenet_v2",
+            &["cloud.max_queue_delay_ms = -1", ">= 0"][..],
+        ),
+        (
+            "max_batch = 8",
+            "fashion_cnn",
+            &[
+                "max_batch = 8",
+                "dyno profile latency --model fashion_cnn --batch",
+            ][..],
+        ),
+    ] {
+        let path = dir.path().join("batching.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"b\"\nmodel = \"{model}\"\nduration_s = 1.0\npolicies = [\"dyno\"]\n\
+                 [cloud]\nworkers = 1\n{cloud}\n[[devices]]\nclass = \"slow10x\"\ncount = 1\n\
+                 mbps = 10.0\n"
+            ),
+        )
+        .unwrap();
+        assert_clean_failure(&["experiment", "run", path.to_str().unwrap()], want);
+    }
     // No key and no --insecure: refused, naming both ways out.
     assert_clean_failure(
         &["coordinator", "--no-mdns", "--listen", "127.0.0.1:0"],

@@ -260,8 +260,7 @@ impl Experiment {
             return Err(format!(
                 "cloud.max_queue_delay_ms = {}: give a number of milliseconds >= 0",
                 self.cloud.max_queue_delay_ms
-            )
-            .into());
+            ));
         }
         if self.policies.is_empty() {
             return Err(

@@ -167,7 +167,7 @@ impl Effect {
     /// to fill it; its frames wait on average for the rest of `T` after they came (a
     /// lone frame waits the whole delay).
     pub fn of(ratios: &[(usize, f64)], limit: usize, delay_s: f64, arrivals_fps: f64) -> Effect {
-        if limit <= 1 || !(delay_s > 0.0) {
+        if limit <= 1 || delay_s.is_nan() || delay_s <= 0.0 {
             return Effect::NONE;
         }
         let rate = arrivals_fps.max(0.0);

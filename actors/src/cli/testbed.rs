@@ -155,12 +155,7 @@ fn run_calibrate(home: &Home, a: CalibrateArgs) -> anyhow::Result<()> {
     }
     println!(
         "{} on {} ({}); no quota {:.1} ms a forward, profile {:.1} ms ({})\n",
-        cal.model,
-        cal.machine,
-        cal.date,
-        cal.free_full_ms,
-        cal.profile_full_ms,
-        cal.profile
+        cal.model, cal.machine, cal.date, cal.free_full_ms, cal.profile_full_ms, cal.profile
     );
     println!(
         "{:<18} {:>8} {:>10} {:>9} {:>10} {:>10} {:>10} {:>6}",

@@ -121,12 +121,7 @@ pub fn calibrate(
         let mut cores = (free.full_ms / (nominal * profile_full)).clamp(least, 1.0);
         let mut best: Option<(f64, Measurement)> = None;
         for _ in 0..6 {
-            let g = CpuGroup::create(
-                &h,
-                &format!("calibrate-{class}"),
-                cores,
-                period_us(cores),
-            )?;
+            let g = CpuGroup::create(&h, &format!("calibrate-{class}"), cores, period_us(cores))?;
             let m = measure_in(exe, home, model, frames, Some(&g))?;
             drop(g);
             let got = m.full_ms / profile_full;

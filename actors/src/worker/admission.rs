@@ -42,8 +42,10 @@ impl Admission {
     /// The coordinator's whole list for this worker: devices not in it have no budget
     /// here; a device whose rate is unchanged keeps its bucket.
     pub fn set(&self, budgets: &[DeviceBudget]) {
+        let listed: std::collections::HashSet<&str> =
+            budgets.iter().map(|b| b.device.as_str()).collect();
         self.budgets
-            .retain(|device, _| budgets.iter().any(|b| &b.device == device));
+            .retain(|device, _| listed.contains(device.as_str()));
         for b in budgets {
             self.budgets
                 .entry(b.device.clone())

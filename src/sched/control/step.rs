@@ -119,7 +119,7 @@ impl Expected {
         rate_fps: f64,
         share: f64,
     ) -> Expected {
-        if !(share < 1.0) {
+        if share.is_nan() || share >= 1.0 {
             return Expected::of(tables, c, p, rate_fps);
         }
         if rate_fps < p.throughput {
