@@ -180,17 +180,19 @@ impl Devices {
         use crate::profile::{self, latency::LatencyProfile, AccuracyProfile};
         let accuracy = AccuracyProfile::load(&profile::find(home, model, "accuracy"))?;
         let device = LatencyProfile::load(&self.device_profile(home, model))?;
-        let cloud = LatencyProfile::load(&latency_profile_path(
-            self.cloud.profile.as_deref(),
-            home,
-            model,
-        ))?;
+        let cloud = LatencyProfile::load(&self.cloud_profile(home, model))?;
         Ok(crate::sched::perf::Tables::new(&accuracy, &device, &cloud)?)
     }
 
     /// The devices' latency profile of `model` (what the classes' slowdowns scale).
     pub fn device_profile(&self, home: &Home, model: &str) -> PathBuf {
         latency_profile_path(self.profile.as_deref(), home, model)
+    }
+
+    /// The cloud's latency profile of `model` (`[cloud] profile`, default the model's own):
+    /// its tail times and batch curve.
+    pub fn cloud_profile(&self, home: &Home, model: &str) -> PathBuf {
+        latency_profile_path(self.cloud.profile.as_deref(), home, model)
     }
 
     /// The device-classes file `path` names (relative to the project), or the shipped one.

@@ -367,11 +367,7 @@ impl Experiment {
         classes: &Devices,
         home: &Home,
     ) -> anyhow::Result<crate::sched::batch::Batching> {
-        let path = crate::config::latency_profile_path(
-            classes.cloud.profile.as_deref(),
-            home,
-            &self.model,
-        );
+        let path = classes.cloud_profile(home, &self.model);
         crate::sched::batch::Batching::resolve(
             &path,
             &self.model,

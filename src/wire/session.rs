@@ -17,6 +17,14 @@ use super::handshake::{accept, connect, Identity};
 use super::message::Message;
 use super::WireError;
 
+/// Heartbeats (and a worker's load report) go out this often: the control step's beat
+/// (`sched::control::PROBE`), which the simulator's agents keep too.
+pub const BEAT: Duration =
+    Duration::from_millis((crate::sched::control::PROBE.beat_s * 1e3) as u64);
+
+/// A peer silent this long hangs; it is not merely slow.
+pub const SILENCE: Duration = Duration::from_secs(3);
+
 /// How long a TCP connect may take before the peer counts as unreachable.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use dashmap::DashMap;
-use dyno::wire::session::pump;
+use dyno::wire::session::{pump, BEAT, SILENCE};
 use dyno::wire::{Assignment, Conn, DeviceInfo, FrameReport, Identity, Message};
 use tokio::sync::{mpsc, watch};
 
@@ -33,10 +33,6 @@ pub(super) enum Upward {
     },
 }
 
-/// Heartbeats go out this often; three seconds of silence is a coordinator that hangs,
-/// not one that is slow.
-const BEAT: Duration = Duration::from_millis(500);
-const SILENCE: Duration = Duration::from_secs(3);
 /// The largest probe a coordinator may ask for.
 const MAX_PROBE: u32 = dyno::sched::control::PROBE.max_bytes;
 

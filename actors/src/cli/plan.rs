@@ -64,7 +64,7 @@ pub fn inputs(home: &Home, a: &PlanArgs) -> anyhow::Result<PlanInputs> {
     let cloud_path = a
         .cloud_profile
         .clone()
-        .unwrap_or_else(|| latency_profile_path(devices.cloud.profile.as_deref(), home, model));
+        .unwrap_or_else(|| devices.cloud_profile(home, model));
     let missing = |p: &PathBuf, cmd: &str| {
         format!(
             "no profile at {}; write it with `dyno profile {cmd} --model {model}` or name one",

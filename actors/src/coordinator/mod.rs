@@ -98,7 +98,7 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
         data = Some(addr);
         let s = scheduler.clone();
         actix_rt::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut tick = tokio::time::interval(dyno::wire::session::BEAT);
             loop {
                 tick.tick().await;
                 s.do_send(WorkerLoad {

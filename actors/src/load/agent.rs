@@ -121,7 +121,7 @@ pub(super) async fn agent(i: usize, ctx: Arc<Ctx>) {
     let beats = {
         let (out, sent_at) = (out.clone(), sent_at.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut tick = tokio::time::interval(dyno::wire::session::BEAT);
             for seq in 1u64.. {
                 tick.tick().await;
                 sent_at

@@ -87,21 +87,22 @@ async fn session(
     pool: &Pool,
     admission: &Admission,
 ) -> String {
-    use std::time::Duration;
     use tokio::time::Instant;
+    use wire::session::{BEAT, SILENCE};
     let (tx, mut rx) = conn.split();
     let (out, writer) = wire::session::pump(tx);
-    let _stop = AbortOnDrop(writer);
+    // The pump ends with the session.
+    let _writer = tokio_util::task::AbortOnDropHandle::new(writer);
     if out.send(register.clone()).is_err() {
         return "not registered".into();
     }
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(BEAT);
     let mut seq = 0;
     let mut heard = Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if heard.elapsed() > Duration::from_secs(3) {
+                if heard.elapsed() > SILENCE {
                     return "the coordinator is silent".into();
                 }
                 seq += 1;
@@ -124,14 +125,5 @@ async fn session(
                 Err(e) => return format!("lost the coordinator: {e}"),
             },
         }
-    }
-}
-
-/// Ends the writer pump with the session.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

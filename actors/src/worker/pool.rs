@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use dyno::config::{latency_profile_path, Devices};
+use dyno::config::Devices;
 use dyno::home::Home;
 use dyno::model::{zoo, Model};
 use dyno::pack::tensor::unpack_tensor;
@@ -198,7 +198,7 @@ pub fn resolve_batching(
         Some(p) => home.root().join(p),
         None => {
             let classes = Devices::load_or_default(devices, home)?;
-            latency_profile_path(classes.cloud.profile.as_deref(), home, model)
+            classes.cloud_profile(home, model)
         }
     };
     let b = Batching::resolve(
@@ -250,11 +250,9 @@ async fn batcher(
             }
         });
     };
+    let delay = Duration::from_secs_f64(batching.max_queue_delay_s);
     loop {
-        let due = pending
-            .values()
-            .map(|(first, _)| *first + Duration::from_secs_f64(batching.max_queue_delay_s))
-            .min();
+        let due = pending.values().map(|(first, _)| *first + delay).min();
         let next = match due {
             Some(at) => tokio::select! {
                 w = rx.recv() => Some(w),
@@ -284,9 +282,7 @@ async fn batcher(
                 let now = Instant::now();
                 let ready: Vec<usize> = pending
                     .iter()
-                    .filter(|(_, (first, _))| {
-                        *first + Duration::from_secs_f64(batching.max_queue_delay_s) <= now
-                    })
+                    .filter(|(_, (first, _))| *first + delay <= now)
                     .map(|(s, _)| *s)
                     .collect();
                 for s in ready {

@@ -555,8 +555,8 @@ impl Control {
     /// probe.
     pub fn replan(&mut self, tables: &Tables, now_s: f64) -> Replanned {
         self.gate.ran(now_s);
-        self.batched = self.batched_tables(tables);
-        let batched = self.batched.clone();
+        // Kept, once planned with, for the frames' corrections (`observe_frame`).
+        let batched = self.batched_tables(tables);
         let tables = batched.as_ref().unwrap_or(tables);
         let names: Vec<String> = self.workers.keys().cloned().collect();
         let workers: Vec<WorkerView> = self
@@ -701,6 +701,7 @@ impl Control {
             .map(Plan::cloud_load)
             .sum();
         self.utilisation = if slots > 0.0 { load / slots } else { 0.0 };
+        self.batched = batched;
         out.probes = self.probes(now_s);
         out
     }
