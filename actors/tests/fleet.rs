@@ -185,7 +185,6 @@ fn bad_peers_are_refused_and_the_fleet_keeps_working() {
         role: dyno::wire::Role::Agent,
         fleet: "test-peers".into(),
         name: "old".into(),
-        nonce: [0; 32],
         insecure: false,
     });
     let mut v = TcpStream::connect(&control).unwrap();

@@ -1,17 +1,20 @@
-//! The handshake: the client says hello (its protocol version, role, fleet and a random
-//! nonce); the server answers with its own nonce and an HMAC-SHA256 proof over both nonces
-//! under the fleet key; the client checks it and answers with its own proof; the server
-//! checks that and welcomes it. The key never travels. Without a key both sides must
-//! have said `--insecure`: a secured peer refuses an insecure one.
+//! The handshake. The client says hello in the clear (its protocol version, role, name
+//! and fleet, and whether it runs `--insecure`); the server checks the version, the fleet
+//! and the mode. With a fleet key both then run the Noise handshake (`noise.rs`): the
+//! client's first message proves it holds the key, and is bound to its hello (a hello
+//! altered on the way fails); the server's answer proves the server holds it and carries
+//! the server's own hello, encrypted. The client's first encrypted message, `Confirm`,
+//! proves it holds this session's keys: a recorded handshake played again stops there.
+//! From then on every message is encrypted and authenticated. The key never travels.
+//! Without a key both sides must have said `--insecure`: a secured peer refuses an
+//! insecure one, and nothing is encrypted.
 use std::fmt;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 
-use super::frame::{codec, Conn};
-use super::message::{Message, Role};
+use super::frame::Conn;
+use super::message::{decode, encode, Message, Role};
+use super::noise::Handshake;
 use super::{WireError, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
 
 /// The fleet's shared secret, or the explicit choice to run without one.
@@ -40,20 +43,17 @@ pub struct Identity {
     pub key: Key,
 }
 
-fn proof(key: &[u8], label: &[u8], a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(label);
-    mac.update(a);
-    mac.update(b);
-    mac.finalize().into_bytes().into()
-}
-
-fn verify(key: &[u8], label: &[u8], a: &[u8; 32], b: &[u8; 32], got: &[u8; 32]) -> bool {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(label);
-    mac.update(a);
-    mac.update(b);
-    mac.verify_slice(got).is_ok() // constant time
+impl Identity {
+    /// What this side says first.
+    pub fn hello(&self) -> Message {
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+            role: self.role,
+            fleet: self.fleet.clone(),
+            name: self.name.clone(),
+            insecure: self.key == Key::Insecure,
+        }
+    }
 }
 
 async fn timed<T>(
@@ -64,57 +64,52 @@ async fn timed<T>(
         .map_err(|_| WireError::Timeout(HANDSHAKE_TIMEOUT))?
 }
 
-/// The handshake, client side: connects `stream` as `me`.
+/// The peer's answer, `want`ed, or why there is none.
+fn expect(got: Message, want: &'static str) -> Result<Message, WireError> {
+    match got {
+        Message::Refused { reason } => Err(WireError::Refused(reason)),
+        m if m.kind() == want => Ok(m),
+        m => Err(WireError::Unexpected {
+            want,
+            got: m.kind(),
+        }),
+    }
+}
+
+/// The handshake, client side: connects `stream` as `me`. The returned connection names
+/// the server (its role and name, authenticated when a key is used).
 pub async fn connect(
     stream: TcpStream,
     me: &Identity,
     max_frame: usize,
 ) -> Result<Conn, WireError> {
     stream.set_nodelay(true)?;
-    let mut c = Conn {
-        framed: Framed::new(stream, codec(max_frame)),
-        peer: String::new(),
-        role: Role::Observer,
-    };
-    let mine: [u8; 32] = rand::random();
-    c.send(&Message::Hello {
-        version: PROTOCOL_VERSION,
-        role: me.role,
-        fleet: me.fleet.clone(),
-        name: me.name.clone(),
-        nonce: mine,
-        insecure: me.key == Key::Insecure,
-    })
-    .await?;
-    let (theirs, server_proof) = match timed(c.recv()).await? {
-        Message::Challenge { nonce, proof } => (nonce, proof),
-        Message::Refused { reason } => return Err(WireError::Refused(reason)),
-        m => {
-            return Err(WireError::Unexpected {
-                want: "Challenge",
-                got: m.kind(),
-            })
+    let mut c = Conn::new(stream, max_frame);
+    let hello = me.hello();
+    c.send(&hello).await?;
+    if let Key::Secret(k) = &me.key {
+        let mut noise = Handshake::initiator(k, &hello)?;
+        c.send(&Message::Handshake {
+            noise: noise.write(&[])?,
+        })
+        .await?;
+        let Message::Handshake { noise: answer } = expect(timed(c.recv()).await?, "Handshake")?
+        else {
+            unreachable!("expect checked the kind")
+        };
+        let theirs = noise.read(&answer).map_err(|_| {
+            WireError::Auth(
+                "the server does not know the fleet key (wrong key, or not our fleet)".into(),
+            )
+        })?;
+        if let Message::Hello { role, name, .. } = decode(&theirs)? {
+            c.peer = name;
+            c.role = role;
         }
-    };
-    let my_proof = match &me.key {
-        Key::Secret(k) => {
-            if !verify(k, b"dyno server", &mine, &theirs, &server_proof) {
-                let r = "the server does not know the fleet key (wrong key, or not our fleet)";
-                return Err(WireError::Auth(refuse(&mut c, r.into()).await));
-            }
-            proof(k, b"dyno client", &theirs, &mine)
-        }
-        Key::Insecure => [0; 32],
-    };
-    c.send(&Message::Auth { proof: my_proof }).await?;
-    match timed(c.recv()).await? {
-        Message::Welcome => Ok(c),
-        Message::Refused { reason } => Err(WireError::Refused(reason)),
-        m => Err(WireError::Unexpected {
-            want: "Welcome",
-            got: m.kind(),
-        }),
+        c.encrypt(noise.finish(max_frame)?);
+        c.send(&Message::Confirm).await?;
     }
+    expect(timed(c.recv()).await?, "Welcome").map(|_| c)
 }
 
 /// Tells the peer why it is refused (if it still listens); returns the reason.
@@ -131,20 +126,15 @@ async fn refuse(c: &mut Conn, reason: String) -> String {
 /// (when it can be) and the error says it for the log.
 pub async fn accept(stream: TcpStream, me: &Identity, max_frame: usize) -> Result<Conn, WireError> {
     stream.set_nodelay(true)?;
-    let mut c = Conn {
-        framed: Framed::new(stream, codec(max_frame)),
-        peer: String::new(),
-        role: Role::Observer,
-    };
+    let mut c = Conn::new(stream, max_frame);
     let hello = timed(c.recv()).await?;
     let Message::Hello {
         version,
         role,
         fleet,
         name,
-        nonce: theirs,
         insecure,
-    } = hello
+    } = hello.clone()
     else {
         return Err(WireError::Unexpected {
             want: "Hello",
@@ -172,32 +162,36 @@ pub async fn accept(stream: TcpStream, me: &Identity, max_frame: usize) -> Resul
         };
         return Err(WireError::Auth(refuse(&mut c, r).await));
     }
-    let mine: [u8; 32] = rand::random();
-    let server_proof = match &me.key {
-        Key::Secret(k) => proof(k, b"dyno server", &theirs, &mine),
-        Key::Insecure => [0; 32],
-    };
-    c.send(&Message::Challenge {
-        nonce: mine,
-        proof: server_proof,
-    })
-    .await?;
-    let got = match timed(c.recv()).await? {
-        Message::Auth { proof } => proof,
-        Message::Refused { reason } => {
-            return Err(WireError::Auth(format!("`{name}` hung up: {reason}")))
-        }
-        m => {
-            return Err(WireError::Unexpected {
-                want: "Auth",
-                got: m.kind(),
-            })
-        }
-    };
     if let Key::Secret(k) = &me.key {
-        if !verify(k, b"dyno client", &mine, &theirs, &got) {
-            let r = format!("`{name}` does not know the fleet key");
+        let Message::Handshake { noise: first } = expect(timed(c.recv()).await?, "Handshake")?
+        else {
+            unreachable!("expect checked the kind")
+        };
+        let mut noise = Handshake::responder(k, &hello)?;
+        if noise.read(&first).is_err() {
+            let r = format!(
+                "`{name}` does not know the fleet key, or its hello was altered on the way"
+            );
             return Err(WireError::Auth(refuse(&mut c, r).await));
+        }
+        let answer = noise.write(&encode(&me.hello()))?;
+        c.send(&Message::Handshake { noise: answer }).await?;
+        c.encrypt(noise.finish(max_frame)?);
+        match timed(c.recv()).await {
+            Ok(Message::Confirm) => {}
+            Ok(m) => {
+                return Err(WireError::Unexpected {
+                    want: "Confirm",
+                    got: m.kind(),
+                })
+            }
+            Err(WireError::Auth(_)) => {
+                return Err(WireError::Auth(format!(
+                    "`{name}` did not prove it holds this session's keys: a replayed or \
+                     altered handshake"
+                )))
+            }
+            Err(e) => return Err(e),
         }
     }
     c.send(&Message::Welcome).await?;
@@ -313,7 +307,10 @@ mod tests {
         let bad = Key::Secret(b"wrong".to_vec());
         let (s, c) = pair(id(Role::Worker, good.clone()), id(Role::Agent, bad.clone())).await;
         assert!(matches!(s, Err(WireError::Auth(_))), "{s:?}");
-        assert!(matches!(c, Err(WireError::Auth(_))), "{c:?}");
+        assert!(
+            matches!(&c, Err(WireError::Refused(r)) if r.contains("fleet key")),
+            "{c:?}"
+        );
         let (s, _) = pair(
             id(Role::Worker, good.clone()),
             id(Role::Agent, Key::Insecure),
@@ -328,6 +325,101 @@ mod tests {
         let (s, c) = pair(id(Role::Worker, good), other).await;
         assert!(s.unwrap_err().to_string().contains("fleet `other`"));
         assert!(matches!(c, Err(WireError::Refused(_))));
+    }
+
+    /// A client's side of the connection, recorded on the way to the server.
+    async fn recorded_session(key: &Key) -> (Vec<u8>, Conn) {
+        use tokio::io::AsyncReadExt;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, via) = (l.local_addr().unwrap(), proxy.local_addr().unwrap());
+        let server = id(Role::Worker, key.clone());
+        let s = tokio::spawn(async move {
+            let (t, _) = l.accept().await.unwrap();
+            accept(t, &server, DEFAULT_MAX_FRAME).await
+        });
+        let tap = tokio::spawn(async move {
+            let (client, _) = proxy.accept().await.unwrap();
+            let upstream = TcpStream::connect(addr).await.unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut ur, mut uw) = upstream.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut ur, &mut cw).await });
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match cr.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        seen.extend_from_slice(&buf[..n]);
+                        if uw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            seen
+        });
+        let mut c = connect(
+            TcpStream::connect(via).await.unwrap(),
+            &id(Role::Agent, key.clone()),
+            DEFAULT_MAX_FRAME,
+        )
+        .await
+        .unwrap();
+        let mut s = s.await.unwrap().unwrap();
+        c.send(&Message::Heartbeat { seq: 1 }).await.unwrap();
+        assert_eq!(s.recv().await.unwrap(), Message::Heartbeat { seq: 1 });
+        drop(c);
+        (tap.await.unwrap(), s)
+    }
+
+    #[tokio::test]
+    async fn a_replayed_handshake_is_refused_and_nothing_after_the_hello_travels_in_the_clear() {
+        let key = Key::Secret(b"s3cret".to_vec());
+        let (seen, s) = recorded_session(&key).await;
+        assert!(s.encrypted());
+        // The heartbeat's encoding does not appear in what crossed the wire; the hello does.
+        let beat = encode(&Message::Heartbeat { seq: 1 });
+        assert!(!seen.windows(beat.len()).any(|w| w == &beat[..]));
+        let hello = encode(&id(Role::Agent, key.clone()).hello());
+        assert!(seen.windows(hello.len()).any(|w| w == &hello[..]));
+        // Everything the client sent, played again to a fresh server.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = id(Role::Worker, key);
+        let s = tokio::spawn(async move {
+            let (t, _) = l.accept().await.unwrap();
+            accept(t, &server, DEFAULT_MAX_FRAME).await
+        });
+        let mut replay = TcpStream::connect(addr).await.unwrap();
+        replay.write_all(&seen).await.unwrap();
+        let e = s.await.unwrap().unwrap_err().to_string();
+        assert!(e.contains("replayed"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_byte_flipped_on_the_way_ends_the_connection() {
+        let k = Key::Secret(b"s3cret".to_vec());
+        let (s, c) = pair(id(Role::Worker, k.clone()), id(Role::Agent, k)).await;
+        let (mut s, c) = (s.unwrap(), c.unwrap());
+        // Write a sealed record by hand with one byte flipped after the length prefix.
+        let Conn {
+            mut framed,
+            mut seal,
+            ..
+        } = c;
+        let mut record = seal
+            .as_mut()
+            .unwrap()
+            .seal(&encode(&Message::Heartbeat { seq: 9 }))
+            .unwrap()
+            .remove(0)
+            .to_vec();
+        record[10] ^= 0x20;
+        use futures_util::SinkExt;
+        framed.send(bytes::Bytes::from(record)).await.unwrap();
+        let e = s.recv().await.unwrap_err();
+        assert!(matches!(e, WireError::Auth(_)), "{e}");
     }
 
     #[tokio::test]
@@ -350,7 +442,6 @@ mod tests {
             role: Role::Agent,
             fleet: "test".into(),
             name: "old".into(),
-            nonce: [0; 32],
             insecure: true,
         });
         t.write_all(&(hello.len() as u32).to_be_bytes())

@@ -13,6 +13,7 @@ use crate::sched::Policy;
 pub enum Role {
     Agent,
     Worker,
+    Coordinator,
     /// `dyno status` and other read-only clients.
     Observer,
 }
@@ -142,16 +143,14 @@ pub enum Message {
         role: Role,
         fleet: String,
         name: String,
-        nonce: [u8; 32],
         insecure: bool,
     },
-    Challenge {
-        nonce: [u8; 32],
-        proof: [u8; 32],
+    /// A Noise handshake message (`noise.rs`).
+    Handshake {
+        noise: Vec<u8>,
     },
-    Auth {
-        proof: [u8; 32],
-    },
+    /// The client's first encrypted message: it holds this session's keys.
+    Confirm,
     Welcome,
     Refused {
         reason: String,
@@ -238,8 +237,8 @@ impl Message {
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Hello { .. } => "Hello",
-            Message::Challenge { .. } => "Challenge",
-            Message::Auth { .. } => "Auth",
+            Message::Handshake { .. } => "Handshake",
+            Message::Confirm => "Confirm",
             Message::Welcome => "Welcome",
             Message::Refused { .. } => "Refused",
             Message::Heartbeat { .. } => "Heartbeat",

@@ -2,13 +2,15 @@
 //!
 //! - [`message`]: every [`Message`] and its bincode 2 encoding (serde).
 //! - [`frame`]: length-delimited frames with a size limit (tokio-util's codec), [`Conn`].
-//! - [`handshake`]: the HMAC-SHA256 challenge-response under the fleet key.
+//! - [`handshake`]: the hello, then the Noise handshake under the fleet key.
+//! - [`noise`]: the encrypted transport (Noise NNpsk0 through `snow`), records and their joining.
 //! - [`session`]: dialling with a timeout, the writer pump, the accept loop.
 use std::time::Duration;
 
 pub mod frame;
 pub mod handshake;
 pub mod message;
+pub mod noise;
 pub mod session;
 
 pub use frame::{codec, Conn, Receiver, Sender};
@@ -19,7 +21,7 @@ pub use message::{
 };
 
 /// Bumped on any incompatible change of [`Message`].
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// No frame may be larger, whatever a config says: the decoder refuses a length field
 /// (of a string or a byte vector) claiming more than this before it allocates.
 pub const FRAME_LIMIT: usize = 64 << 20;

@@ -68,7 +68,7 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
     let me = Identity {
         fleet: cfg.fleet.id.clone(),
         name: "coordinator".into(),
-        role: Role::Worker,
+        role: Role::Coordinator,
         key,
     };
     let mut data = None;
