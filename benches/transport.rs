@@ -35,7 +35,9 @@ async fn connected(key: &Key) -> Conn {
     let server = id(Role::Worker, key);
     tokio::spawn(async move {
         let (t, _) = l.accept().await.unwrap();
-        let mut c = accept(t, &server, DEFAULT_MAX_FRAME).await.unwrap();
+        let mut c = accept(t, &server, DEFAULT_MAX_FRAME, &[Role::Agent])
+            .await
+            .unwrap();
         while let Ok(m) = c.recv().await {
             if let Message::Infer { request, .. } = m {
                 if request & (1 << 63) != 0 {

@@ -45,6 +45,7 @@ impl Fleet {
     }
 
     /// The key: the environment's over the file's; an error without one unless insecure.
+    /// A key written by `dyno key` (`dyno-id1:` and 64 hex digits) is one identity's.
     pub fn key(&self) -> anyhow::Result<Key> {
         let key = std::env::var("DYNO_FLEET_KEY")
             .ok()
@@ -56,6 +57,9 @@ impl Fleet {
                  experiments without a key)"
             ),
             (Some(k), false) => {
+                if let Some(own) = parse_own_key(&k)? {
+                    return Ok(Key::Own(own));
+                }
                 anyhow::ensure!(
                     k.len() >= 16,
                     "the fleet key is {} bytes: use at least 16 (e.g. `openssl rand -hex 16`)",
@@ -70,6 +74,59 @@ impl Fleet {
             ),
         }
     }
+
+    /// The key of a coordinator or a worker: the fleet key itself (it derives each
+    /// peer's identity key), or none with --insecure.
+    pub fn server_key(&self, role: &str) -> anyhow::Result<Key> {
+        let key = self.key()?;
+        anyhow::ensure!(
+            !matches!(key, Key::Own(_)),
+            "a {role} needs the fleet key itself: the key given is one identity's (`dyno key`), \
+             which only a device or an observer uses"
+        );
+        Ok(key)
+    }
+}
+
+/// The address to bind for `listen`: a host as given; for `:PORT` alone, every interface
+/// when the fleet is keyed, loopback only when it runs --insecure (an unauthenticated
+/// service is not put on the network unless an address says so).
+pub fn bind_address(listen: &str, key: &Key) -> String {
+    match listen.strip_prefix(':') {
+        Some(port) if *key == Key::Insecure => format!("127.0.0.1:{port}"),
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => listen.to_string(),
+    }
+}
+
+/// The prefix of one identity's key as `dyno key` prints it.
+pub const OWN_KEY_PREFIX: &str = "dyno-id1:";
+
+/// One identity's key from `dyno-id1:` and 64 hex digits; `None` for any other key.
+pub fn parse_own_key(k: &str) -> anyhow::Result<Option<[u8; 32]>> {
+    let Some(hex) = k.strip_prefix(OWN_KEY_PREFIX) else {
+        return Ok(None);
+    };
+    let bad = || {
+        anyhow::anyhow!(
+            "the key starts with `{OWN_KEY_PREFIX}` but is not followed by 64 hex digits: \
+             copy it whole from `dyno key`"
+        )
+    };
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(Some(out))
+}
+
+/// One identity's key as `dyno key` prints it.
+pub fn format_own_key(key: &[u8; 32]) -> String {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{OWN_KEY_PREFIX}{hex}")
 }
 
 /// `dyno coordinator`.
@@ -77,9 +134,10 @@ impl Fleet {
 #[serde(deny_unknown_fields, default)]
 pub struct CoordinatorConfig {
     pub fleet: Fleet,
-    /// Control endpoint (agents, workers, `dyno status`).
+    /// Control endpoint (agents, workers, `dyno status`). `:PORT` binds every interface
+    /// with a fleet key and loopback only with --insecure; give a host to choose.
     pub listen: String,
-    /// Data endpoint of the embedded workers.
+    /// Data endpoint of the embedded workers (`:PORT` as `listen`).
     pub data_listen: String,
     /// Embedded cloud workers (threads, one inference each at a time); 0 allowed.
     pub workers: usize,
@@ -109,8 +167,8 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         CoordinatorConfig {
             fleet: Fleet::default(),
-            listen: "0.0.0.0:7700".into(),
-            data_listen: "0.0.0.0:7701".into(),
+            listen: ":7700".into(),
+            data_listen: ":7701".into(),
             workers: 1,
             queue: 4,
             batching: BatchingConfig::default(),
@@ -133,7 +191,8 @@ pub struct WorkerConfig {
     pub name: String,
     /// Coordinator control addresses to try when mDNS finds none.
     pub coordinators: Vec<String>,
-    /// Data endpoint.
+    /// Data endpoint. `:PORT` binds every interface with a fleet key and loopback only
+    /// with --insecure; give a host to choose.
     pub listen: String,
     /// The address agents should use for the data endpoint (default: the listen address).
     pub advertise: Option<String>,
@@ -177,7 +236,7 @@ impl Default for WorkerConfig {
             fleet: Fleet::default(),
             name: "worker".into(),
             coordinators: vec!["127.0.0.1:7700".into()],
-            listen: "0.0.0.0:7702".into(),
+            listen: ":7702".into(),
             advertise: None,
             workers: 1,
             queue: 4,

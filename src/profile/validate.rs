@@ -120,7 +120,7 @@ fn serve(
         listener.set_nonblocking(true).map_err(io_err)?;
         let listener = tokio::net::TcpListener::from_std(listener).map_err(io_err)?;
         let (stream, _) = listener.accept().await.map_err(io_err)?;
-        let mut conn = accept(stream, &identity(Role::Worker), FRAME_LIMIT)
+        let mut conn = accept(stream, &identity(Role::Worker), FRAME_LIMIT, &[Role::Agent])
             .await
             .map_err(wire_err)?;
         let mut packer = Packer::default();

@@ -14,13 +14,17 @@ use tokio::net::TcpStream;
 
 use super::frame::Conn;
 use super::message::{decode, encode, Message, Role};
-use super::noise::Handshake;
+use super::noise::{identity_key, Handshake};
 use super::{WireError, HANDSHAKE_TIMEOUT, PROTOCOL_VERSION};
 
 /// The fleet's shared secret, or the explicit choice to run without one.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Key {
+    /// The fleet key: the cloud side's, and any client's that may take any name.
     Secret(Vec<u8>),
+    /// One identity's key (a role and a name), derived from the fleet key by `dyno key`:
+    /// it proves that identity and no other.
+    Own([u8; 32]),
     /// `--insecure`: for local experiments only.
     Insecure,
 }
@@ -29,6 +33,7 @@ impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Key::Secret(_) => f.write_str("Key::Secret(..)"),
+            Key::Own(_) => f.write_str("Key::Own(..)"),
             Key::Insecure => f.write_str("Key::Insecure"),
         }
     }
@@ -87,8 +92,13 @@ pub async fn connect(
     let mut c = Conn::new(stream, max_frame);
     let hello = me.hello();
     c.send(&hello).await?;
-    if let Key::Secret(k) = &me.key {
-        let mut noise = Handshake::initiator(k, &hello)?;
+    let psk = match &me.key {
+        Key::Secret(k) => Some(identity_key(k, me.role, &me.name)),
+        Key::Own(k) => Some(*k),
+        Key::Insecure => None,
+    };
+    if let Some(psk) = psk {
+        let mut noise = Handshake::initiator(&psk, &hello)?;
         c.send(&Message::Handshake {
             noise: noise.write(&[])?,
         })
@@ -124,7 +134,13 @@ async fn refuse(c: &mut Conn, reason: String) -> String {
 
 /// The handshake, server side: accepts `stream` for `me`; on failure the peer is told why
 /// (when it can be) and the error says it for the log.
-pub async fn accept(stream: TcpStream, me: &Identity, max_frame: usize) -> Result<Conn, WireError> {
+/// Only the roles in `admits` get past the hello.
+pub async fn accept(
+    stream: TcpStream,
+    me: &Identity,
+    max_frame: usize,
+    admits: &[Role],
+) -> Result<Conn, WireError> {
     stream.set_nodelay(true)?;
     let mut c = Conn::new(stream, max_frame);
     let hello = timed(c.recv()).await?;
@@ -153,7 +169,11 @@ pub async fn accept(stream: TcpStream, me: &Identity, max_frame: usize) -> Resul
         let r = format!("fleet `{fleet}` is not this fleet (`{}`)", me.fleet);
         return Err(WireError::Auth(refuse(&mut c, r).await));
     }
-    let secured = matches!(me.key, Key::Secret(_));
+    if !admits.contains(&role) {
+        let r = format!("a {role:?} may not connect here: this endpoint admits {admits:?}");
+        return Err(WireError::Auth(refuse(&mut c, r).await));
+    }
+    let secured = me.key != Key::Insecure;
     if secured == insecure {
         let r = if secured {
             "this fleet requires the fleet key; the peer runs --insecure".to_string()
@@ -162,15 +182,21 @@ pub async fn accept(stream: TcpStream, me: &Identity, max_frame: usize) -> Resul
         };
         return Err(WireError::Auth(refuse(&mut c, r).await));
     }
-    if let Key::Secret(k) = &me.key {
+    if me.key != Key::Insecure {
+        let Key::Secret(k) = &me.key else {
+            let r = "this server holds one identity's key, not the fleet key: a coordinator \
+                     or a worker needs the fleet key";
+            return Err(WireError::Auth(refuse(&mut c, r.into()).await));
+        };
         let Message::Handshake { noise: first } = expect(timed(c.recv()).await?, "Handshake")?
         else {
             unreachable!("expect checked the kind")
         };
-        let mut noise = Handshake::responder(k, &hello)?;
+        let mut noise = Handshake::responder(&identity_key(k, role, &name), &hello)?;
         if noise.read(&first).is_err() {
             let r = format!(
-                "`{name}` does not know the fleet key, or its hello was altered on the way"
+                "`{name}` ({role:?}) does not hold the fleet key or its own identity's key, \
+                 or its hello was altered on the way"
             );
             return Err(WireError::Auth(refuse(&mut c, r).await));
         }
@@ -208,6 +234,8 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
+    const ALL: &[Role] = &[Role::Agent, Role::Worker, Role::Coordinator, Role::Observer];
+
     fn id(role: Role, key: Key) -> Identity {
         Identity {
             fleet: "test".into(),
@@ -225,7 +253,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let s = tokio::spawn(async move {
             let (t, _) = l.accept().await.unwrap();
-            accept(t, &server, DEFAULT_MAX_FRAME).await
+            accept(t, &server, DEFAULT_MAX_FRAME, ALL).await
         });
         let c = connect(
             TcpStream::connect(addr).await.unwrap(),
@@ -276,7 +304,7 @@ mod tests {
         let (t, _) = l.accept().await.unwrap();
         let me = id(Role::Observer, Key::Insecure);
         let started = std::time::Instant::now();
-        let r = accept(t, &me, DEFAULT_MAX_FRAME).await;
+        let r = accept(t, &me, DEFAULT_MAX_FRAME, ALL).await;
         assert!(matches!(r, Err(WireError::Timeout(d)) if d == HANDSHAKE_TIMEOUT));
         let waited = started.elapsed();
         assert!(
@@ -336,7 +364,7 @@ mod tests {
         let server = id(Role::Worker, key.clone());
         let s = tokio::spawn(async move {
             let (t, _) = l.accept().await.unwrap();
-            accept(t, &server, DEFAULT_MAX_FRAME).await
+            accept(t, &server, DEFAULT_MAX_FRAME, ALL).await
         });
         let tap = tokio::spawn(async move {
             let (client, _) = proxy.accept().await.unwrap();
@@ -389,7 +417,7 @@ mod tests {
         let server = id(Role::Worker, key);
         let s = tokio::spawn(async move {
             let (t, _) = l.accept().await.unwrap();
-            accept(t, &server, DEFAULT_MAX_FRAME).await
+            accept(t, &server, DEFAULT_MAX_FRAME, ALL).await
         });
         let mut replay = TcpStream::connect(addr).await.unwrap();
         replay.write_all(&seen).await.unwrap();
@@ -431,7 +459,7 @@ mod tests {
             let mut out = Vec::new();
             for _ in 0..3 {
                 let (t, _) = l.accept().await.unwrap();
-                out.push(accept(t, &me, 1024).await.unwrap_err().to_string());
+                out.push(accept(t, &me, 1024, ALL).await.unwrap_err().to_string());
             }
             out
         });

@@ -17,7 +17,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use snow::{HandshakeState, StatelessTransportState};
 
-use super::message::{encode, Message};
+use super::message::{encode, Message, Role};
 use super::WireError;
 
 /// The Noise protocol name: NN (ephemeral keys on both sides, forward secrecy) with the
@@ -32,11 +32,16 @@ const CHUNK: usize = RECORD - TAG;
 /// The first record's plaintext starts with the message's length.
 const LENGTH: usize = 4;
 
-/// The pre-shared key: HMAC-SHA256 of a fixed label under the fleet key, so a fleet key
-/// of any length gives the 32 bytes Noise takes.
-fn psk(key: &[u8]) -> [u8; 32] {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(b"dyno fleet key -> Noise psk, v1");
+/// The pre-shared key of one identity: HMAC-SHA256 under the fleet key of a fixed label,
+/// the role and the name. The cloud side (coordinator, workers) holds the fleet key and
+/// derives each peer's key from its hello; a device may hold only its own key
+/// (`dyno key`), which proves that name and role and no other.
+pub fn identity_key(fleet_key: &[u8], role: Role, name: &str) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(fleet_key).expect("HMAC takes any key length");
+    mac.update(b"dyno identity key v1\0");
+    mac.update(format!("{role:?}").as_bytes());
+    mac.update(b"\0");
+    mac.update(name.as_bytes());
     mac.finalize().into_bytes().into()
 }
 
@@ -55,11 +60,11 @@ fn failed(what: &str, e: snow::Error) -> WireError {
 pub struct Handshake(HandshakeState);
 
 impl Handshake {
-    fn new(key: &[u8], hello: &Message, initiator: bool) -> Result<Handshake, WireError> {
+    fn new(psk: &[u8; 32], hello: &Message, initiator: bool) -> Result<Handshake, WireError> {
         let params = PATTERN.parse().expect("a valid Noise pattern");
-        let (psk, prologue) = (psk(key), prologue(hello));
+        let prologue = prologue(hello);
         let builder = snow::Builder::new(params)
-            .psk(0, &psk)
+            .psk(0, psk)
             .and_then(|b| b.prologue(&prologue))
             .map_err(|e| failed("the Noise handshake could not be set up", e))?;
         let state = if initiator {
@@ -72,14 +77,15 @@ impl Handshake {
             .map_err(|e| failed("the Noise handshake could not be set up", e))
     }
 
-    /// The client's side, bound to the hello it sent.
-    pub fn initiator(key: &[u8], hello: &Message) -> Result<Handshake, WireError> {
-        Handshake::new(key, hello, true)
+    /// The client's side, under its identity's key, bound to the hello it sent.
+    pub fn initiator(psk: &[u8; 32], hello: &Message) -> Result<Handshake, WireError> {
+        Handshake::new(psk, hello, true)
     }
 
-    /// The server's side, bound to the hello it received.
-    pub fn responder(key: &[u8], hello: &Message) -> Result<Handshake, WireError> {
-        Handshake::new(key, hello, false)
+    /// The server's side, under the client's identity key, bound to the hello it
+    /// received.
+    pub fn responder(psk: &[u8; 32], hello: &Message) -> Result<Handshake, WireError> {
+        Handshake::new(psk, hello, false)
     }
 
     /// The next handshake message, carrying `payload` (encrypted where the pattern can).
@@ -257,8 +263,8 @@ mod tests {
         sent: &Message,
         got: &Message,
     ) -> Result<((Seal, Open), (Seal, Open)), WireError> {
-        let mut c = Handshake::initiator(client_key, sent)?;
-        let mut s = Handshake::responder(server_key, got)?;
+        let mut c = Handshake::initiator(&identity_key(client_key, Role::Agent, "cam"), sent)?;
+        let mut s = Handshake::responder(&identity_key(server_key, Role::Agent, "cam"), got)?;
         let m1 = c.write(&[])?;
         s.read(&m1)?;
         let m2 = s.write(b"server hello")?;

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::frame::{Conn, Sender};
 use super::handshake::{accept, connect, Identity};
-use super::message::Message;
+use super::message::{Message, Role};
 use super::WireError;
 
 /// Heartbeats (and a worker's load report) go out this often: the control step's beat
@@ -121,13 +121,14 @@ pub fn pump(mut tx: Sender) -> (Outbox, JoinHandle<()>) {
 }
 
 /// The accept loop of an endpoint named `endpoint` (for logs and
-/// `dyno_refused_peers_total`): every peer is handshaken as `me`, then `session` runs
-/// for it on its own task. Runs until the process ends.
+/// `dyno_refused_peers_total`): every peer is handshaken as `me` (only the roles in
+/// `admits`), then `session` runs for it on its own task. Runs until the process ends.
 pub async fn serve<F, Fut>(
     listener: TcpListener,
     me: Identity,
     max_frame: usize,
     endpoint: &'static str,
+    admits: &'static [Role],
     session: F,
 ) where
     F: Fn(Conn, SocketAddr) -> Fut + Send + Sync + 'static,
@@ -146,7 +147,7 @@ pub async fn serve<F, Fut>(
         };
         let (me, session) = (me.clone(), session.clone());
         tokio::spawn(async move {
-            match accept(stream, &me, max_frame).await {
+            match accept(stream, &me, max_frame, admits).await {
                 Ok(conn) => session(conn, peer).await,
                 Err(e) => {
                     tracing::warn!(%peer, "{endpoint} endpoint: refused a peer: {e}");
@@ -161,7 +162,7 @@ pub async fn serve<F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Key, Role, DEFAULT_MAX_FRAME};
+    use crate::wire::{Key, DEFAULT_MAX_FRAME};
 
     fn id(role: Role) -> Identity {
         Identity {
@@ -181,6 +182,7 @@ mod tests {
             id(Role::Worker),
             DEFAULT_MAX_FRAME,
             "test",
+            &[Role::Agent],
             |conn, _| async move {
                 let (tx, mut rx) = conn.split();
                 let (out, _pump) = pump(tx);
@@ -222,6 +224,7 @@ mod tests {
             id(Role::Worker),
             DEFAULT_MAX_FRAME,
             "test",
+            &[Role::Agent],
             move |conn, _| {
                 let report = report.lock().unwrap().take();
                 async move {

@@ -84,6 +84,9 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Load-test a coordinator: many synthetic agents over the real protocol.
     Load(load::LoadArgs),
+    /// One identity's key, derived from the fleet key (DYNO_FLEET_KEY): give a device
+    /// its own key instead of the fleet key, and it can shake hands as that device only.
+    Key(KeyArgs),
     /// Real hosts on this machine: a network namespace, a CPU quota and tc-shaped links
     /// per device (needs root).
     #[command(subcommand)]
@@ -354,6 +357,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(a) => return runtime::run_agent(global, a),
         Command::Status(a) => return status::run_status(a),
         Command::Load(a) => return load::run_load(global, a),
+        Command::Key(a) => return key(a),
         _ => {}
     }
     let home = global.setup()?;
@@ -374,8 +378,42 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Worker(_)
         | Command::Agent(_)
         | Command::Status(_)
-        | Command::Load(_) => unreachable!("run above"),
+        | Command::Load(_)
+        | Command::Key(_) => unreachable!("run above"),
     }
+}
+
+/// Whose key `dyno key` derives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyRole {
+    Agent,
+    Observer,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The device's id (`dyno agent --id`), or the observer's name (`status` for `dyno
+    /// status`).
+    #[arg(long, env = "DYNO_ID")]
+    pub name: String,
+    /// Whose key: a device's (agent) or a read-only client's (observer).
+    #[arg(long, value_enum, default_value = "agent")]
+    pub role: KeyRole,
+}
+
+/// `dyno key`: prints one identity's key, derived from the fleet key.
+fn key(a: KeyArgs) -> anyhow::Result<()> {
+    let fleet = crate::config::Fleet::default();
+    let dyno::wire::Key::Secret(k) = fleet.key()? else {
+        anyhow::bail!("`dyno key` derives from the fleet key itself: set DYNO_FLEET_KEY to it")
+    };
+    let role = match a.role {
+        KeyRole::Agent => dyno::wire::Role::Agent,
+        KeyRole::Observer => dyno::wire::Role::Observer,
+    };
+    let own = dyno::wire::noise::identity_key(&k, role, &a.name);
+    println!("{}", crate::config::format_own_key(&own));
+    Ok(())
 }
 
 /// Prints `value` as pretty JSON on stdout.

@@ -16,6 +16,10 @@ use super::scheduler::{
 };
 use super::status::GetStatus;
 
+/// Who may connect to the control endpoint: devices, workers and observers (`dyno
+/// status`); not another coordinator.
+pub const CONTROL_ADMITS: &[Role] = &[Role::Agent, Role::Worker, Role::Observer];
+
 /// Serves the control endpoint on `listener` until the process ends.
 pub async fn serve(
     listener: TcpListener,
@@ -24,9 +28,14 @@ pub async fn serve(
     timeout: Duration,
     scheduler: Addr<SchedulerActor>,
 ) {
-    session::serve(listener, me, max_frame, "control", move |conn, peer| {
-        control_session(conn, peer, timeout, scheduler.clone())
-    })
+    session::serve(
+        listener,
+        me,
+        max_frame,
+        "control",
+        CONTROL_ADMITS,
+        move |conn, peer| control_session(conn, peer, timeout, scheduler.clone()),
+    )
     .await
 }
 
@@ -39,9 +48,11 @@ async fn control_session(
     let role = conn.role;
     let name = conn.peer.clone();
     let (tx, mut rx) = conn.split();
-    let (out, writer) = pump(tx);
+    let (out, mut writer) = pump(tx);
     let mut device: Option<String> = None;
     let mut worker: Option<String> = None;
+    // Set when the peer is refused: its reason is written before the connection closes.
+    let mut refused = false;
     loop {
         let m = match tokio::time::timeout(timeout, rx.recv()).await {
             Err(_) => {
@@ -58,6 +69,18 @@ async fn control_session(
         match (role, m) {
             (_, Message::Heartbeat { seq }) => {
                 let _ = out.send(Message::HeartbeatAck { seq });
+            }
+            (Role::Agent, Message::RegisterDevice(info)) if info.id != name => {
+                let reason = format!(
+                    "`{name}` may not register as device `{}`: a device registers under the \
+                     name it shook hands with",
+                    info.id
+                );
+                tracing::warn!(%peer, "control endpoint: {reason}");
+                metrics::counter!("dyno_refused_peers_total", "endpoint" => "control").increment(1);
+                let _ = out.send(Message::Refused { reason });
+                refused = true;
+                break;
             }
             (Role::Agent, Message::RegisterDevice(info)) => {
                 device = Some(info.id.clone());
@@ -83,6 +106,17 @@ async fn control_session(
             }
             (Role::Agent, Message::Probe { seq, .. }) => {
                 let _ = out.send(Message::ProbeAck { seq });
+            }
+            (Role::Worker, Message::RegisterWorker { name: wname, .. }) if wname != name => {
+                let reason = format!(
+                    "`{name}` may not register as worker `{wname}`: a worker registers under \
+                     the name it shook hands with"
+                );
+                tracing::warn!(%peer, "control endpoint: {reason}");
+                metrics::counter!("dyno_refused_peers_total", "endpoint" => "control").increment(1);
+                let _ = out.send(Message::Refused { reason });
+                refused = true;
+                break;
             }
             (
                 Role::Worker,
@@ -144,5 +178,8 @@ async fn control_session(
         scheduler.do_send(WorkerLeft { name });
     }
     drop(out);
+    if refused {
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut writer).await;
+    }
     writer.abort();
 }

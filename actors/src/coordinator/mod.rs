@@ -50,7 +50,11 @@ pub fn tables(
 
 /// Starts a coordinator inside the current actix system.
 pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coordinator> {
-    let key = cfg.fleet.key()?;
+    let key = cfg.fleet.server_key("coordinator")?;
+    let (listen, data_listen) = (
+        crate::config::bind_address(&cfg.listen, &key),
+        crate::config::bind_address(&cfg.data_listen, &key),
+    );
     let (tables, cloud_slowdown) = tables(home, &cfg.model, cfg.devices.as_deref())?;
     let sharing = if cfg.fleet_aware {
         Sharing::FleetAware
@@ -73,9 +77,9 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
     };
     let mut data = None;
     if cfg.workers > 0 {
-        let l = TcpListener::bind(&cfg.data_listen)
+        let l = TcpListener::bind(&data_listen)
             .await
-            .with_context(|| format!("data endpoint {}", cfg.data_listen))?;
+            .with_context(|| format!("data endpoint {data_listen}"))?;
         let addr = l.local_addr()?;
         let batching =
             worker::resolve_batching(&cfg.batching, home, &cfg.model, cfg.devices.as_deref())?;
@@ -109,9 +113,9 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
             }
         });
     }
-    let l = TcpListener::bind(&cfg.listen)
+    let l = TcpListener::bind(&listen)
         .await
-        .with_context(|| format!("control endpoint {}", cfg.listen))?;
+        .with_context(|| format!("control endpoint {listen}"))?;
     let control = l.local_addr()?;
     let timeout = Duration::from_millis(cfg.heartbeat_timeout_ms.max(100));
     actix_rt::spawn(endpoint::serve(
@@ -121,7 +125,10 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
         timeout,
         scheduler.clone(),
     ));
-    let advert = if cfg.mdns {
+    let advert = if cfg.mdns && control.ip().is_loopback() {
+        tracing::info!("not advertised over mDNS: the control endpoint listens on loopback only");
+        None
+    } else if cfg.mdns {
         let instance = format!("dyno-{}-{}", cfg.fleet.id, control.port());
         match crate::discovery::advertise(&cfg.fleet.id, &instance, control.port()) {
             Ok(a) => {

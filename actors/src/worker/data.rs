@@ -12,6 +12,10 @@ use tracing::Instrument;
 use super::admission::Admission;
 use super::pool::{Pool, TailError};
 
+/// Who may connect to the data endpoint: devices submit work; an observer, a worker or
+/// a coordinator may not.
+pub const DATA_ADMITS: &[wire::Role] = &[wire::Role::Agent];
+
 /// Serves the data endpoint on `listener` until the process ends: each agent connection
 /// is handshaken, then every `Infer` is answered with `InferOk` or `InferErr`. A peer that
 /// fails the handshake or sends garbage is dropped with a logged reason.
@@ -22,9 +26,14 @@ pub async fn serve_data(
     me: Identity,
     max_frame: usize,
 ) {
-    session::serve(listener, me, max_frame, "data", move |conn, peer| {
-        data_session(conn, peer, pool.clone(), admission.clone())
-    })
+    session::serve(
+        listener,
+        me,
+        max_frame,
+        "data",
+        DATA_ADMITS,
+        move |conn, peer| data_session(conn, peer, pool.clone(), admission.clone()),
+    )
     .await
 }
 

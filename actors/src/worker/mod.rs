@@ -35,16 +35,17 @@ pub struct Worker {
 
 /// Starts a worker process's parts inside the current actix system.
 pub async fn start(cfg: &crate::config::WorkerConfig, home: &Home) -> anyhow::Result<Worker> {
-    let key = cfg.fleet.key()?;
+    let key = cfg.fleet.server_key("worker")?;
+    let listen = crate::config::bind_address(&cfg.listen, &key);
     let me = Identity {
         fleet: cfg.fleet.id.clone(),
         name: cfg.name.clone(),
         role: wire::Role::Worker,
         key,
     };
-    let l = TcpListener::bind(&cfg.listen)
+    let l = TcpListener::bind(&listen)
         .await
-        .map_err(|e| anyhow::anyhow!("data endpoint {}: {e}", cfg.listen))?;
+        .map_err(|e| anyhow::anyhow!("data endpoint {listen}: {e}"))?;
     let data = l.local_addr()?;
     let batching = resolve_batching(&cfg.batching, home, &cfg.model, None)?;
     let pool = Pool::start(home, &cfg.model, cfg.workers, cfg.queue, batching.clone());

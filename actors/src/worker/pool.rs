@@ -84,14 +84,16 @@ impl Actor for CloudWorker {
 
 impl CloudWorker {
     /// One frame's activation, checked against the model this worker serves, with its
-    /// split and the seconds its unpacking took.
+    /// split and the seconds its unpacking took. The header is checked first (model,
+    /// weights, and the activation's size at its split), so nothing larger than the
+    /// model's own activation is ever decoded.
     fn unpack(&mut self, packed: &[u8]) -> Result<(Tensor, usize, f64), TailError> {
         let model = self
             .model
             .as_ref()
             .map_err(|e| TailError::Failed(e.clone()))?;
         let t = Instant::now();
-        let (header, a) = unpack_tensor(&mut self.packer, packed, &self.limits)
+        let (header, _) = Header::decode(packed, self.limits.max_elements)
             .map_err(|e| TailError::Failed(format!("unpacking: {e}")))?;
         if header.model != model.name() || header.weights_hash != model.weights_hash() {
             return Err(TailError::Failed(format!(
@@ -103,7 +105,24 @@ impl CloudWorker {
                 model.weights_hash()
             )));
         }
-        Ok((a, header.split as usize, t.elapsed().as_secs_f64()))
+        let split = header.split as usize;
+        let want: u64 = model
+            .activation_shape(split)
+            .map_err(|e| TailError::Failed(format!("split {split}: {e}")))?
+            .iter()
+            .map(|&d| d.max(0) as u64)
+            .product();
+        if header.elements() != want {
+            return Err(TailError::Failed(format!(
+                "the activation at split {split} holds {} elements; `{}` has {want} there",
+                header.elements(),
+                model.name()
+            )));
+        }
+        let limits = DecodeLimits { max_elements: want };
+        let (_, a) = unpack_tensor(&mut self.packer, packed, &limits)
+            .map_err(|e| TailError::Failed(format!("unpacking: {e}")))?;
+        Ok((a, split, t.elapsed().as_secs_f64()))
     }
 }
 

@@ -40,6 +40,21 @@ pub fn assert_clean_failure(args: &[&str], needles: &[&str]) {
     }
 }
 
+/// As [`assert_clean_failure`], with `env` set.
+pub fn assert_clean_failure_env(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dyno"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: `{n}` not in: {err}");
+    }
+}
+
 /// A port free on loopback a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,339 @@
+//! What a stranger and an attacker on the path can and cannot do to a keyed fleet of real
+//! processes (docs/SECURITY.md names each claim's test here):
+//! - a byte flipped on the way from a device to its worker ends that connection, and the
+//!   frames in flight finish on the device: every frame answered once, none wrong;
+//! - an observer cannot submit work to a worker, nor a coordinator join as a peer;
+//! - a device cannot register under another's id: not with its own key (`dyno key`),
+//!   and not under a name other than the one it shook hands with;
+//! - an `--insecure` coordinator is not reachable from another network namespace unless
+//!   it is given an address (needs root; fails under `CI=true` when it cannot run).
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dyno::wire::session::dial;
+use dyno::wire::{DeviceInfo, Identity, Key, Message, Role, WireError, DEFAULT_MAX_FRAME};
+use dyno_actors::agent::AgentSummary;
+use dyno_actors::config::WorkerConfig;
+
+mod common;
+
+const KEY: &str = "security-test-fleet-key-0123456789";
+
+fn keyed(args: &[String]) -> common::Logged {
+    common::spawn_logged(args, &[("DYNO_FLEET_KEY", KEY)])
+}
+
+/// `dyno agent` of `fashion_cnn` as `id` with `key`, `frames` frames, verified against
+/// the local model; its summary and log.
+fn agent(control: &str, id: &str, key: &str, frames: u64) -> (AgentSummary, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dyno"))
+        .args([
+            "agent",
+            "--no-mdns",
+            "--fleet",
+            "sec",
+            "--model",
+            "fashion_cnn",
+            "--coordinator",
+            control,
+            "--frames",
+            &frames.to_string(),
+            "--id",
+            id,
+            "--verify",
+        ])
+        .args(common::ONLOADING_DEVICE)
+        .env("DYNO_FLEET_KEY", key)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "the agent failed: {log}");
+    (serde_json::from_slice(&out.stdout).unwrap(), log)
+}
+
+/// A TCP relay from a port of its own to `upstream` that flips one byte of the first
+/// connection's client-to-server stream at `offset`; returns its port and whether it
+/// has flipped it.
+fn flipping_relay(upstream: String, offset: usize) -> (u16, Arc<AtomicBool>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let flipped = Arc::new(AtomicBool::new(false));
+    let f = flipped.clone();
+    std::thread::spawn(move || {
+        for client in l.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let (mut cr, mut sw) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut sr, mut cw) = (server, client);
+            std::thread::spawn(move || std::io::copy(&mut sr, &mut cw));
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let mut seen = 0usize;
+                let mut buf = [0u8; 8192];
+                loop {
+                    let n = match cr.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if !f.load(Ordering::SeqCst) && seen <= offset && offset < seen + n {
+                        buf[offset - seen] ^= 0x01;
+                        f.store(true, Ordering::SeqCst);
+                    }
+                    seen += n;
+                    if sw.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = sw.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, flipped)
+}
+
+#[test]
+fn a_byte_flipped_on_the_way_to_the_worker_ends_the_connection_and_no_answer_is_wrong() {
+    let c = keyed(&common::coordinator_args("sec", "127.0.0.1:0", 0));
+    let control = c.ready["control"].as_str().unwrap().to_string();
+    // A worker whose advertised data address is the relay's.
+    let data_port = common::free_port();
+    let (relay, flipped) = flipping_relay(format!("127.0.0.1:{data_port}"), 40_000);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WorkerConfig {
+        name: "w-relayed".into(),
+        coordinators: vec![control.clone()],
+        listen: format!("127.0.0.1:{data_port}"),
+        advertise: Some(format!("127.0.0.1:{relay}")),
+        model: "fashion_cnn".into(),
+        mdns: false,
+        fleet: dyno_actors::config::Fleet {
+            id: "sec".into(),
+            ..Default::default()
+        },
+        ..WorkerConfig::default()
+    };
+    let path = dir.path().join("worker.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let w = keyed(&[
+        "worker".into(),
+        "--config".into(),
+        path.to_str().unwrap().into(),
+        "--ready-json".into(),
+    ]);
+    // Every frame onloads, losslessly (fp32): any answer that differs from the local
+    // model's is a wrong one.
+    let mut a = common::cloud_only_agent(
+        "sec",
+        "cam-flip",
+        &control,
+        100.0,
+        4.0,
+        &dir.path().join("cam-flip.jsonl"),
+    );
+    a.fleet.insecure = false;
+    a.fleet.key = Some(KEY.into());
+    a.verify = true;
+    let (s, _) = common::answered_once(common::spawn_agent(dir.path(), &a), &a);
+    let worker_log = w.log();
+    drop(c);
+    eprintln!("{s:?}");
+    assert!(
+        flipped.load(Ordering::SeqCst),
+        "the relay never reached its offset"
+    );
+    assert!(s.results >= 100, "{s:?}");
+    assert_eq!(s.mismatches, 0, "a wrong answer: {s:?}");
+    assert_eq!(s.verified, s.results, "{s:?}");
+    assert!(s.fallbacks >= 1, "no frame finished on the device: {s:?}");
+    assert!(
+        s.onloaded > 0,
+        "nothing onloaded after the reconnection: {s:?}"
+    );
+    assert!(
+        worker_log.contains("failed authentication"),
+        "the worker did not say why it dropped the connection: {worker_log}"
+    );
+}
+
+fn device_info(id: &str) -> DeviceInfo {
+    DeviceInfo {
+        id: id.into(),
+        model: "fashion_cnn".into(),
+        class: "slow10x".into(),
+        slowdown: 10.0,
+        threads: 1,
+        slo: dyno::sched::slo::Slo::default(),
+        policy: dyno::sched::Policy::Dyno,
+        in_flight: 1,
+    }
+}
+
+fn identity(role: Role, name: &str, key: Key) -> Identity {
+    Identity {
+        fleet: "sec".into(),
+        name: name.into(),
+        role,
+        key,
+    }
+}
+
+#[test]
+fn roles_and_names_are_held_to_what_the_handshake_proved() {
+    let c = keyed(&common::coordinator_args("sec", "127.0.0.1:0", 1));
+    let control = c.ready["control"].as_str().unwrap().to_string();
+    let data = c.ready["data"].as_str().unwrap().to_string();
+    let fleet_key = Key::Secret(KEY.as_bytes().to_vec());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // An observer (with the fleet key, even) may not submit work to a worker.
+        let e = dial(
+            &data,
+            &identity(Role::Observer, "status", fleet_key.clone()),
+            DEFAULT_MAX_FRAME,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, WireError::Refused(r) if r.contains("Observer may not connect")),
+            "{e}"
+        );
+        // Nor may a coordinator join the control endpoint as a peer.
+        let e = dial(
+            &control,
+            &identity(Role::Coordinator, "rogue", fleet_key.clone()),
+            DEFAULT_MAX_FRAME,
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(&e, WireError::Refused(_)), "{e}");
+        // A device that shook hands as `cam-1` may not register as `cam-2`.
+        let mut conn = dial(
+            &control,
+            &identity(Role::Agent, "cam-1", fleet_key.clone()),
+            DEFAULT_MAX_FRAME,
+        )
+        .await
+        .unwrap();
+        assert_eq!(conn.role, Role::Coordinator, "the server's authenticated hello");
+        conn.send(&Message::RegisterDevice(device_info("cam-2")))
+            .await
+            .unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), conn.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&m, Message::Refused { reason } if reason.contains("may not register as device `cam-2`")),
+            "{m:?}"
+        );
+        // Under its own name it is planned.
+        let mut conn = dial(
+            &control,
+            &identity(Role::Agent, "cam-1", fleet_key.clone()),
+            DEFAULT_MAX_FRAME,
+        )
+        .await
+        .unwrap();
+        conn.send(&Message::RegisterDevice(device_info("cam-1")))
+            .await
+            .unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), conn.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(m, Message::Plan(_)), "{m:?}");
+    });
+    // A device given its own key (`dyno key`) can shake hands as itself only.
+    let out = Command::new(env!("CARGO_BIN_EXE_dyno"))
+        .args(["key", "--name", "cam-own"])
+        .env("DYNO_FLEET_KEY", KEY)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let own = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(own.starts_with("dyno-id1:") && own.len() == 9 + 64, "{own}");
+    let (s, _) = agent(&control, "cam-own", &own, 40);
+    assert!(s.onloaded > 0, "its own key did not admit it: {s:?}");
+    let (s, log) = agent(&control, "cam-other", &own, 10);
+    assert_eq!((s.results, s.onloaded), (10, 0), "{s:?}");
+    let coordinator_log = c.log();
+    assert!(
+        coordinator_log.contains("`cam-other` (Agent) does not hold the fleet key or its own"),
+        "{coordinator_log}\n{log}"
+    );
+    // And neither a coordinator nor a worker starts on one identity's key.
+    common::assert_clean_failure_env(
+        &["coordinator", "--no-mdns", "--listen", "127.0.0.1:0"],
+        &[("DYNO_FLEET_KEY", &own)],
+        &["needs the fleet key itself"],
+    );
+}
+
+fn namespaces_why_not() -> Option<String> {
+    dyno_actors::testbed::why_not()
+}
+
+/// Whether a TCP connection from inside namespace `ns` to `addr` succeeds.
+fn reachable_from(ns: &str, ip: &str, port: u16) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "bash", "-c"])
+        .arg(format!("exec 3<>/dev/tcp/{ip}/{port}"))
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn an_insecure_coordinator_is_not_reachable_from_another_namespace_unless_given_an_address() {
+    use dyno_actors::testbed::net::{device_ns, Net, CLOUD_IP, CLOUD_NS};
+    if common::skipped(
+        "an_insecure_coordinator_is_not_reachable_from_another_namespace_unless_given_an_address",
+        namespaces_why_not(),
+    ) {
+        return;
+    }
+    dyno_actors::testbed::clean_up();
+    let net = Net::create(1, None).unwrap();
+    let start = |listen: &str| {
+        let mut p = common::Proc::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", CLOUD_NS, env!("CARGO_BIN_EXE_dyno")])
+                .args(["coordinator", "--insecure", "--no-mdns", "--workers", "0"])
+                .args(["--model", "fashion_cnn", "--ready-json", "--listen", listen])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        )
+        .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(p.child().stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        (p, v["control"].as_str().unwrap().to_string())
+    };
+    // The default: a port alone, which --insecure binds on loopback.
+    let (p, control) = start(":7731");
+    assert!(control.starts_with("127.0.0.1:"), "{control}");
+    let from_device = reachable_from(&device_ns(0), CLOUD_IP, 7731);
+    drop(p);
+    // Given an address, it is reachable.
+    let (p, control) = start(&format!("{CLOUD_IP}:7732"));
+    assert_eq!(control, format!("{CLOUD_IP}:7732"));
+    let given = reachable_from(&device_ns(0), CLOUD_IP, 7732);
+    drop(p);
+    drop(net);
+    assert!(
+        !from_device,
+        "an --insecure coordinator was reachable from another namespace"
+    );
+    assert!(given, "a coordinator given an address was not reachable");
+}
