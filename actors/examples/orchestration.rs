@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         };
         // Warm up (and let the plan arrive), then measure.
         agent::run(agent(1, 20), home.clone()).await?;
-        let (_, one) = agent::run_with_results(agent(1, frames), home.clone()).await?;
+        let (_, one) = agent::run_with_results(agent(1, frames), home.clone(), Default::default()).await?;
         let onloaded: Vec<&FrameResult> = one.iter().filter(|r| !r.fallback && r.bytes > 0).collect();
         anyhow::ensure!(onloaded.len() as u64 == frames, "only {} of {frames} frames onloaded", onloaded.len());
         let own = |r: &FrameResult| {
@@ -103,7 +103,7 @@ fn main() -> anyhow::Result<()> {
             m(&|r| r.stages.unpack_s) * 1e3,
             m(&|r| r.stages.tail_s) * 1e3
         );
-        let (s, many) = agent::run_with_results(agent(8, frames), home.clone()).await?;
+        let (s, many) = agent::run_with_results(agent(8, frames), home.clone(), Default::default()).await?;
         let device = median(many.iter().map(|r| r.stages.head_s + r.stages.pack_s).collect());
         let cloud = median(many.iter().map(|r| r.stages.unpack_s + r.stages.tail_s).collect());
         let link = median(many.iter().map(|r| 8.0 * r.bytes as f64 / (mbps * 1e6)).collect());

@@ -40,11 +40,15 @@ fn a_running_fleet_serves_metrics_that_move_and_its_status() {
     // once the plan onloads (slow10x at 50 Mbit/s, 1 ms RTT).
     let c = wait_for(cm, "dyno_worker_inferences_total", 0.0);
     eprintln!("coordinator scrape:\n{c}");
-    let est = value(&c, "dyno_bandwidth_estimate_mbps");
+    let est = value(&c, "dyno_bandwidth_estimate_bytes_per_second") * 8.0 / 1e6;
     // (fashion_cnn's frames are about 1 KB: on a 50 Mbit/s link with a 20 ms RTT their
     // transfers are all round trip, and the estimate from them is far below the link.)
     assert!(est > 0.0 && est < 500.0, "bandwidth estimate {est}");
-    for name in ["dyno_plan_split", "dyno_plan_bits", "dyno_pool_utilisation"] {
+    for name in [
+        "dyno_plan_split",
+        "dyno_plan_precision",
+        "dyno_pool_utilization_ratio",
+    ] {
         assert!(c.contains(name), "{name} missing");
     }
     // `dyno status` reads the same fleet from the coordinator.

@@ -118,11 +118,12 @@ impl ControlLink {
                     match m {
                         Ok(Message::Plan(a)) => {
                             tracing::info!(plan = %a.candidate, worker = ?a.worker, "plan");
+                            crate::metrics::set_ready(true);
                             self.plans.fetch_add(1, Ordering::Relaxed);
                             let device = self.me.name.clone();
                             metrics::gauge!("dyno_plan_split", "device" => device.clone())
                                 .set(f64::from(a.candidate.split));
-                            metrics::gauge!("dyno_plan_bits", "device" => device)
+                            metrics::gauge!("dyno_plan_precision", "device" => device)
                                 .set(f64::from(a.candidate.precision.bits_per_value()));
                             self.plan.send_replace(Some(a));
                         }
@@ -189,6 +190,7 @@ impl ControlLink {
                 }
             }
         }
+        crate::metrics::set_ready(false);
         writer.abort();
     }
 }

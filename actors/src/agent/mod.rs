@@ -41,20 +41,26 @@ pub use summary::{AgentSummary, FrameResult};
 use control::{ControlLink, Upward};
 use device::{Device, NextInput};
 use frame::{FramePath, FrameRules};
+use tokio_util::sync::CancellationToken;
 
 /// Runs an agent inside the current actix system until its frames are done (forever
 /// with `frames = 0`).
 pub async fn run(cfg: AgentConfig, home: Home) -> anyhow::Result<AgentSummary> {
-    Ok(run_with_results(cfg, home).await?.0)
+    Ok(run_with_results(cfg, home, CancellationToken::new())
+        .await?
+        .0)
 }
 
-/// Like [`run`], with every frame's record.
+/// Like [`run`], with every frame's record; once `stop` is cancelled (SIGTERM, say) no
+/// new frame starts, the frames in flight finish, and the summary covers them all.
 pub async fn run_with_results(
     cfg: AgentConfig,
     home: Home,
+    stop: CancellationToken,
 ) -> anyhow::Result<(AgentSummary, Vec<FrameResult>)> {
     let key = cfg.fleet.key()?;
     let s = setup::setup(&cfg, &home)?;
+    crate::metrics::init_device(&cfg.id);
     let blocks = s.model.num_blocks();
     let info = DeviceInfo {
         id: cfg.id.clone(),
@@ -171,9 +177,15 @@ pub async fn run_with_results(
         }
         if cfg.rate_fps > 0.0 {
             let at = started + Duration::from_secs_f64(request as f64 / cfg.rate_fps);
-            tokio::time::sleep_until(at.into()).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(at.into()) => {}
+                _ = stop.cancelled() => break,
+            }
         }
-        let permit = gate.clone().acquire_owned().await.expect("never closed");
+        let permit = tokio::select! {
+            p = gate.clone().acquire_owned() => p.expect("never closed"),
+            _ = stop.cancelled() => break,
+        };
         request += 1;
         let x = compute
             .send(NextInput)

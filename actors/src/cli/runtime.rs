@@ -270,10 +270,16 @@ pub fn run_agent(global: &Global, a: AgentArgs) -> anyhow::Result<()> {
     }
     let home = global.setup()?;
     actix::System::new().block_on(async move {
-        let summary = tokio::select! {
-            s = agent::run(cfg, home) => s?,
-            _ = shutdown_signal() => anyhow::bail!("stopped by a signal"),
-        };
+        // SIGTERM or SIGINT: no new frame; the frames in flight finish, the summary is
+        // printed and the agent exits 0, as a service manager expects of a clean stop.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let on_signal = stop.clone();
+        actix_rt::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("agent: stopping: finishing the frames in flight");
+            on_signal.cancel();
+        });
+        let (summary, _) = agent::run_with_results(cfg, home, stop).await?;
         println!("{}", serde_json::to_string(&summary)?);
         Ok(())
     })

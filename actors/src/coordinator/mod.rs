@@ -51,6 +51,10 @@ pub fn tables(
 /// Starts a coordinator inside the current actix system.
 pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coordinator> {
     let key = cfg.fleet.server_key("coordinator")?;
+    crate::metrics::init_coordinator();
+    if cfg.workers > 0 {
+        crate::metrics::init_worker();
+    }
     let (listen, data_listen) = (
         crate::config::bind_address(&cfg.listen, &key),
         crate::config::bind_address(&cfg.data_listen, &key),
@@ -144,6 +148,7 @@ pub async fn start(cfg: &CoordinatorConfig, home: &Home) -> anyhow::Result<Coord
         None
     };
     tracing::info!(%control, ?data, model = %cfg.model, "coordinator up");
+    crate::metrics::set_ready(true);
     Ok(Coordinator {
         control,
         data,

@@ -116,7 +116,7 @@ impl SchedulerActor {
         let timer = Instant::now();
         let r = self.control.replan(&self.tables, self.now());
         metrics::histogram!("dyno_replan_seconds").record(timer.elapsed().as_secs_f64());
-        metrics::gauge!("dyno_pool_utilisation").set(self.control.utilisation());
+        metrics::gauge!("dyno_pool_utilization_ratio").set(self.control.utilisation());
         // The workers learn the budgets before the devices their plans.
         if !r.changed.is_empty() {
             for name in self.workers.keys() {
@@ -131,7 +131,7 @@ impl SchedulerActor {
             tracing::info!(device = %id, plan = %a.candidate, worker = ?a.worker, budget_fps = a.rate_fps, expected_fps = a.expected.fps, "new plan");
             metrics::gauge!("dyno_plan_split", "device" => id.clone())
                 .set(f64::from(a.candidate.split));
-            metrics::gauge!("dyno_plan_bits", "device" => id.clone())
+            metrics::gauge!("dyno_plan_precision", "device" => id.clone())
                 .set(f64::from(a.candidate.precision.bits_per_value()));
             let _ = d.tx.send(Message::Plan(a));
             self.plans_sent += 1;
@@ -270,6 +270,7 @@ impl Handler<DeviceJoined> for SchedulerActor {
         let id = m.info.id.clone();
         *self.registrations.entry(id.clone()).or_default() += 1;
         metrics::counter!("dyno_registrations_total", "role" => "agent").increment(1);
+        metrics::counter!("dyno_slo_violations_total", "device" => m.info.id.clone()).increment(0);
         let spec = DeviceSpec {
             slowdown: m.info.slowdown,
             slo: m.info.slo.clone(),
@@ -373,8 +374,8 @@ impl Handler<LinkSample> for SchedulerActor {
         tracing::debug!(device = %m.id, bytes = m.bytes, seconds = m.seconds, link = ?after, "link sample");
         // The gauge moves with the estimate, not with every report.
         if let Some(link) = after.filter(|l| Some(*l) != before) {
-            metrics::gauge!("dyno_bandwidth_estimate_mbps", "device" => m.id.clone())
-                .set(link.bandwidth_bps / 1e6);
+            metrics::gauge!("dyno_bandwidth_estimate_bytes_per_second", "device" => m.id.clone())
+                .set(link.bandwidth_bps / 8.0);
         }
         self.react(r, ctx);
     }

@@ -271,7 +271,7 @@ fn in_process(
         let control = c.control.to_string();
         let runs = agents.into_iter().map(|mut a| {
             a.coordinators = vec![control.clone()];
-            agent::run_with_results(a, home.clone())
+            agent::run_with_results(a, home.clone(), Default::default())
         });
         futures_util::future::join_all(runs)
             .await

@@ -36,6 +36,7 @@ pub struct Worker {
 /// Starts a worker process's parts inside the current actix system.
 pub async fn start(cfg: &crate::config::WorkerConfig, home: &Home) -> anyhow::Result<Worker> {
     let key = cfg.fleet.server_key("worker")?;
+    crate::metrics::init_worker();
     let listen = crate::config::bind_address(&cfg.listen, &key);
     let me = Identity {
         fleet: cfg.fleet.id.clone(),
@@ -71,7 +72,9 @@ pub async fn start(cfg: &crate::config::WorkerConfig, home: &Home) -> anyhow::Re
             let (addr, conn) =
                 discovery::connect(&me, max_frame, mdns, &coordinators, "not registered yet").await;
             tracing::info!(coordinator = %addr, "connected");
+            crate::metrics::set_ready(true);
             let why = session(conn, &register, &pool, &admission).await;
+            crate::metrics::set_ready(false);
             tracing::info!("{why}: reconnecting");
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
