@@ -28,7 +28,7 @@
 //! - [`train`]: trains `fashion_cnn` with a fixed seed.
 //! - [`home`]: where set-up put weights and data.
 //! - [`error`]: the typed errors, each naming the problem and the fix.
-//! - [`stats`]: percentiles.
+//! - [`stats`]: the percentile of a sample, as every table reports it.
 //!
 //! The command line is the `dyno` binary's (`dyno_actors::cli`); this library has none.
 //!

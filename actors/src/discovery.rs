@@ -187,9 +187,32 @@ pub async fn candidates(fleet: &str, mdns: bool, statics: &[String]) -> Vec<Stri
     out
 }
 
+/// The pauses between attempts to reach a coordinator: exponential from 250 ms to 2 s,
+/// each with a random part as large again (`backon`'s jitter), so that a fleet that lost
+/// its coordinator at once does not redial at once.
+pub fn redial_backoff() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(2))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// The pause after a session with the coordinator ended, before finding it again: the
+/// first of [`redial_backoff`]'s, jittered.
+pub async fn pause_before_redial() {
+    let pause = redial_backoff()
+        .next()
+        .unwrap_or(Duration::from_millis(250));
+    tokio::time::sleep(pause).await;
+}
+
 /// Finds a coordinator of `me`'s fleet (over mDNS when `mdns`, then at the static
-/// addresses) and dials it; tries again every 500 ms until one answers. `meanwhile`
-/// says in the log what this process does until then.
+/// addresses) and dials it; tries again after each of [`redial_backoff`]'s pauses until
+/// one answers. `meanwhile` says in the log what this process does until then.
 pub async fn connect(
     me: &Identity,
     max_frame: usize,
@@ -197,6 +220,7 @@ pub async fn connect(
     statics: &[String],
     meanwhile: &str,
 ) -> (String, Conn) {
+    let mut pauses = redial_backoff();
     loop {
         for addr in candidates(&me.fleet, mdns, statics).await {
             match dial(&addr, me, max_frame).await {
@@ -204,6 +228,24 @@ pub async fn connect(
                 Err(e) => tracing::info!(coordinator = %addr, "not connected ({e}); {meanwhile}"),
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pause = pauses.next().unwrap_or(Duration::from_secs(2));
+        tokio::time::sleep(pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn redials_back_off_with_jitter() {
+        let a: Vec<Duration> = super::redial_backoff().take(8).collect();
+        let b: Vec<Duration> = super::redial_backoff().take(8).collect();
+        // From 250 ms, growing, at most 2 s and as much again of jitter.
+        assert!(a[0] >= Duration::from_millis(250), "{a:?}");
+        assert!(a.iter().all(|d| *d <= Duration::from_secs(4)), "{a:?}");
+        assert!(a[5] >= Duration::from_secs(2), "{a:?}");
+        // Two agents do not wait alike.
+        assert_ne!(a, b, "no jitter");
     }
 }

@@ -148,7 +148,7 @@ fn a_killed_agent_leaves_the_fleet_within_the_heartbeat_timeout() {
             let path = dir.path().join(format!("cam-{i}.toml"));
             std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
             Proc::spawn(
-                &mut Command::new(env!("CARGO_BIN_EXE_dyno"))
+                Command::new(env!("CARGO_BIN_EXE_dyno"))
                     .args(["agent", "--config", path.to_str().unwrap()])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null()),

@@ -13,7 +13,7 @@ fn a_running_fleet_serves_metrics_that_move_and_its_status() {
     let (_c, control) =
         common::spawn_coordinator("test-metrics", "127.0.0.1:0", 1, &["--metrics", &metrics]);
     let _a = Proc::spawn(
-        &mut Command::new(env!("CARGO_BIN_EXE_dyno"))
+        Command::new(env!("CARGO_BIN_EXE_dyno"))
             .args(common::agent_args("test-metrics", "cam-1", &control, 0))
             .args(["--metrics", &format!("127.0.0.1:{am}")])
             .stdout(Stdio::null())

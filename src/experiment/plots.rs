@@ -95,13 +95,12 @@ where
         .map_err(|e| e.to_string())
 }
 
+/// Draws a chart on a PNG's, or an SVG's, drawing area.
+type DrawPng<'a> = dyn Fn(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String> + 'a;
+type DrawSvg<'a> = dyn Fn(&DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), String> + 'a;
+
 /// Draws one chart into `<stem>.png` and `<stem>.svg`.
-fn both(
-    dir: &Path,
-    stem: &str,
-    f: &dyn Fn(&DrawingArea<BitMapBackend, Shift>) -> Result<(), String>,
-    g: &dyn Fn(&DrawingArea<SVGBackend, Shift>) -> Result<(), String>,
-) -> anyhow::Result<Vec<PathBuf>> {
+fn both(dir: &Path, stem: &str, f: &DrawPng<'_>, g: &DrawSvg<'_>) -> anyhow::Result<Vec<PathBuf>> {
     let png = dir.join(format!("{stem}.png"));
     let svg = dir.join(format!("{stem}.svg"));
     {

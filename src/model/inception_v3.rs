@@ -43,6 +43,8 @@ fn chain(convs: &[ConvBn], xs: &Tensor, train: bool) -> Tensor {
 }
 
 /// Which of torchvision's five Inception module kinds, with its layers.
+// Eleven of these live in one model, built once: their sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Mixed {
     /// InceptionA: 1x1, 5x5, double 3x3, pooled 1x1.
     A([Vec<ConvBn>; 4]),

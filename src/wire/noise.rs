@@ -257,12 +257,14 @@ mod tests {
         }
     }
 
+    type Directions = (Seal, Open);
+
     fn shake(
         client_key: &[u8],
         server_key: &[u8],
         sent: &Message,
         got: &Message,
-    ) -> Result<((Seal, Open), (Seal, Open)), WireError> {
+    ) -> Result<(Directions, Directions), WireError> {
         let mut c = Handshake::initiator(&identity_key(client_key, Role::Agent, "cam"), sent)?;
         let mut s = Handshake::responder(&identity_key(server_key, Role::Agent, "cam"), got)?;
         let m1 = c.write(&[])?;

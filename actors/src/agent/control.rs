@@ -68,7 +68,7 @@ impl ControlLink {
             tracing::info!(coordinator = %addr, "connected");
             self.session(conn, &mut upward).await;
             self.plan.send_replace(None);
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            crate::discovery::pause_before_redial().await;
         }
     }
 

@@ -8,37 +8,39 @@ use super::Global;
 #[derive(Debug, Args)]
 pub struct LoadArgs {
     /// Synthetic agents (one connection each to the coordinator and to their worker).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, env = "DYNO_LOAD_AGENTS")]
     pub agents: usize,
     /// Seconds of frames.
-    #[arg(long, default_value_t = 600.0)]
+    #[arg(long, default_value_t = 600.0, env = "DYNO_LOAD_DURATION_S")]
     pub duration_s: f64,
     /// Frames per second per agent.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, env = "DYNO_LOAD_RATE_FPS")]
     pub rate_fps: f64,
     /// A running coordinator (its fleet key from DYNO_FLEET_KEY); without one, a
     /// coordinator is started with `--workers` embedded workers and sampled from /proc.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_LOAD_COORDINATOR")]
     pub coordinator: Option<String>,
     /// The given coordinator runs without a fleet key.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_LOAD_INSECURE")]
     pub insecure: bool,
-    #[arg(long, default_value = "dyno-load")]
+    /// Fleet id.
+    #[arg(long, default_value = "dyno-load", env = "DYNO_LOAD_FLEET")]
     pub fleet: String,
-    #[arg(long, default_value_t = 2)]
+    /// Embedded workers of the coordinator it starts.
+    #[arg(long, default_value_t = 2, env = "DYNO_LOAD_WORKERS")]
     pub workers: usize,
     /// Seconds without an answer before a frame counts as lost.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, env = "DYNO_LOAD_TIMEOUT_S")]
     pub timeout_s: f64,
     /// The started coordinator's `replan_gap_ms` (0: re-plan on every join and link
     /// change).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, env = "DYNO_LOAD_REPLAN_GAP_MS")]
     pub replan_gap_ms: u64,
     /// Also write the report as JSON here.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_LOAD_OUT")]
     pub out: Option<PathBuf>,
     /// Print the report as JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_LOAD_JSON")]
     pub json: bool,
 }
 

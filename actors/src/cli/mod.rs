@@ -47,6 +47,12 @@ impl Global {
     }
 }
 
+/// How a runtime process's settings combine, as its `--help` says.
+const PRECEDENCE: &str = "Settings: the --config file, then each DYNO_* variable shown \
+above, then the flag: a flag wins over its variable, a variable over the file. The fleet \
+key comes from DYNO_FLEET_KEY (or [fleet] key in the file); a device may hold only its own \
+key (`dyno key`). Flags that are switches take true or false in their variable.";
+
 /// The whole command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -75,17 +81,23 @@ pub enum Command {
     #[command(subcommand)]
     Experiment(ExperimentCommand),
     /// The fleet coordinator daemon: scheduler, bandwidth monitor, embedded workers.
+    #[command(after_help = PRECEDENCE)]
     Coordinator(runtime::CoordinatorArgs),
     /// A cloud worker: registers with the coordinator and serves tails.
+    #[command(after_help = PRECEDENCE)]
     Worker(runtime::WorkerArgs),
     /// One device: runs heads, packs, sends activations to its worker.
+    #[command(after_help = PRECEDENCE)]
     Agent(runtime::AgentArgs),
     /// The live fleet from its coordinator: devices, plans, rates, latency, workers, pool.
+    #[command(after_help = PRECEDENCE)]
     Status(status::StatusArgs),
     /// Load-test a coordinator: many synthetic agents over the real protocol.
+    #[command(after_help = PRECEDENCE)]
     Load(load::LoadArgs),
     /// One identity's key, derived from the fleet key (DYNO_FLEET_KEY): give a device
     /// its own key instead of the fleet key, and it can shake hands as that device only.
+    #[command(after_help = PRECEDENCE)]
     Key(KeyArgs),
     /// Real hosts on this machine: a network namespace, a CPU quota and tc-shaped links
     /// per device (needs root).
@@ -329,12 +341,16 @@ pub struct ExportArgs {
 pub struct TrainArgs {
     /// The model to train (only fashion_cnn is trainable).
     pub model: String,
+    /// Passes over the training set.
     #[arg(long, default_value_t = 6)]
     pub epochs: usize,
+    /// Images per training step.
     #[arg(long, default_value_t = 128)]
     pub batch: i64,
+    /// The optimiser's learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub learning_rate: f64,
+    /// Seed of the initial weights and the data order (the same seed, the same weights).
     #[arg(long, default_value_t = 42)]
     pub seed: i64,
     /// Weight of an activation-sparsity term in the loss (mean |activation| at every split).
@@ -397,7 +413,7 @@ pub struct KeyArgs {
     #[arg(long, env = "DYNO_ID")]
     pub name: String,
     /// Whose key: a device's (agent) or a read-only client's (observer).
-    #[arg(long, value_enum, default_value = "agent")]
+    #[arg(long, value_enum, default_value = "agent", env = "DYNO_KEY_ROLE")]
     pub role: KeyRole,
 }
 
@@ -420,4 +436,67 @@ fn key(a: KeyArgs) -> anyhow::Result<()> {
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag of every command, with the command's path.
+    fn flags(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
+        for a in cmd.get_arguments() {
+            if !matches!(a.get_id().as_str(), "help" | "version") && !a.is_positional() {
+                out.push((path.to_string(), a.clone()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            flags(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_flag_has_help_and_every_runtime_flag_a_dyno_variable() {
+        let mut all = Vec::new();
+        flags(&Cli::command(), "dyno", &mut all);
+        assert!(all.len() > 100, "{}", all.len());
+        let runtime = ["coordinator", "worker", "agent", "status", "load", "key"];
+        let mut missing = Vec::new();
+        for (path, a) in &all {
+            let name = a.get_long().unwrap_or(a.get_id().as_str());
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                missing.push(format!("{path} --{name}: no help"));
+            }
+            let role = path.split(' ').nth(1).unwrap_or("");
+            if runtime.contains(&role) || a.is_global_set() {
+                let env = a.get_env().map(|e| e.to_string_lossy().into_owned());
+                if !env.as_deref().is_some_and(|e| e.starts_with("DYNO_")) {
+                    missing.push(format!("{path} --{name}: no DYNO_* variable"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn a_flag_wins_over_its_variable() {
+        // (The variable over the file is `configure`'s: a flag or variable set is applied
+        // over the file's value.)
+        let frames = |args: &[&str]| {
+            let c = Cli::try_parse_from(args).unwrap();
+            let Command::Agent(a) = c.command else {
+                panic!("an agent")
+            };
+            a.frames
+        };
+        // (No other test in this binary parses an agent's flags.)
+        std::env::set_var("DYNO_FRAMES", "3");
+        let (from_env, from_flag) = (
+            frames(&["dyno", "agent"]),
+            frames(&["dyno", "agent", "--frames", "7"]),
+        );
+        std::env::remove_var("DYNO_FRAMES");
+        assert_eq!((from_env, from_flag), (Some(3), Some(7)));
+        assert_eq!(frames(&["dyno", "agent"]), None);
+    }
 }

@@ -9,29 +9,32 @@ use super::Global;
 use crate::config::{self, AgentConfig, CoordinatorConfig, RoleConfig, WorkerConfig};
 use crate::{agent, coordinator, worker};
 
-/// Options every runtime process takes.
+/// Options every runtime process takes. Every setting comes from the `--config` file,
+/// then its `DYNO_*` environment variable (shown beside each flag), then the flag: a
+/// flag wins over the environment, which wins over the file. The fleet key is
+/// DYNO_FLEET_KEY (or `[fleet] key` in the file).
 #[derive(Debug, Args)]
 pub struct Common {
     /// TOML configuration file (`--print-default-config` shows every key).
-    #[arg(long)]
+    #[arg(long, env = "DYNO_CONFIG")]
     pub config: Option<PathBuf>,
     /// Print the default configuration and exit.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_PRINT_DEFAULT_CONFIG")]
     pub print_default_config: bool,
     /// Run without a fleet key (no authentication): local experiments only.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_INSECURE")]
     pub insecure: bool,
     /// Fleet id (over the file's).
-    #[arg(long)]
+    #[arg(long, env = "DYNO_FLEET")]
     pub fleet: Option<String>,
     /// Log lines as JSON.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_LOG_JSON")]
     pub log_json: bool,
     /// No mDNS: neither advertise nor browse (static addresses only).
-    #[arg(long)]
+    #[arg(long, env = "DYNO_NO_MDNS")]
     pub no_mdns: bool,
-    /// Serve Prometheus metrics on this address (any GET path, e.g. /metrics).
-    #[arg(long, value_name = "ADDR")]
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address.
+    #[arg(long, value_name = "ADDR", env = "DYNO_METRICS")]
     pub metrics: Option<std::net::SocketAddr>,
 }
 
@@ -49,19 +52,21 @@ impl Common {
 pub struct CoordinatorArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Control endpoint address.
-    #[arg(long)]
+    /// Control endpoint address (`:PORT`: every interface with a fleet key, loopback
+    /// with --insecure).
+    #[arg(long, env = "DYNO_LISTEN")]
     pub listen: Option<String>,
     /// Data endpoint of the embedded workers.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_DATA_LISTEN")]
     pub data_listen: Option<String>,
     /// Embedded workers (0: only `dyno worker` processes serve tails).
-    #[arg(long)]
+    #[arg(long, env = "DYNO_WORKERS")]
     pub workers: Option<usize>,
-    #[arg(long)]
+    /// The model the fleet serves (`dyno models list`).
+    #[arg(long, env = "DYNO_MODEL")]
     pub model: Option<String>,
     /// Print one JSON line with the bound addresses once listening.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_READY_JSON")]
     pub ready_json: bool,
 }
 
@@ -69,18 +74,24 @@ pub struct CoordinatorArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub common: Common,
-    #[arg(long)]
+    /// The worker's name in the fleet (its registration and its identity).
+    #[arg(long, env = "DYNO_NAME")]
     pub name: Option<String>,
-    /// Coordinator control address (repeatable; over the file's).
-    #[arg(long)]
+    /// Coordinator control address (repeatable, or comma-separated; over the file's).
+    #[arg(long, env = "DYNO_COORDINATOR", value_delimiter = ',')]
     pub coordinator: Vec<String>,
-    #[arg(long)]
+    /// Data endpoint address (`:PORT`: every interface with a fleet key, loopback with
+    /// --insecure).
+    #[arg(long, env = "DYNO_LISTEN")]
     pub listen: Option<String>,
-    #[arg(long)]
+    /// Worker threads (one tail at a time each).
+    #[arg(long, env = "DYNO_WORKERS")]
     pub workers: Option<usize>,
-    #[arg(long)]
+    /// The model it serves (`dyno models list`).
+    #[arg(long, env = "DYNO_MODEL")]
     pub model: Option<String>,
-    #[arg(long)]
+    /// Print one JSON line with the bound address once listening.
+    #[arg(long, env = "DYNO_READY_JSON")]
     pub ready_json: bool,
 }
 
@@ -88,28 +99,33 @@ pub struct WorkerArgs {
 pub struct AgentArgs {
     #[command(flatten)]
     pub common: Common,
-    #[arg(long)]
+    /// The device's id in the fleet (its registration and its identity).
+    #[arg(long, env = "DYNO_ID")]
     pub id: Option<String>,
-    #[arg(long)]
+    /// Coordinator control address, tried after mDNS (repeatable, or comma-separated;
+    /// over the file's).
+    #[arg(long, env = "DYNO_COORDINATOR", value_delimiter = ',')]
     pub coordinator: Vec<String>,
-    #[arg(long)]
+    /// The model it runs (`dyno models list`).
+    #[arg(long, env = "DYNO_MODEL")]
     pub model: Option<String>,
     /// Device class (from the device-classes file).
-    #[arg(long)]
+    #[arg(long, env = "DYNO_CLASS")]
     pub class: Option<String>,
     /// Frames to run (0: until stopped).
-    #[arg(long)]
+    #[arg(long, env = "DYNO_FRAMES")]
     pub frames: Option<u64>,
     /// Uplink Mbit/s (a constant trace).
-    #[arg(long)]
+    #[arg(long, env = "DYNO_MBPS")]
     pub mbps: Option<f64>,
-    #[arg(long)]
+    /// Round-trip time of the emulated link, ms.
+    #[arg(long, env = "DYNO_RTT_MS")]
     pub rtt_ms: Option<f64>,
     /// Compare each frame with the whole model run locally.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_VERIFY")]
     pub verify: bool,
     /// JSON lines of every result.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_RESULTS")]
     pub results: Option<PathBuf>,
 }
 

@@ -6,16 +6,16 @@ use crate::{config, coordinator};
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The coordinator's control address.
-    #[arg(long, default_value = "127.0.0.1:7700")]
+    #[arg(long, default_value = "127.0.0.1:7700", env = "DYNO_COORDINATOR")]
     pub coordinator: String,
     /// Fleet id.
-    #[arg(long, default_value = "dyno")]
+    #[arg(long, default_value = "dyno", env = "DYNO_FLEET")]
     pub fleet: String,
     /// The coordinator runs without a fleet key (otherwise DYNO_FLEET_KEY is used).
-    #[arg(long)]
+    #[arg(long, env = "DYNO_INSECURE")]
     pub insecure: bool,
     /// Print the status as JSON.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_JSON")]
     pub json: bool,
 }
 

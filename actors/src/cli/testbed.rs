@@ -62,8 +62,10 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct MeasureArgs {
+    /// The model whose forwards are timed.
     #[arg(long)]
     pub model: String,
+    /// Whole forwards to time.
     #[arg(long, default_value_t = 20)]
     pub frames: usize,
 }

@@ -76,7 +76,7 @@ pub async fn start(cfg: &crate::config::WorkerConfig, home: &Home) -> anyhow::Re
             let why = session(conn, &register, &pool, &admission).await;
             crate::metrics::set_ready(false);
             tracing::info!("{why}: reconnecting");
-            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            discovery::pause_before_redial().await;
         }
     });
     Ok(Worker { data })

@@ -44,7 +44,7 @@ impl Budget {
             self.tokens = 1.0;
             return true;
         }
-        if !(rate_fps >= 0.0) || !now_s.is_finite() {
+        if rate_fps.is_nan() || rate_fps < 0.0 || !now_s.is_finite() {
             return false;
         }
         let cap = (rate_fps * burst_s).max(1.0);
