@@ -250,7 +250,7 @@ fn bad_peers_are_refused_and_the_fleet_keeps_working() {
         "does not decode",
         "frame size too big",
         "protocol version 99",
-        "does not know the fleet key",
+        "does not hold the fleet key",
     ] {
         assert!(log.contains(needle), "`{needle}` not logged:\n{log}");
     }
