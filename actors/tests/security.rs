@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dyno::wire::session::dial;
-use dyno::wire::{DeviceInfo, Identity, Key, Message, Role, WireError, DEFAULT_MAX_FRAME};
+use dyno::wire::{Conn, DeviceInfo, Identity, Key, Message, Role, WireError, DEFAULT_MAX_FRAME};
 use dyno_actors::agent::AgentSummary;
 use dyno_actors::config::WorkerConfig;
 
@@ -173,13 +173,26 @@ fn device_info(id: &str) -> DeviceInfo {
     }
 }
 
-fn identity(role: Role, name: &str, key: Key) -> Identity {
-    Identity {
+/// Dials `addr` as `name` in `role`, with the fleet key.
+async fn shake(addr: &str, role: Role, name: &str) -> Result<Conn, WireError> {
+    let me = Identity {
         fleet: "sec".into(),
         name: name.into(),
         role,
-        key,
-    }
+        key: Key::Secret(KEY.as_bytes().to_vec()),
+    };
+    dial(addr, &me, DEFAULT_MAX_FRAME).await
+}
+
+/// Registers device `id` on `conn`; the coordinator's first answer.
+async fn register(conn: &mut Conn, id: &str) -> Message {
+    conn.send(&Message::RegisterDevice(device_info(id)))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), conn.recv())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 #[test]
@@ -187,65 +200,28 @@ fn roles_and_names_are_held_to_what_the_handshake_proved() {
     let c = keyed(&common::coordinator_args("sec", "127.0.0.1:0", 1));
     let control = c.ready["control"].as_str().unwrap().to_string();
     let data = c.ready["data"].as_str().unwrap().to_string();
-    let fleet_key = Key::Secret(KEY.as_bytes().to_vec());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // An observer (with the fleet key, even) may not submit work to a worker.
-        let e = dial(
-            &data,
-            &identity(Role::Observer, "status", fleet_key.clone()),
-            DEFAULT_MAX_FRAME,
-        )
-        .await
-        .unwrap_err();
+        let e = shake(&data, Role::Observer, "status").await.unwrap_err();
         assert!(
             matches!(&e, WireError::Refused(r) if r.contains("Observer may not connect")),
             "{e}"
         );
         // Nor may a coordinator join the control endpoint as a peer.
-        let e = dial(
-            &control,
-            &identity(Role::Coordinator, "rogue", fleet_key.clone()),
-            DEFAULT_MAX_FRAME,
-        )
-        .await
-        .unwrap_err();
+        let e = shake(&control, Role::Coordinator, "rogue").await.unwrap_err();
         assert!(matches!(&e, WireError::Refused(_)), "{e}");
         // A device that shook hands as `cam-1` may not register as `cam-2`.
-        let mut conn = dial(
-            &control,
-            &identity(Role::Agent, "cam-1", fleet_key.clone()),
-            DEFAULT_MAX_FRAME,
-        )
-        .await
-        .unwrap();
+        let mut conn = shake(&control, Role::Agent, "cam-1").await.unwrap();
         assert_eq!(conn.role, Role::Coordinator, "the server's authenticated hello");
-        conn.send(&Message::RegisterDevice(device_info("cam-2")))
-            .await
-            .unwrap();
-        let m = tokio::time::timeout(Duration::from_secs(5), conn.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let m = register(&mut conn, "cam-2").await;
         assert!(
             matches!(&m, Message::Refused { reason } if reason.contains("may not register as device `cam-2`")),
             "{m:?}"
         );
         // Under its own name it is planned.
-        let mut conn = dial(
-            &control,
-            &identity(Role::Agent, "cam-1", fleet_key.clone()),
-            DEFAULT_MAX_FRAME,
-        )
-        .await
-        .unwrap();
-        conn.send(&Message::RegisterDevice(device_info("cam-1")))
-            .await
-            .unwrap();
-        let m = tokio::time::timeout(Duration::from_secs(5), conn.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let mut conn = shake(&control, Role::Agent, "cam-1").await.unwrap();
+        let m = register(&mut conn, "cam-1").await;
         assert!(matches!(m, Message::Plan(_)), "{m:?}");
     });
     // A device given its own key (`dyno key`) can shake hands as itself only.
