@@ -79,3 +79,24 @@ pub fn control_addr(ready: &serde_json::Value) -> anyhow::Result<String> {
         .context("the coordinator's ready line has no control address")?
         .to_string())
 }
+
+/// The variables a process started from its own config file still takes from this
+/// one's environment: the fleet key, the project folder, the testbed's and the logs'.
+const PASSED_ON: [&str; 4] = [
+    "DYNO_FLEET_KEY",
+    "DYNO_HOME",
+    "DYNO_KEEP_LOGS",
+    "DYNO_COMPUTE_CGROUP",
+];
+
+/// `cmd` without this process's other `DYNO_*` variables: they set flags, which would
+/// override the file the child is started with (a variable wins over the file).
+pub fn only_its_file(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("DYNO_") && !PASSED_ON.contains(&name.as_str()) {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}

@@ -142,17 +142,17 @@ pub struct ExperimentArgs {
     /// The experiment's TOML file.
     pub file: PathBuf,
     /// How to run (given twice, the last one counts).
-    #[arg(long, value_enum, default_value_t = Mode::Simulated, overrides_with = "mode")]
+    #[arg(long, value_enum, default_value_t = Mode::Simulated, overrides_with = "mode", env = "DYNO_EXPERIMENT_MODE")]
     pub mode: Mode,
     /// Output folder [default: out/experiments/<name> in the project folder].
-    #[arg(long)]
+    #[arg(long, env = "DYNO_EXPERIMENT_OUT")]
     pub out: Option<PathBuf>,
     /// Print the summary as JSON.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_EXPERIMENT_JSON")]
     pub json: bool,
     /// Live mode: run the coordinator and each device's agent as separate processes of
     /// the `dyno` binary (default: the actors in one process).
-    #[arg(long)]
+    #[arg(long, env = "DYNO_EXPERIMENT_PROCESSES")]
     pub processes: bool,
 }
 
@@ -170,124 +170,124 @@ pub enum ProfileCommand {
 #[derive(Debug, Args)]
 pub struct LatencyArgs {
     /// A built-in model name or the folder of a TorchScript package.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_LATENCY_MODEL")]
     pub model: String,
     /// Image folder whose first image is timed (default: the model's data set).
-    #[arg(long)]
+    #[arg(long, env = "DYNO_LATENCY_DATA")]
     pub data: Option<PathBuf>,
     /// Timed runs per figure (the median is kept, after one warm-up run).
-    #[arg(long, default_value_t = 11)]
+    #[arg(long, default_value_t = 11, env = "DYNO_LATENCY_RUNS")]
     pub runs: usize,
     /// Also time every split's tail on batches of these sizes (e.g. 1,2,4,8): the curve
     /// a worker's dynamic batching follows.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', env = "DYNO_LATENCY_BATCH")]
     pub batch: Vec<usize>,
     /// Profile file to write [default: out/profiles/<model>.latency.json in the project folder].
-    #[arg(long)]
+    #[arg(long, env = "DYNO_LATENCY_OUT")]
     pub out: Option<PathBuf>,
     /// Print JSON for scripts.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_LATENCY_JSON")]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// A built-in model name or the folder of a TorchScript package.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_VALIDATE_MODEL")]
     pub model: String,
     /// Quantisation bits (1..=16).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, env = "DYNO_VALIDATE_BITS")]
     pub bits: u8,
     /// Codec: none, lz4 or zstd.
-    #[arg(long, default_value = "lz4")]
+    #[arg(long, default_value = "lz4", env = "DYNO_VALIDATE_CODEC")]
     pub codec: String,
     /// Timed frames per split (the median is compared).
-    #[arg(long, default_value_t = 31)]
+    #[arg(long, default_value_t = 31, env = "DYNO_VALIDATE_RUNS")]
     pub runs: usize,
     /// libtorch intra-op threads of the device side (the cloud thread has one): one
     /// core each, as two machines would have.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, env = "DYNO_VALIDATE_DEVICE_THREADS")]
     pub device_threads: i32,
     /// Print JSON for scripts.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_VALIDATE_JSON")]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// A built-in model name or the folder of a TorchScript package.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_PLAN_MODEL")]
     pub model: String,
     /// Device class (from --devices).
-    #[arg(long, default_value = "host")]
+    #[arg(long, default_value = "host", env = "DYNO_PLAN_DEVICE")]
     pub device: String,
     /// Device classes file [default: config/devices.toml in the project folder].
-    #[arg(long)]
+    #[arg(long, env = "DYNO_PLAN_DEVICES")]
     pub devices: Option<PathBuf>,
     /// Uplink bandwidth in Mbit/s (0: no link).
-    #[arg(long)]
+    #[arg(long, env = "DYNO_PLAN_BANDWIDTH_MBPS")]
     pub bandwidth_mbps: f64,
     /// Round-trip time in ms.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, default_value_t = 20.0, env = "DYNO_PLAN_RTT_MS")]
     pub rtt_ms: f64,
     /// Frames the device has out at once (an agent's `in_flight`): throughput is at
     /// most this many frames per latency.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..), env = "DYNO_PLAN_IN_FLIGHT")]
     pub in_flight: u32,
     /// SLO file (TOML) [default: within 1 point of accuracy, max throughput, then least cloud time].
-    #[arg(long)]
+    #[arg(long, env = "DYNO_PLAN_SLO")]
     pub slo: Option<PathBuf>,
     /// device-only, cloud-only, neurosurgeon, fixed-8bit or dyno.
-    #[arg(long, default_value = "dyno")]
+    #[arg(long, default_value = "dyno", env = "DYNO_PLAN_POLICY")]
     pub policy: String,
     /// Accuracy profile [default: out/profiles/<model>.accuracy.json, else models/profiles/].
-    #[arg(long)]
+    #[arg(long, env = "DYNO_PLAN_ACCURACY_PROFILE")]
     pub accuracy_profile: Option<PathBuf>,
     /// Device latency profile [default: the class's, else the model's].
-    #[arg(long)]
+    #[arg(long, env = "DYNO_PLAN_LATENCY_PROFILE")]
     pub latency_profile: Option<PathBuf>,
     /// Cloud latency profile [default: the cloud's, else the model's].
-    #[arg(long)]
+    #[arg(long, env = "DYNO_PLAN_CLOUD_PROFILE")]
     pub cloud_profile: Option<PathBuf>,
     /// Runners-up to show.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, env = "DYNO_PLAN_RUNNERS_UP")]
     pub runners_up: usize,
     /// Print JSON for scripts.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_PLAN_JSON")]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct AccuracyArgs {
     /// A built-in model name or the folder of a TorchScript package.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_ACCURACY_MODEL")]
     pub model: String,
     /// Image folder (labels from names ending in _<class>); default: fashion_cnn uses the
     /// 10k Fashion-MNIST test images, 3-channel models the 20 ImageNet images x 10 views.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_ACCURACY_DATA")]
     pub data: Option<PathBuf>,
     /// Use only the first N inputs (a quick run).
-    #[arg(long)]
+    #[arg(long, env = "DYNO_ACCURACY_LIMIT")]
     pub limit: Option<usize>,
     /// Inputs per tail run.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, env = "DYNO_ACCURACY_BATCH")]
     pub batch: usize,
     /// One quantisation range per channel instead of per tensor.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_ACCURACY_PER_CHANNEL")]
     pub per_channel: bool,
     /// How each quantisation range is taken: `minmax` (the values' extremes) or `mse`
     /// (clipped where that lowers the squared error).
-    #[arg(long, default_value = "minmax")]
+    #[arg(long, default_value = "minmax", env = "DYNO_ACCURACY_CLIP")]
     pub clip: Clip,
     /// Accuracy budget for the summary, in points.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, env = "DYNO_ACCURACY_BUDGET")]
     pub budget: f64,
     /// Profile file to write (a .png heat map is written beside it)
     /// [default: out/profiles/<model>.accuracy.json in the project folder].
-    #[arg(long)]
+    #[arg(long, env = "DYNO_ACCURACY_OUT")]
     pub out: Option<PathBuf>,
     /// Print JSON for scripts.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_ACCURACY_JSON")]
     pub json: bool,
 }
 
@@ -306,7 +306,7 @@ pub enum ModelsCommand {
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Print JSON for scripts.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_LIST_JSON")]
     pub json: bool,
 }
 
@@ -315,13 +315,13 @@ pub struct CheckArgs {
     /// A built-in model name or the folder of a TorchScript package.
     pub model: String,
     /// Image folder to classify (labels from names ending in _<class>); default: the model's data set.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_CHECK_IMAGES")]
     pub images: Option<PathBuf>,
     /// Timed runs per block.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, env = "DYNO_CHECK_TIMING_RUNS")]
     pub timing_runs: usize,
     /// Print JSON for scripts.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_CHECK_JSON")]
     pub json: bool,
 }
 
@@ -330,10 +330,10 @@ pub struct ExportArgs {
     /// A built-in model name or the folder of a TorchScript package.
     pub model: String,
     /// Folder to write the package into.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_EXPORT_OUT")]
     pub out: PathBuf,
     /// Print JSON for scripts.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_EXPORT_JSON")]
     pub json: bool,
 }
 
@@ -342,25 +342,30 @@ pub struct TrainArgs {
     /// The model to train (only fashion_cnn is trainable).
     pub model: String,
     /// Passes over the training set.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, env = "DYNO_TRAIN_EPOCHS")]
     pub epochs: usize,
     /// Images per training step.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, env = "DYNO_TRAIN_BATCH")]
     pub batch: i64,
     /// The optimiser's learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, env = "DYNO_TRAIN_LEARNING_RATE")]
     pub learning_rate: f64,
     /// Seed of the initial weights and the data order (the same seed, the same weights).
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = 42, env = "DYNO_TRAIN_SEED")]
     pub seed: i64,
     /// Weight of an activation-sparsity term in the loss (mean |activation| at every split).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        allow_negative_numbers = true,
+        env = "DYNO_TRAIN_ACTIVATION_L1"
+    )]
     pub activation_l1: f64,
     /// Where to write the weights, a .sha256 file beside them [default: models/fashion_cnn.safetensors in the project folder].
-    #[arg(long)]
+    #[arg(long, env = "DYNO_TRAIN_OUT")]
     pub out: Option<PathBuf>,
     /// Print JSON for scripts.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_TRAIN_JSON")]
     pub json: bool,
 }
 
@@ -456,23 +461,19 @@ mod tests {
     }
 
     #[test]
-    fn every_flag_has_help_and_every_runtime_flag_a_dyno_variable() {
+    fn every_flag_has_help_and_a_dyno_variable() {
         let mut all = Vec::new();
         flags(&Cli::command(), "dyno", &mut all);
         assert!(all.len() > 100, "{}", all.len());
-        let runtime = ["coordinator", "worker", "agent", "status", "load", "key"];
         let mut missing = Vec::new();
         for (path, a) in &all {
             let name = a.get_long().unwrap_or(a.get_id().as_str());
             if a.get_help().is_none() && a.get_long_help().is_none() {
                 missing.push(format!("{path} --{name}: no help"));
             }
-            let role = path.split(' ').nth(1).unwrap_or("");
-            if runtime.contains(&role) || a.is_global_set() {
-                let env = a.get_env().map(|e| e.to_string_lossy().into_owned());
-                if !env.as_deref().is_some_and(|e| e.starts_with("DYNO_")) {
-                    missing.push(format!("{path} --{name}: no DYNO_* variable"));
-                }
+            let env = a.get_env().map(|e| e.to_string_lossy().into_owned());
+            if !env.as_deref().is_some_and(|e| e.starts_with("DYNO_")) {
+                missing.push(format!("{path} --{name}: no DYNO_* variable"));
             }
         }
         assert!(missing.is_empty(), "{}", missing.join("\n"));

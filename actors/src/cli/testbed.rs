@@ -28,23 +28,23 @@ pub enum TestbedCommand {
 #[derive(Debug, Args)]
 pub struct CalibrateArgs {
     /// The model timed.
-    #[arg(long, default_value = "mobilenet_v2")]
+    #[arg(long, default_value = "mobilenet_v2", env = "DYNO_CALIBRATE_MODEL")]
     pub model: String,
     /// Classes to calibrate (repeat the flag) [default: every class slower than this machine].
-    #[arg(long = "class")]
+    #[arg(long = "class", env = "DYNO_CALIBRATE_CLASSES", value_delimiter = ',')]
     pub classes: Vec<String>,
     /// Device classes file: its classes' slowdowns and the profile they scale
     /// [default: config/testbed-devices.toml in the project folder].
-    #[arg(long)]
+    #[arg(long, env = "DYNO_CALIBRATE_DEVICES")]
     pub devices: Option<PathBuf>,
     /// Timed forwards per measurement.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, env = "DYNO_CALIBRATE_FRAMES")]
     pub frames: usize,
     /// Where to write the quotas [default: config/testbed.toml in the project folder].
-    #[arg(long)]
+    #[arg(long, env = "DYNO_CALIBRATE_OUT")]
     pub out: Option<PathBuf>,
     /// Print JSON for scripts.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_CALIBRATE_JSON")]
     pub json: bool,
 }
 
@@ -53,20 +53,20 @@ pub struct RunArgs {
     /// The experiment's TOML file.
     pub file: PathBuf,
     /// Output folder [default: out/experiments/<name> in the project folder].
-    #[arg(long)]
+    #[arg(long, env = "DYNO_TESTBED_OUT")]
     pub out: Option<PathBuf>,
     /// Print the summary as JSON.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_TESTBED_JSON")]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct MeasureArgs {
     /// The model whose forwards are timed.
-    #[arg(long)]
+    #[arg(long, env = "DYNO_MEASURE_MODEL")]
     pub model: String,
     /// Whole forwards to time.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, env = "DYNO_MEASURE_FRAMES")]
     pub frames: usize,
 }
 

@@ -37,7 +37,7 @@ pub(super) fn processes(
     };
     let coordinator_toml = write("coordinator.toml", toml::to_string(cfg)?)?;
     let (c, ready) = Proc::spawn_ready(
-        host(Host::Cloud)
+        crate::child::only_its_file(&mut host(Host::Cloud))
             .arg("--home")
             .arg(home.root())
             .args(["coordinator", "--ready-json", "--config"])
@@ -59,7 +59,7 @@ pub(super) fn processes(
         a.results = Some(results.clone());
         let path = write(&format!("{}.toml", a.id), toml::to_string(&a)?)?;
         let child = Proc::spawn(
-            host(Host::Device(i))
+            crate::child::only_its_file(&mut host(Host::Device(i)))
                 .arg("--home")
                 .arg(home.root())
                 .args(["agent", "--config"])
