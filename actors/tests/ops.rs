@@ -289,6 +289,10 @@ fn an_operators_tools_see_a_running_fleet() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    eprintln!(
+        "promtool check rules: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
     // avahi-browse finds the coordinator with its TXT record.
     let until = Instant::now() + Duration::from_secs(20);
     loop {
@@ -297,13 +301,14 @@ fn an_operators_tools_see_a_running_fleet() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let found = text.lines().any(|l| {
+        let found = text.lines().find(|l| {
             l.starts_with('=')
                 && l.contains(&format!(";{control_port};"))
                 && l.contains("\"fleet=ops\"")
                 && l.contains("\"version=")
         });
-        if found {
+        if let Some(line) = found {
+            eprintln!("avahi-browse: {line}");
             break;
         }
         assert!(
