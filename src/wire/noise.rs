@@ -328,4 +328,38 @@ mod tests {
         ));
         assert!(shake(b"key", b"key", &h, &h).is_ok());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Any message crosses whole, in as many records as its size needs.
+            #[test]
+            fn any_message_crosses_whole(len in 0usize..200_000, seed in any::<u8>()) {
+                let h = hello("cam");
+                let ((mut cs, _), (_, mut so)) = shake(b"key", b"key", &h, &h).unwrap();
+                let m: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(seed)).collect();
+                let mut got = None;
+                for r in cs.seal(&m).unwrap() {
+                    prop_assert!(got.is_none(), "a message ended before its last record");
+                    got = so.open(&r).unwrap();
+                }
+                prop_assert_eq!(got.unwrap(), m);
+            }
+
+            /// Bytes from outside, as records: an error, never a panic or a message.
+            #[test]
+            fn garbage_records_are_refused(records in proptest::collection::vec(
+                proptest::collection::vec(any::<u8>(), 0..70_000), 1..4)) {
+                let h = hello("cam");
+                let (_, (_, mut so)) = shake(b"key", b"key", &h, &h).unwrap();
+                for r in &records {
+                    prop_assert!(so.open(r).is_err());
+                }
+            }
+        }
+    }
 }
