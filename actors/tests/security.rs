@@ -5,6 +5,7 @@
 //! - an observer cannot submit work to a worker, nor a coordinator join as a peer;
 //! - a device cannot register under another's id: not with its own key (`dyno key`),
 //!   and not under a name other than the one it shook hands with;
+//! - a worker that cannot be reached is redialled with backoff, not by every frame;
 //! - an `--insecure` coordinator is not reachable from another network namespace unless
 //!   it is given an address (needs root; fails under `CI=true` when it cannot run).
 use std::io::{Read, Write};
@@ -312,4 +313,73 @@ fn an_insecure_coordinator_is_not_reachable_from_another_namespace_unless_given_
         "an --insecure coordinator was reachable from another namespace"
     );
     assert!(given, "a coordinator given an address was not reachable");
+}
+
+/// A listener that accepts and at once closes every connection; how many it saw.
+fn closing_listener() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            s.fetch_add(1, Ordering::SeqCst);
+            drop(c);
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn an_unreachable_worker_is_redialled_with_backoff_not_by_every_frame() {
+    let c = keyed(&common::coordinator_args("sec", "127.0.0.1:0", 0));
+    let control = c.ready["control"].as_str().unwrap().to_string();
+    // A worker whose advertised data address shuts every connection at once.
+    let (dead, dials) = closing_listener();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = WorkerConfig {
+        name: "w-unreachable".into(),
+        coordinators: vec![control.clone()],
+        listen: "127.0.0.1:0".into(),
+        advertise: Some(format!("127.0.0.1:{dead}")),
+        model: "fashion_cnn".into(),
+        mdns: false,
+        fleet: dyno_actors::config::Fleet {
+            id: "sec".into(),
+            ..Default::default()
+        },
+        ..WorkerConfig::default()
+    };
+    let path = dir.path().join("worker.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let _w = keyed(&[
+        "worker".into(),
+        "--config".into(),
+        path.to_str().unwrap().into(),
+        "--ready-json".into(),
+    ]);
+    // 100 frames/s for 6 s, every one planned onto that worker.
+    let mut a = common::cloud_only_agent(
+        "sec",
+        "cam-unreachable",
+        &control,
+        100.0,
+        6.0,
+        &dir.path().join("cam.jsonl"),
+    );
+    a.fleet.insecure = false;
+    a.fleet.key = Some(KEY.into());
+    let (s, _) = common::answered_once(common::spawn_agent(dir.path(), &a), &a);
+    let dials = dials.load(Ordering::SeqCst);
+    eprintln!(
+        "{} frames, {} fallbacks, {dials} dials of the unreachable worker",
+        s.frames, s.fallbacks
+    );
+    assert!(s.fallbacks >= 100, "the frames did not fall back: {s:?}");
+    // Pauses of 0.25, 0.5, 1, 2, 2 s and as much again of jitter: at most 7 in 6 s.
+    assert!(
+        (1..=8).contains(&dials),
+        "{dials} dials for {} fallbacks: not backing off",
+        s.fallbacks
+    );
 }

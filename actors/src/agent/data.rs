@@ -45,6 +45,16 @@ pub(super) enum CloudError {
     Unexpected(&'static str),
     #[error("no worker assigned")]
     NoWorker,
+    #[error("worker {addr} was unreachable: the next attempt in {retry_in:?}")]
+    BackingOff { addr: String, retry_in: Duration },
+}
+
+/// A worker address whose dial failed: frames fall back at once until `retry_at`
+/// (`discovery::redial_backoff`'s pauses, one more with each failure), instead of every
+/// frame of every agent dialling a worker that is down.
+struct Down {
+    failures: usize,
+    retry_at: Instant,
 }
 
 /// A connection to one worker's data endpoint.
@@ -95,6 +105,8 @@ pub(super) struct DataPath {
     me: Identity,
     max_frame: usize,
     conns: DashMap<String, DataConn>,
+    /// Workers whose last dial failed, by address.
+    down: DashMap<String, Down>,
     uplink: Addr<Uplink>,
     /// The downlink's one-way delay.
     one_way: Duration,
@@ -113,6 +125,7 @@ impl DataPath {
             me,
             max_frame,
             conns: DashMap::new(),
+            down: DashMap::new(),
             uplink,
             one_way,
             rtt,
@@ -125,12 +138,38 @@ impl DataPath {
                 return Ok(c.clone());
             }
         }
-        let conn = dial(addr, &self.me, self.max_frame)
-            .await
-            .map_err(|source| CloudError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
+        if let Some(d) = self.down.get(addr) {
+            let now = Instant::now();
+            if now < d.retry_at {
+                return Err(CloudError::BackingOff {
+                    addr: addr.to_string(),
+                    retry_in: d.retry_at - now,
+                });
+            }
+        }
+        let conn = match dial(addr, &self.me, self.max_frame).await {
+            Ok(c) => {
+                self.down.remove(addr);
+                c
+            }
+            Err(source) => {
+                let failures = self.down.get(addr).map_or(0, |d| d.failures) + 1;
+                let pause = crate::discovery::redial_backoff()
+                    .nth(failures - 1)
+                    .unwrap_or(Duration::from_secs(2));
+                self.down.insert(
+                    addr.to_string(),
+                    Down {
+                        failures,
+                        retry_at: Instant::now() + pause,
+                    },
+                );
+                return Err(CloudError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                });
+            }
+        };
         let (tx, mut rx) = conn.split();
         let (out, writer) = pump(tx);
         let c = DataConn {
