@@ -206,7 +206,7 @@ fn roles_and_names_are_held_to_what_the_handshake_proved() {
         // An observer (with the fleet key, even) may not submit work to a worker.
         let e = shake(&data, Role::Observer, "status").await.unwrap_err();
         assert!(
-            matches!(&e, WireError::Refused(r) if r.contains("Observer may not connect")),
+            matches!(&e, WireError::Refused(r) if r.contains("(Observer) may not connect")),
             "{e}"
         );
         // Nor may a coordinator join the control endpoint as a peer.

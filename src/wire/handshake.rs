@@ -170,7 +170,8 @@ pub async fn accept(
         return Err(WireError::Auth(refuse(&mut c, r).await));
     }
     if !admits.contains(&role) {
-        let r = format!("a {role:?} may not connect here: this endpoint admits {admits:?}");
+        let r =
+            format!("`{name}` ({role:?}) may not connect here: this endpoint admits {admits:?}");
         return Err(WireError::Auth(refuse(&mut c, r).await));
     }
     let secured = me.key != Key::Insecure;
