@@ -97,19 +97,19 @@ fn flipping_relay(upstream: String, offset: usize) -> (u16, Arc<AtomicBool>) {
     (port, flipped)
 }
 
-#[test]
-fn a_byte_flipped_on_the_way_to_the_worker_ends_the_connection_and_no_answer_is_wrong() {
-    let c = keyed(&common::coordinator_args("sec", "127.0.0.1:0", 0));
-    let control = c.ready["control"].as_str().unwrap().to_string();
-    // A worker whose advertised data address is the relay's.
-    let data_port = common::free_port();
-    let (relay, flipped) = flipping_relay(format!("127.0.0.1:{data_port}"), 40_000);
-    let dir = tempfile::tempdir().unwrap();
+/// A keyed `fashion_cnn` worker listening on `listen` that tells the coordinator at
+/// `control` to send its devices to `advertise` (a relay, or nothing that answers).
+fn worker_behind(
+    dir: &std::path::Path,
+    control: &str,
+    listen: &str,
+    advertise: &str,
+) -> common::Logged {
     let cfg = WorkerConfig {
-        name: "w-relayed".into(),
-        coordinators: vec![control.clone()],
-        listen: format!("127.0.0.1:{data_port}"),
-        advertise: Some(format!("127.0.0.1:{relay}")),
+        name: "w-behind".into(),
+        coordinators: vec![control.into()],
+        listen: listen.into(),
+        advertise: Some(advertise.into()),
         model: "fashion_cnn".into(),
         mdns: false,
         fleet: dyno_actors::config::Fleet {
@@ -118,26 +118,53 @@ fn a_byte_flipped_on_the_way_to_the_worker_ends_the_connection_and_no_answer_is_
         },
         ..WorkerConfig::default()
     };
-    let path = dir.path().join("worker.toml");
+    let path = dir.join("worker.toml");
     std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-    let w = keyed(&[
+    keyed(&[
         "worker".into(),
         "--config".into(),
         path.to_str().unwrap().into(),
         "--ready-json".into(),
-    ]);
-    // Every frame onloads, losslessly (fp32): any answer that differs from the local
-    // model's is a wrong one.
+    ])
+}
+
+/// A keyed agent `id` that onloads every frame, 100 a second for `seconds`.
+fn keyed_cloud_only_agent(
+    dir: &std::path::Path,
+    id: &str,
+    control: &str,
+    seconds: f64,
+) -> dyno_actors::config::AgentConfig {
     let mut a = common::cloud_only_agent(
         "sec",
-        "cam-flip",
-        &control,
+        id,
+        control,
         100.0,
-        4.0,
-        &dir.path().join("cam-flip.jsonl"),
+        seconds,
+        &dir.join(format!("{id}.jsonl")),
     );
     a.fleet.insecure = false;
     a.fleet.key = Some(KEY.into());
+    a
+}
+
+#[test]
+fn a_byte_flipped_on_the_way_to_the_worker_ends_the_connection_and_no_answer_is_wrong() {
+    let c = keyed(&common::coordinator_args("sec", "127.0.0.1:0", 0));
+    let control = c.ready["control"].as_str().unwrap().to_string();
+    // A worker whose advertised data address is the relay's.
+    let data_port = common::free_port();
+    let (relay, flipped) = flipping_relay(format!("127.0.0.1:{data_port}"), 40_000);
+    let dir = tempfile::tempdir().unwrap();
+    let w = worker_behind(
+        dir.path(),
+        &control,
+        &format!("127.0.0.1:{data_port}"),
+        &format!("127.0.0.1:{relay}"),
+    );
+    // Every frame onloads, losslessly (fp32): any answer that differs from the local
+    // model's is a wrong one.
+    let mut a = keyed_cloud_only_agent(dir.path(), "cam-flip", &control, 4.0);
     a.verify = true;
     let (s, _) = common::answered_once(common::spawn_agent(dir.path(), &a), &a);
     let worker_log = w.log();
@@ -337,38 +364,14 @@ fn an_unreachable_worker_is_redialled_with_backoff_not_by_every_frame() {
     // A worker whose advertised data address shuts every connection at once.
     let (dead, dials) = closing_listener();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = WorkerConfig {
-        name: "w-unreachable".into(),
-        coordinators: vec![control.clone()],
-        listen: "127.0.0.1:0".into(),
-        advertise: Some(format!("127.0.0.1:{dead}")),
-        model: "fashion_cnn".into(),
-        mdns: false,
-        fleet: dyno_actors::config::Fleet {
-            id: "sec".into(),
-            ..Default::default()
-        },
-        ..WorkerConfig::default()
-    };
-    let path = dir.path().join("worker.toml");
-    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-    let _w = keyed(&[
-        "worker".into(),
-        "--config".into(),
-        path.to_str().unwrap().into(),
-        "--ready-json".into(),
-    ]);
-    // 100 frames/s for 6 s, every one planned onto that worker.
-    let mut a = common::cloud_only_agent(
-        "sec",
-        "cam-unreachable",
+    let _w = worker_behind(
+        dir.path(),
         &control,
-        100.0,
-        6.0,
-        &dir.path().join("cam.jsonl"),
+        "127.0.0.1:0",
+        &format!("127.0.0.1:{dead}"),
     );
-    a.fleet.insecure = false;
-    a.fleet.key = Some(KEY.into());
+    // 100 frames/s for 6 s, every one planned onto that worker.
+    let a = keyed_cloud_only_agent(dir.path(), "cam-unreachable", &control, 6.0);
     let (s, _) = common::answered_once(common::spawn_agent(dir.path(), &a), &a);
     let dials = dials.load(Ordering::SeqCst);
     eprintln!(
