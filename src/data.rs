@@ -72,45 +72,6 @@ pub struct View {
     pub flip: bool,
 }
 
-/// The ten views of each image that `dyno profile accuracy` uses for agreement:
-/// the reference view, its mirror, four corner crops, three other scales, and the
-/// mirror of one of them.
-pub fn variant_views(spec: &InputSpec) -> Vec<View> {
-    let base = spec.resize.unwrap_or(spec.shape[1].max(spec.shape[2]));
-    let crop = spec.shape[1].max(spec.shape[2]);
-    let scale = |f: f64| Some(((base as f64 * f) as i64).max(crop));
-    let mut v = vec![
-        View::default(),
-        View {
-            flip: true,
-            ..View::default()
-        },
-    ];
-    for anchor in [
-        Anchor::TopLeft,
-        Anchor::TopRight,
-        Anchor::BottomLeft,
-        Anchor::BottomRight,
-    ] {
-        v.push(View {
-            anchor,
-            ..View::default()
-        });
-    }
-    for f in [0.9, 1.125, 1.25] {
-        v.push(View {
-            resize: scale(f),
-            ..View::default()
-        });
-    }
-    v.push(View {
-        resize: scale(1.125),
-        flip: true,
-        ..View::default()
-    });
-    v
-}
-
 /// Decodes an image into a `[1, C, H, W]` fp32 tensor of 0..=255 pixel values.
 pub fn decode_image(path: &Path, spec: &InputSpec) -> Result<Tensor> {
     let bad = |reason: String| Error::BadImage {

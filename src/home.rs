@@ -45,6 +45,12 @@ impl Home {
         self.root.join("data").join("imagenet")
     }
 
+    /// The 1,000 labeled ImageNet images, one per class, shipped in the repository
+    /// (its README gives their source, terms and caveats).
+    pub fn imagenet_1k_dir(&self) -> PathBuf {
+        self.root.join("data").join("imagenet-1k-sample")
+    }
+
     /// The official Fashion-MNIST, gunzipped (Debian dataset-fashion-mnist).
     pub fn fashion_mnist_dir(&self) -> PathBuf {
         self.root.join("data").join("fashion-mnist")

@@ -10,6 +10,8 @@
 //! | `dyno_frames_total` | counter | `device` | agent: every finished frame |
 //! | `dyno_fallbacks_total` | counter | `device` | agent: frames finished on the device because the cloud failed |
 //! | `dyno_frame_errors_total` | counter | `device` | agent |
+//! | `dyno_duplicate_answers_total` | counter | `device` | agent: second answers to a frame already answered, counted where they arrive (must stay 0) |
+//! | `dyno_late_answers_total` | counter | `device` | agent: answers that arrived after their frame gave up and finished on the device |
 //! | `dyno_frames_over_budget_total` | counter | `device` | agent: frames run on the device because the plan's onload budget was spent |
 //! | `dyno_phase_seconds` | histogram | `phase` = `device`, `pack`, `transfer`, `worker_queue`, `cloud`, `end_to_end` | agent |
 //! | `dyno_plan_split`, `dyno_plan_precision` | gauge | `device` | agent (plan in force), coordinator (plan sent); bits 32 for fp32, 16 for fp16 |
@@ -65,6 +67,14 @@ fn describe() {
         "Frames finished on the device because the cloud failed."
     );
     c!("dyno_frame_errors_total", "Frames that ended in an error.");
+    c!(
+        "dyno_duplicate_answers_total",
+        "Second answers to a frame already answered, counted where they arrive (must stay 0)."
+    );
+    c!(
+        "dyno_late_answers_total",
+        "Answers that arrived after their frame gave up waiting and finished on the device."
+    );
     c!(
         "dyno_frames_over_budget_total",
         "Frames run on the device because the plan's onload budget was spent."
@@ -128,6 +138,8 @@ pub fn init_device(device: &str) {
         "dyno_fallbacks_total",
         "dyno_frames_over_budget_total",
         "dyno_frame_errors_total",
+        "dyno_duplicate_answers_total",
+        "dyno_late_answers_total",
     ] {
         metrics::counter!(name, "device" => device.to_string()).increment(0);
     }

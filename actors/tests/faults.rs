@@ -78,17 +78,54 @@ fn a_worker_killed_mid_stream_loses_no_frame() {
         .collect();
     onloaded.sort_by(f64::total_cmp);
     let recovery = onloaded.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
-    let fallbacks = frames.iter().filter(|f| f.fallback).count();
     eprintln!(
-        "worker killed at {killed_s:.2} s: {} frames sent, {} answered, 0 duplicates, \
-         {fallbacks} finished on the device, onloading again {recovery:.2} s later",
-        s.frames, s.results
+        "worker killed at {killed_s:.2} s: {} frames sent, {} answered by the cloud, {} \
+         finished on the device after the cloud failed, {} device-only; {} second answers \
+         and {} late answers counted where they arrived; onloading again {recovery:.2} s \
+         later",
+        s.frames, s.onloaded, s.fallbacks, s.device_only, s.duplicates, s.late_answers
     );
+    assert_eq!(s.onloaded + s.fallbacks + s.device_only, s.frames, "{s:?}");
     assert!(
         recovery <= 2.0,
         "onloading resumed {recovery:.2} s after the kill"
     );
     assert!(onloaded.len() as f64 > 0.8 * s.frames as f64, "{s:?}");
+}
+
+/// The check above can fail: a worker that answers every frame twice (a test-only
+/// fault) has each second answer counted by the agent where it arrives, and the check
+/// of `answered_once` fails on them.
+#[test]
+fn a_second_answer_is_counted_where_it_arrives_and_fails_the_check() {
+    let _one = one_at_a_time();
+    let fleet = "test-duplicates";
+    let (_c, control) = common::spawn_coordinator(fleet, "127.0.0.1:0", 0, &[]);
+    let (_w, _) =
+        common::spawn_worker_with(fleet, "w1", &control, &[("DYNO_TEST_ANSWER_TWICE", "1")]);
+    std::thread::sleep(Duration::from_millis(700));
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("cam.jsonl");
+    let cfg = common::cloud_only_agent(fleet, "cam", &control, 50.0, 3.0, &results);
+    let (s, frames) = common::finished(common::spawn_agent(dir.path(), &cfg), &cfg);
+    eprintln!(
+        "a worker answering twice: {} frames, {} answered by the cloud, {} second answers \
+         counted where they arrived, {} late",
+        s.frames, s.onloaded, s.duplicates, s.late_answers
+    );
+    assert!(s.onloaded > 50, "{s:?}");
+    // Every cloud answer came twice; those of the last frames in flight may arrive
+    // after the agent stopped listening.
+    assert!(
+        s.duplicates <= s.onloaded && s.duplicates + cfg.in_flight as u64 >= s.onloaded,
+        "{s:?}"
+    );
+    let check = std::panic::catch_unwind(|| common::assert_answered_once(&s, &frames));
+    assert!(
+        check.is_err(),
+        "the check passed with {} duplicates",
+        s.duplicates
+    );
 }
 
 #[test]
@@ -404,11 +441,15 @@ fn a_restarted_coordinator_gets_its_fleet_back_without_losing_a_frame() {
         .collect();
     let mut answered_during = Vec::new();
     let mut onloading_again: f64 = 0.0;
-    let mut sent = 0;
+    let (mut sent, mut cloud, mut fallbacks, mut device_only, mut second) = (0, 0, 0, 0, 0);
     for (child, cfg) in agents {
         // Every frame answered exactly once, through the restart.
         let (s, frames) = common::answered_once(child, &cfg);
         sent += s.frames;
+        cloud += s.onloaded;
+        fallbacks += s.fallbacks;
+        device_only += s.device_only;
+        second += s.duplicates;
         // The agent kept serving while no coordinator was up.
         answered_during.push(
             frames
@@ -425,7 +466,9 @@ fn a_restarted_coordinator_gets_its_fleet_back_without_losing_a_frame() {
     }
     eprintln!(
         "coordinator killed at {killed_s:.2} s, restarted at {restarted_s:.2} s: {sent} frames \
-         sent, {sent} answered, 0 duplicates; answered while it was down: {answered_during:?}; \
+         sent: {cloud} answered by the cloud, {fallbacks} finished on the device after the \
+         cloud failed, {device_only} device-only; {second} second answers counted where \
+         answers arrive; answered while it was down: {answered_during:?}; \
          all re-registered {back:.2} s after the restart (registrations {registrations:?}); \
          every agent onloading again within {onloading_again:.2} s"
     );

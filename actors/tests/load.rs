@@ -17,12 +17,15 @@ fn a_short_load_loses_no_frame_and_every_report_is_counted() {
     let r = load(&["--agents", "40", "--duration-s", "6", "--rate-fps", "4"]);
     let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k}: {r}"));
     eprintln!(
-        "40 agents x 6 s x 4 fps: {} frames sent, {} answered, {} busy, {} lost; reports \
-         {} / {}; control p99 {} ms; coordinator {} MB",
+        "40 agents x 6 s x 4 fps: {} frames sent, {} answered by the cloud, {} busy and {} \
+         failed (finished on the device), {} lost, {} second answers; reports {} / {}; \
+         control p99 {} ms; coordinator {} MB",
         n("frames_sent"),
         n("frames_answered"),
         n("frames_busy"),
+        n("frames_failed"),
         n("frames_lost"),
+        n("duplicate_answers"),
         n("reports_sent"),
         n("reports_counted"),
         r["control_rtt_ms"]["p99"],
@@ -30,6 +33,7 @@ fn a_short_load_loses_no_frame_and_every_report_is_counted() {
     );
     assert_eq!(n("registered"), 40);
     assert_eq!(n("frames_lost"), 0);
+    assert_eq!(n("duplicate_answers"), 0);
     assert_eq!(n("control_lost"), 0);
     // Every frame sent got an answer, and the coordinator counted every report.
     assert_eq!(

@@ -6,7 +6,7 @@ use dyno::home::Home;
 use dyno::model::zoo;
 use dyno::pack::{Clip, Codec, Precision};
 use dyno::plot;
-use dyno::profile::accuracy::{self, AccuracyOptions};
+use dyno::profile::accuracy::{self, AccuracyOptions, Half};
 use dyno::profile::{AccuracyProfile, Metric};
 
 #[test]
@@ -112,18 +112,61 @@ fn clipped_ranges_cut_the_one_bit_loss_at_fashion_cnn_conv1() {
 }
 
 #[test]
-fn mobilenet_v2_profile_inputs_are_200_views_of_the_20_images() {
+fn mobilenet_v2_profiles_on_one_half_of_the_1000_images_and_holds_out_the_other() {
     let home = Home::discover();
     let model = zoo::load("mobilenet_v2", &home).unwrap();
+    let profiling = accuracy::default_inputs(&model, &home).unwrap();
+    let held_out = accuracy::sample_inputs(&model, &home, Half::HeldOut).unwrap();
+    for inputs in [&profiling, &held_out] {
+        assert_eq!(inputs.xs.size(), [500, 3, 224, 224]);
+        assert_eq!(inputs.metric, Metric::Accuracy);
+    }
+    // One image per class: the halves share no class, so no image.
+    let classes = |i: &accuracy::ProfileInputs| {
+        let mut l = i.labels.clone().unwrap();
+        l.sort_unstable();
+        l.dedup();
+        l
+    };
+    let (a, b) = (classes(&profiling), classes(&held_out));
+    assert_eq!((a.len(), b.len()), (500, 500));
+    assert!(a.iter().all(|c| b.binary_search(c).is_err()));
+}
+
+#[test]
+fn every_entry_has_an_interval_and_each_split_is_monotone_in_precision() {
+    let home = Home::discover();
+    let model = zoo::load("fashion_cnn", &home).unwrap();
     let inputs = accuracy::default_inputs(&model, &home).unwrap();
-    assert_eq!(inputs.xs.size(), [200, 3, 224, 224]);
-    assert_eq!(inputs.metric, Metric::Agreement);
-    assert_eq!(inputs.labels.as_ref().unwrap().len(), 200);
-    // The views differ from one another.
-    let first = inputs.xs.get(0);
-    for v in 1..10 {
-        let d = (&first - inputs.xs.get(v)).abs().max().double_value(&[]);
-        assert!(d > 0.01, "view {v} equals view 0");
+    let opts = AccuracyOptions {
+        limit: Some(300),
+        ..AccuracyOptions::default()
+    };
+    let p = accuracy::profile(&model, &inputs, &opts).unwrap();
+    let mut raised = 0;
+    for s in &p.splits {
+        for e in &s.entries {
+            let [lo, hi] = e.drop_ci95.unwrap();
+            assert!(lo <= e.drop_points && e.drop_points <= hi, "{e:?}");
+            assert!(hi > lo, "an interval has a width: {e:?}");
+            let measured = e.measured_drop_points.unwrap();
+            assert!(e.drop_points >= measured);
+            raised += usize::from(e.drop_points > measured);
+            assert_eq!(e.planning_drop(), hi);
+        }
+        // From fp32 to 1 bit, no drop, lower or upper end ever falls.
+        for w in s.entries.windows(2) {
+            let (coarse, fine) = (&w[0], &w[1]);
+            assert!(coarse.precision < fine.precision);
+            assert!(coarse.drop_points >= fine.drop_points, "split {}", s.split);
+            let ([cl, ch], [fl, fh]) = (coarse.drop_ci95.unwrap(), fine.drop_ci95.unwrap());
+            assert!(cl >= fl && ch >= fh, "split {}", s.split);
+        }
+    }
+    eprintln!("{raised} entries raised to a finer precision's drop");
+    // The choices hold the upper end of the interval against the budget.
+    for c in p.choices(1.0) {
+        assert!(c.drop_ci95.unwrap()[1] <= 1.0, "{c:?}");
     }
 }
 

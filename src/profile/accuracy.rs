@@ -15,6 +15,7 @@ use crate::pack::tensor::tensor_values;
 use crate::pack::{
     Clip, Codec, DecodeLimits, Granularity, PackOptions, Packer, Precision, TensorId,
 };
+use crate::stats;
 
 /// The inputs of a profile run.
 pub struct ProfileInputs {
@@ -49,9 +50,34 @@ impl Default for AccuracyOptions {
     }
 }
 
-/// The default data of a model: Fashion-MNIST's 10k test images (accuracy) for
-/// `fashion_cnn`; for 3-channel models the 20 ImageNet images in ten deterministic views
-/// each (agreement, as 20 labels are too few for accuracy).
+/// Which half of the ImageNet sample a run uses: the images at even places (sorted by
+/// name, so one in two classes) profile, the ones at odd places are held out to check
+/// the plans chosen on the first (`dyno profile heldout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Half {
+    Profiling,
+    HeldOut,
+}
+
+impl Half {
+    fn keeps(self, index: usize) -> bool {
+        match self {
+            Half::Profiling => index % 2 == 0,
+            Half::HeldOut => index % 2 == 1,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Half::Profiling => "profiling half (even places)",
+            Half::HeldOut => "held-out half (odd places)",
+        }
+    }
+}
+
+/// The default data of a model: Fashion-MNIST's 10k test images for `fashion_cnn`; for
+/// 3-channel models the profiling half of the project's 1,000 labeled ImageNet images
+/// (`data/imagenet-1k-sample`, one per class), accuracy against their labels.
 pub fn default_inputs(model: &Model, home: &Home) -> Result<ProfileInputs> {
     if model.input().shape[0] != 3 {
         let c = check::default_inputs(model, home)?;
@@ -62,28 +88,37 @@ pub fn default_inputs(model: &Model, home: &Home) -> Result<ProfileInputs> {
             metric: Metric::Accuracy,
         });
     }
-    let dir = home.imagenet_dir();
-    let images = data::list_images(&dir)?;
-    let views = data::variant_views(model.input());
-    let mut xs = Vec::with_capacity(images.len() * views.len());
-    let mut labels = Vec::with_capacity(xs.capacity());
-    for img in &images {
-        let decoded = data::decode_image(&img.path, model.input())?;
-        for v in &views {
-            xs.push(data::preprocess(&decoded, model.input(), *v, &img.path)?);
-            labels.push(img.label.unwrap_or(-1));
-        }
+    sample_inputs(model, home, Half::Profiling)
+}
+
+/// One half of the 1,000-image ImageNet sample, preprocessed for `model` (one centre
+/// crop each), with labels.
+pub fn sample_inputs(model: &Model, home: &Home, half: Half) -> Result<ProfileInputs> {
+    let dir = home.imagenet_1k_dir();
+    let images: Vec<_> = data::list_images(&dir)?
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| half.keeps(*i))
+        .map(|(_, img)| img)
+        .collect();
+    if let Some(img) = images.iter().find(|i| i.label.is_none()) {
+        return Err(Error::Dataset {
+            path: img.path.clone(),
+            reason: "its name does not end in _<class>; the sample's files are \
+                     NNNN_<wnid>_<class>.jpg (data/imagenet-1k-sample/README.md)"
+                .into(),
+        });
     }
     Ok(ProfileInputs {
         description: format!(
-            "{} ImageNet images in {} ({} views each: crops, flips, scales)",
+            "{} labeled ImageNet images, the {} of {}",
             images.len(),
-            dir.display(),
-            views.len()
+            half.name(),
+            dir.display()
         ),
-        xs: Tensor::stack(&xs, 0),
-        labels: labels.iter().all(|&l| l >= 0).then_some(labels),
-        metric: Metric::Agreement,
+        xs: data::load_batch(&images, model.input())?,
+        labels: Some(images.iter().filter_map(|i| i.label).collect()),
+        metric: Metric::Accuracy,
     })
 }
 
@@ -108,6 +143,9 @@ pub fn folder_inputs(model: &Model, dir: PathBuf) -> Result<ProfileInputs> {
 struct Tally {
     correct: usize,
     agree: usize,
+    /// Inputs right before packing and wrong after, and the reverse (with labels).
+    lost: usize,
+    gained: usize,
     bytes: [u64; 3],
 }
 
@@ -117,25 +155,11 @@ pub fn profile(
     inputs: &ProfileInputs,
     opts: &AccuracyOptions,
 ) -> Result<AccuracyProfile> {
-    let n_all = inputs.xs.size()[0] as usize;
-    let n = opts.limit.unwrap_or(n_all).min(n_all);
-    if n == 0 {
-        return Err(Error::Dataset {
-            path: PathBuf::from(&inputs.description),
-            reason: "no inputs to profile".into(),
-        });
-    }
-    let xs = inputs.xs.narrow(0, 0, n as i64);
-    let labels = inputs.labels.as_ref().map(|l| &l[..n]);
-    let baseline = predict(model, &xs, opts.batch.max(1) as i64)?;
-    let baseline_correct = labels.map(|l| count_eq(&baseline, l));
-    let precisions = Precision::all();
+    let run = Run::new(model, inputs, opts)?;
     let splits = model.split_points()?;
     let sent = &splits[..model.num_blocks()]; // split N sends nothing
-    let batch = opts.batch.max(1);
-    let chunks = n.div_ceil(batch);
     let bar = if opts.progress {
-        ProgressBar::new((sent.len() * chunks) as u64)
+        ProgressBar::new((sent.len() * run.chunks()) as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -144,64 +168,12 @@ pub fn profile(
             .expect("static template")
             .progress_chars("=> "),
     );
+    let precisions = Precision::all();
     let mut out = Vec::with_capacity(sent.len());
     for sp in sent {
         bar.set_message(format!("split {}", sp.index));
-        let mut tallies = vec![Tally::default(); precisions.len()];
-        for c in 0..chunks {
-            let start = c * batch;
-            let len = batch.min(n - start);
-            let a = model.head(&xs.narrow(0, start as i64, len as i64), sp.index)?;
-            let (values, shape) = tensor_values(&a)?;
-            for (p, tally) in precisions.iter().zip(tallies.iter_mut()) {
-                let id = TensorId {
-                    model: model.name(),
-                    weights_hash: model.weights_hash(),
-                    split: sp.index as u16,
-                };
-                let (restored, bytes) = round_trip_items(&values, &shape, &id, *p, opts)?;
-                let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-                let t = Tensor::from_slice(&restored).view(dims.as_slice());
-                let logits = model.tail(&t, sp.index)?;
-                let preds =
-                    Vec::<i64>::try_from(&logits.argmax(-1, false)).map_err(Error::Torch)?;
-                tally.agree += count_eq(&preds, &baseline[start..start + len]);
-                if let Some(l) = labels {
-                    tally.correct += count_eq(&preds, &l[start..start + len]);
-                }
-                for (t, b) in tally.bytes.iter_mut().zip(bytes) {
-                    *t += b;
-                }
-            }
-            bar.inc(1);
-        }
-        let entries = precisions
-            .iter()
-            .zip(&tallies)
-            .map(|(p, t)| {
-                let accuracy = labels.map(|_| t.correct as f64 / n as f64);
-                let agreement = t.agree as f64 / n as f64;
-                // From the counts, so that 2 of 200 is exactly 1 point.
-                let drop_points = match (inputs.metric, baseline_correct) {
-                    (Metric::Accuracy, Some(base)) if labels.is_some() => {
-                        100.0 * (base as f64 - t.correct as f64) / n as f64
-                    }
-                    _ => 100.0 * (n - t.agree) as f64 / n as f64,
-                };
-                let mean = |i: usize| t.bytes[i] as f64 / n as f64;
-                Entry {
-                    precision: *p,
-                    accuracy,
-                    agreement,
-                    drop_points,
-                    bytes: CodecBytes {
-                        none: mean(0),
-                        lz4: mean(1),
-                        zstd: mean(2),
-                    },
-                }
-            })
-            .collect();
+        let mut entries = run.entries(sp.index, &precisions, || bar.inc(1))?;
+        super::make_monotone(&mut entries);
         out.push(SplitProfile {
             split: sp.index,
             after_block: sp.after_block.clone(),
@@ -211,23 +183,165 @@ pub fn profile(
         });
     }
     bar.finish_and_clear();
-    let metric = if labels.is_some() {
-        inputs.metric
-    } else {
-        Metric::Agreement
-    };
     Ok(AccuracyProfile {
         format: ACCURACY_FORMAT,
         model: model.name().to_string(),
         weights_hash: format!("{:016x}", model.weights_hash()),
-        metric,
+        metric: run.metric(),
         data: inputs.description.clone(),
-        inputs: n,
-        baseline_accuracy: baseline_correct.map(|c| c as f64 / n as f64),
+        inputs: run.n,
+        baseline_accuracy: run.baseline_correct.map(|c| c as f64 / run.n as f64),
         granularity: opts.granularity,
         clip: opts.clip,
         splits: out,
     })
+}
+
+/// The drop of chosen (split, precision) pairs on `inputs`, each with its interval, as
+/// the profile would measure it (not made monotone: each stands alone).
+pub fn measure(
+    model: &Model,
+    inputs: &ProfileInputs,
+    opts: &AccuracyOptions,
+    split: usize,
+    precisions: &[Precision],
+) -> Result<Vec<Entry>> {
+    Run::new(model, inputs, opts)?.entries(split, precisions, || ())
+}
+
+/// One profile run's inputs and the unpacked model's answers on them.
+struct Run<'a> {
+    model: &'a Model,
+    opts: &'a AccuracyOptions,
+    metric: Metric,
+    n: usize,
+    xs: Tensor,
+    labels: Option<&'a [i64]>,
+    baseline: Vec<i64>,
+    baseline_correct: Option<usize>,
+}
+
+impl<'a> Run<'a> {
+    fn new(model: &'a Model, inputs: &'a ProfileInputs, opts: &'a AccuracyOptions) -> Result<Self> {
+        let n_all = inputs.xs.size()[0] as usize;
+        let n = opts.limit.unwrap_or(n_all).min(n_all);
+        if n == 0 {
+            return Err(Error::Dataset {
+                path: PathBuf::from(&inputs.description),
+                reason: "no inputs to profile".into(),
+            });
+        }
+        let xs = inputs.xs.narrow(0, 0, n as i64);
+        let labels = inputs.labels.as_ref().map(|l| &l[..n]);
+        let baseline = predict(model, &xs, opts.batch.max(1) as i64)?;
+        let baseline_correct = labels.map(|l| count_eq(&baseline, l));
+        let metric = if labels.is_some() {
+            inputs.metric
+        } else {
+            Metric::Agreement
+        };
+        Ok(Run {
+            model,
+            opts,
+            metric,
+            n,
+            xs,
+            labels,
+            baseline,
+            baseline_correct,
+        })
+    }
+
+    fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    fn chunks(&self) -> usize {
+        self.n.div_ceil(self.opts.batch.max(1))
+    }
+
+    /// One entry per precision at `split`, measured on every input; `tick` after each
+    /// batch of inputs.
+    fn entries(
+        &self,
+        split: usize,
+        precisions: &[Precision],
+        mut tick: impl FnMut(),
+    ) -> Result<Vec<Entry>> {
+        let (model, opts, n) = (self.model, self.opts, self.n);
+        let batch = opts.batch.max(1);
+        let id = TensorId {
+            model: model.name(),
+            weights_hash: model.weights_hash(),
+            split: split as u16,
+        };
+        let mut tallies = vec![Tally::default(); precisions.len()];
+        for c in 0..self.chunks() {
+            let start = c * batch;
+            let len = batch.min(n - start);
+            let a = model.head(&self.xs.narrow(0, start as i64, len as i64), split)?;
+            let (values, shape) = tensor_values(&a)?;
+            let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+            let base = &self.baseline[start..start + len];
+            for (p, tally) in precisions.iter().zip(tallies.iter_mut()) {
+                let (restored, bytes) = round_trip_items(&values, &shape, &id, *p, opts)?;
+                let t = Tensor::from_slice(&restored).view(dims.as_slice());
+                let logits = model.tail(&t, split)?;
+                let preds =
+                    Vec::<i64>::try_from(&logits.argmax(-1, false)).map_err(Error::Torch)?;
+                tally.agree += count_eq(&preds, base);
+                if let Some(l) = self.labels {
+                    let l = &l[start..start + len];
+                    tally.correct += count_eq(&preds, l);
+                    for ((p, b), l) in preds.iter().zip(base).zip(l) {
+                        match (b == l, p == l) {
+                            (true, false) => tally.lost += 1,
+                            (false, true) => tally.gained += 1,
+                            _ => {}
+                        }
+                    }
+                }
+                for (t, b) in tally.bytes.iter_mut().zip(bytes) {
+                    *t += b;
+                }
+            }
+            tick();
+        }
+        Ok(precisions
+            .iter()
+            .zip(&tallies)
+            .map(|(p, t)| self.entry(*p, t))
+            .collect())
+    }
+
+    fn entry(&self, precision: Precision, t: &Tally) -> Entry {
+        let n = self.n;
+        // From the counts, so that 2 of 200 is exactly 1 point.
+        let (drop_points, ci) = match (self.metric, self.baseline_correct) {
+            (Metric::Accuracy, Some(base)) => (
+                100.0 * (base as f64 - t.correct as f64) / n as f64,
+                stats::paired_drop_ci95(t.lost, t.gained, n),
+            ),
+            _ => (
+                100.0 * (n - t.agree) as f64 / n as f64,
+                stats::wilson_ci95(n - t.agree, n),
+            ),
+        };
+        let mean = |i: usize| t.bytes[i] as f64 / n as f64;
+        Entry {
+            precision,
+            accuracy: self.labels.map(|_| t.correct as f64 / n as f64),
+            agreement: t.agree as f64 / n as f64,
+            drop_points,
+            drop_ci95: Some(ci),
+            measured_drop_points: None,
+            bytes: CodecBytes {
+                none: mean(0),
+                lz4: mean(1),
+                zstd: mean(2),
+            },
+        }
+    }
 }
 
 fn count_eq(a: &[i64], b: &[i64]) -> usize {

@@ -117,10 +117,46 @@ pub struct Entry {
     pub accuracy: Option<f64>,
     /// Share of inputs whose top-1 equals the unpacked model's.
     pub agreement: f64,
-    /// Loss in percentage points of the profile's metric against the unpacked model.
+    /// Loss in percentage points of the profile's metric against the unpacked model,
+    /// made monotone in precision: never below a finer precision's at the same split.
     pub drop_points: f64,
+    /// Its 95 % interval, monotone the same way (absent in older files): Agresti and
+    /// Min's paired interval for accuracy, Wilson's for agreement ([`crate::stats`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_ci95: Option<[f64; 2]>,
+    /// The drop as measured, before the table was made monotone (absent in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_drop_points: Option<f64>,
     /// Mean packed bytes of one activation (header included), per codec.
     pub bytes: CodecBytes,
+}
+
+impl Entry {
+    /// The drop the scheduler holds against an accuracy budget: the upper end of the
+    /// 95 % interval where the profile has one, else the drop itself. A plan is kept
+    /// only when this fits, so that a precision is not chosen on luck in the sample.
+    pub fn planning_drop(&self) -> f64 {
+        self.drop_ci95.map_or(self.drop_points, |[_, hi]| hi)
+    }
+}
+
+/// Makes one split's entries monotone in precision: walking from the finest precision
+/// (fp32) to the coarsest (1 bit), each drop and each end of its interval is raised to
+/// at least the finer precision's, so that a coarser precision is never reported
+/// better than a finer one. The measured drop is kept in `measured_drop_points`.
+pub fn make_monotone(entries: &mut [Entry]) {
+    entries.sort_by_key(|e| e.precision);
+    let (mut drop, mut lo, mut hi) = (f64::NEG_INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY);
+    for e in entries.iter_mut().rev() {
+        e.measured_drop_points.get_or_insert(e.drop_points);
+        drop = drop.max(e.drop_points);
+        e.drop_points = drop;
+        if let Some([l, h]) = e.drop_ci95.as_mut() {
+            lo = lo.max(*l);
+            hi = hi.max(*h);
+            (*l, *h) = (lo, hi);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -159,6 +195,8 @@ pub struct SplitChoice {
     /// The fewest quantised bits within the budget (None: only fp16/fp32 are).
     pub min_bits: Option<u8>,
     pub drop_points: f64,
+    /// The drop's 95 % interval, when the profile has one.
+    pub drop_ci95: Option<[f64; 2]>,
     pub codec: Codec,
     pub bytes: f64,
     /// fp32 bytes over packed bytes.
@@ -171,7 +209,10 @@ impl AccuracyProfile {
         self.splits
             .iter()
             .filter_map(|s| {
-                let e = s.entries.iter().find(|e| e.drop_points <= budget_points)?;
+                let e = s
+                    .entries
+                    .iter()
+                    .find(|e| e.planning_drop() <= budget_points)?;
                 let (codec, bytes) = e.bytes.best();
                 Some(SplitChoice {
                     split: s.split,
@@ -181,6 +222,7 @@ impl AccuracyProfile {
                         _ => None,
                     },
                     drop_points: e.drop_points,
+                    drop_ci95: e.drop_ci95,
                     codec,
                     bytes,
                     reduction: s.fp32_bytes as f64 / bytes,

@@ -368,7 +368,7 @@ impl Tables {
                         pack_s,
                         unpack_s,
                         bytes: e.bytes.get(codec),
-                        drop_points: e.drop_points,
+                        drop_points: e.planning_drop(),
                         batch: 1.0,
                         batch_wait_s: 0.0,
                     });

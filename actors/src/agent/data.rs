@@ -6,7 +6,7 @@
 //! while the one before it was still on the wire started crossing only when that one
 //! was delivered, and is timed from then (plus one round trip, as every sample
 //! carries), or the link would be measured at a fraction of its rate.
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,70 @@ impl RoundTrip {
     }
 }
 
+/// How a frame's wait for the cloud ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Its answer arrived and was taken.
+    Answered,
+    /// It stopped waiting (timeout, uplink stall, closed connection) and finished on
+    /// the device.
+    GaveUp,
+}
+
+/// What arrives for frames that no longer wait, counted where it arrives: a second
+/// answer to a frame already answered (a duplicate: must never happen), or an answer to
+/// a frame that gave up waiting (late: expected after a stall). Shared by every
+/// connection, as a duplicate may come from another worker.
+#[derive(Default)]
+pub(super) struct Answers {
+    settled: DashMap<u64, Settled>,
+    duplicates: AtomicU64,
+    late: AtomicU64,
+}
+
+/// Settled frames remembered to tell a duplicate from a late answer: the latest this
+/// many request ids.
+const REMEMBERED: u64 = 1 << 16;
+
+impl Answers {
+    fn settle(&self, request: u64, how: Settled) {
+        self.settled.insert(request, how);
+        if request % 4096 == 0 {
+            self.settled.retain(|&r, _| r + REMEMBERED > request);
+        }
+    }
+
+    /// An answer came for `request` and nobody waits for it.
+    fn unclaimed(&self, device: &str, worker: &str, request: u64) {
+        let device = device.to_string();
+        if self.settled.get(&request).as_deref() == Some(&Settled::Answered) {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("dyno_duplicate_answers_total", "device" => device).increment(1);
+            tracing::error!(
+                worker,
+                request,
+                "a second answer to a frame already answered"
+            );
+        } else {
+            self.late.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("dyno_late_answers_total", "device" => device).increment(1);
+            tracing::info!(
+                worker,
+                request,
+                "an answer after its frame gave up: ignored"
+            );
+        }
+    }
+
+    /// (duplicates, late answers) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.duplicates.load(Ordering::Relaxed),
+            self.late.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// The agent's connections to workers, by address.
 pub(super) struct DataPath {
     me: Identity,
@@ -111,6 +175,7 @@ pub(super) struct DataPath {
     /// The downlink's one-way delay.
     one_way: Duration,
     rtt: Arc<RoundTrip>,
+    answers: Arc<Answers>,
 }
 
 impl DataPath {
@@ -129,7 +194,20 @@ impl DataPath {
             uplink,
             one_way,
             rtt,
+            answers: Arc::default(),
         }
+    }
+
+    /// The frame stops waiting for its answer, if it still did.
+    fn give_up(&self, conn: &DataConn, request: u64) {
+        if conn.pending.remove(&request).is_some() {
+            self.answers.settle(request, Settled::GaveUp);
+        }
+    }
+
+    /// What arrived for frames that no longer waited.
+    pub fn answers(&self) -> &Answers {
+        &self.answers
     }
 
     async fn conn(&self, addr: &str) -> Result<DataConn, CloudError> {
@@ -184,6 +262,7 @@ impl DataPath {
             alive.store(false, Ordering::Release);
         });
         let (pending, alive) = (c.pending.clone(), c.alive.clone());
+        let (answers, device) = (self.answers.clone(), self.me.name.clone());
         let worker = addr.to_string();
         actix_rt::spawn(async move {
             loop {
@@ -196,11 +275,10 @@ impl DataPath {
                         };
                         match pending.remove(&request) {
                             Some((_, w)) => {
+                                answers.settle(request, Settled::Answered);
                                 let _ = w.send(m);
                             }
-                            None => {
-                                tracing::warn!(%worker, request, "an answer nobody waits for: ignored")
-                            }
+                            None => answers.unclaimed(&device, &worker, request),
                         }
                     }
                     Ok(Message::HeartbeatAck { .. }) => {}
@@ -243,11 +321,11 @@ impl DataPath {
             match tokio::time::timeout_at(deadline, uplink::cross(&self.uplink, bytes)).await {
                 Ok(Ok(x)) => x,
                 Ok(Err(e)) => {
-                    conn.pending.remove(&request);
+                    self.give_up(&conn, request);
                     return Err(CloudError::Uplink(e));
                 }
                 Err(_) => {
-                    conn.pending.remove(&request);
+                    self.give_up(&conn, request);
                     self.uplink.do_send(Stalled {
                         bytes,
                         waited: t.elapsed(),
@@ -261,12 +339,12 @@ impl DataPath {
             packed,
         });
         if sent.is_err() {
-            conn.pending.remove(&request);
+            self.give_up(&conn, request);
             return Err(CloudError::Closed);
         }
         let answer = tokio::time::timeout_at(deadline, rx).await;
         let answered = Instant::now();
-        conn.pending.remove(&request);
+        self.give_up(&conn, request);
         let m = match answer {
             Err(_) => return Err(CloudError::NoAnswer(timeout)),
             Ok(Err(_)) => return Err(CloudError::Broke),

@@ -245,6 +245,7 @@ pub async fn run_with_results(
         seconds,
         plans.load(Ordering::Relaxed),
         blocks,
+        path.data.answers().counts(),
     );
     Ok((summary, results))
 }

@@ -51,8 +51,11 @@ pub struct AgentSummary {
     pub device_only: u64,
     pub verified: u64,
     pub mismatches: u64,
-    /// Requests answered more than once (must be 0).
+    /// Second answers to frames already answered, counted where they arrive (must be 0).
     pub duplicates: u64,
+    /// Answers that arrived after their frame gave up waiting and finished on the device.
+    #[serde(default)]
+    pub late_answers: u64,
     pub plans_received: u64,
     pub splits: BTreeMap<u16, u64>,
     pub mean_latency_ms: f64,
@@ -67,20 +70,19 @@ pub(super) fn summarize(
     seconds: f64,
     plans: u64,
     blocks: usize,
+    (duplicates, late_answers): (u64, u64),
 ) -> AgentSummary {
     let mut s = AgentSummary {
         id: id.to_string(),
         frames,
         plans_received: plans,
         seconds,
+        duplicates,
+        late_answers,
         ..AgentSummary::default()
     };
-    let mut seen = std::collections::HashSet::new();
     let mut latency = 0.0;
     for r in results {
-        if !seen.insert(r.request) {
-            s.duplicates += 1;
-        }
         if r.error.is_some() {
             s.errors += 1;
             continue;

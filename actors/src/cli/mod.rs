@@ -165,6 +165,22 @@ pub enum ProfileCommand {
     /// Predicted against measured latency at every split: head, pack, loopback TCP,
     /// unpack and tail in one process.
     Validate(ValidateArgs),
+    /// The drop of every plan DynO picks in experiment files (simulated), measured on the
+    /// held-out half of the ImageNet sample the profile did not see.
+    Heldout(HeldoutArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HeldoutArgs {
+    /// Experiment files whose DynO plans are checked [default: config/paper-*.toml].
+    #[arg(env = "DYNO_HELDOUT_FILES", value_delimiter = ',')]
+    pub files: Vec<PathBuf>,
+    /// Inputs per tail run.
+    #[arg(long, default_value_t = 100, env = "DYNO_HELDOUT_BATCH")]
+    pub batch: usize,
+    /// Print JSON for scripts.
+    #[arg(long, env = "DYNO_HELDOUT_JSON")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -392,6 +408,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile(ProfileCommand::Accuracy(a)) => profile::accuracy(&home, a),
         Command::Profile(ProfileCommand::Latency(a)) => profile::latency(&home, a),
         Command::Profile(ProfileCommand::Validate(a)) => plan::validate(&home, a),
+        Command::Profile(ProfileCommand::Heldout(a)) => profile::heldout(&home, a),
         Command::Plan(a) => plan::plan(&home, a),
         Command::Experiment(ExperimentCommand::Run(a)) => experiment::run(&home, a),
         Command::Testbed(cmd) => testbed::run(&home, cmd),

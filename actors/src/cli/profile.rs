@@ -1,7 +1,7 @@
 //! `dyno profile accuracy` and `dyno profile latency`.
 use serde::Serialize;
 
-use super::{print_json, AccuracyArgs, LatencyArgs};
+use super::{print_json, AccuracyArgs, HeldoutArgs, LatencyArgs};
 use dyno::check;
 use dyno::home::Home;
 use dyno::model::zoo;
@@ -207,6 +207,169 @@ pub fn latency(home: &Home, a: LatencyArgs) -> anyhow::Result<()> {
         "\nwhole model: {:.2} ms; wrote {}",
         profile.total_seconds() * 1e3,
         out.display()
+    );
+    Ok(())
+}
+
+/// One plan DynO picked, checked on the held-out half.
+#[derive(Serialize)]
+struct HeldoutRow {
+    model: String,
+    split: usize,
+    precision: String,
+    /// Where it was picked: `file@Mbit/s`, one per run point.
+    picked_in: Vec<String>,
+    /// The tightest accuracy budget among those files' SLOs, points.
+    budget_points: f64,
+    /// The profile's drop and interval (profiling half).
+    profile_drop: f64,
+    profile_ci95: Option<[f64; 2]>,
+    /// Measured on the held-out half.
+    heldout_drop: f64,
+    heldout_ci95: [f64; 2],
+    heldout_inputs: usize,
+    within_budget: bool,
+}
+
+/// `dyno profile heldout`: every (split, precision) DynO's policies pick in the files,
+/// simulated, measured on the held-out half of the 1,000-image sample.
+pub fn heldout(home: &Home, a: HeldoutArgs) -> anyhow::Result<()> {
+    use dyno::experiment::{self, Experiment};
+    use dyno::profile::accuracy::Half;
+    use dyno::sched::slo::Slo;
+    use std::collections::BTreeMap;
+
+    anyhow::ensure!(a.batch >= 1, "--batch must be at least 1, got {}", a.batch);
+    let files = if a.files.is_empty() {
+        let dir = home.root().join("config");
+        let mut v: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("paper-") && n.ends_with(".toml"))
+            })
+            .collect();
+        v.sort();
+        v
+    } else {
+        a.files.clone()
+    };
+    // (model, split, precision) -> (where, budget)
+    let mut plans: BTreeMap<(String, u16, Precision), (Vec<String>, f64)> = BTreeMap::new();
+    for f in &files {
+        let e = Experiment::load(f).map_err(anyhow::Error::msg)?;
+        let budget = match &e.slo {
+            Some(p) => {
+                Slo::load(&home.root().join(p))?
+                    .constraints
+                    .max_accuracy_drop
+            }
+            None => None,
+        }
+        .unwrap_or(f64::INFINITY);
+        let blocks = zoo::load(&e.model, home)?.num_blocks();
+        let out = experiment::simulate(&e, home, false)?;
+        let stem = f
+            .file_stem()
+            .map_or("?".into(), |s| s.to_string_lossy().into_owned());
+        for (policy, mbps, fr) in &out.frames {
+            if !policy.starts_with("dyno") || fr.split as usize >= blocks {
+                continue;
+            }
+            let precision: Precision = fr.precision.parse()?;
+            let entry = plans
+                .entry((e.model.clone(), fr.split, precision))
+                .or_insert_with(|| (Vec::new(), f64::INFINITY));
+            let at = format!("{stem}@{}", mbps.map_or("trace".into(), |m| format!("{m}")));
+            if !entry.0.contains(&at) {
+                entry.0.push(at);
+            }
+            entry.1 = entry.1.min(budget);
+        }
+    }
+    let opts = AccuracyOptions {
+        batch: a.batch,
+        ..AccuracyOptions::default()
+    };
+    let mut rows = Vec::new();
+    let mut models: Vec<String> = plans.keys().map(|k| k.0.clone()).collect();
+    models.dedup();
+    for name in models {
+        let model = zoo::load(&name, home)?;
+        let profile = AccuracyProfile::load(&dyno::profile::find(home, &name, "accuracy"))?;
+        let inputs = accuracy::sample_inputs(&model, home, Half::HeldOut)?;
+        let mut by_split: BTreeMap<u16, Vec<Precision>> = BTreeMap::new();
+        for (m, split, p) in plans.keys() {
+            if *m == name {
+                by_split.entry(*split).or_default().push(*p);
+            }
+        }
+        for (split, precisions) in by_split {
+            if !a.json {
+                eprintln!(
+                    "{name}: split {split}, {} precision(s) on the held-out half",
+                    precisions.len()
+                );
+            }
+            let measured = accuracy::measure(&model, &inputs, &opts, split as usize, &precisions)?;
+            for e in measured {
+                let (picked_in, budget) = plans[&(name.clone(), split, e.precision)].clone();
+                let in_profile = profile
+                    .splits
+                    .iter()
+                    .find(|s| s.split == split as usize)
+                    .and_then(|s| s.entries.iter().find(|x| x.precision == e.precision));
+                let ci = e.drop_ci95.expect("measured with an interval");
+                rows.push(HeldoutRow {
+                    model: name.clone(),
+                    split: split as usize,
+                    precision: e.precision.to_string(),
+                    picked_in,
+                    budget_points: budget,
+                    profile_drop: in_profile.map_or(f64::NAN, |x| x.drop_points),
+                    profile_ci95: in_profile.and_then(|x| x.drop_ci95),
+                    heldout_drop: e.drop_points,
+                    heldout_ci95: ci,
+                    heldout_inputs: inputs.xs.size()[0] as usize,
+                    within_budget: e.drop_points <= budget,
+                });
+            }
+        }
+    }
+    if a.json {
+        return print_json(&rows);
+    }
+    println!(
+        "{:<13} {:>5} {:>5} {:>22} {:>24} {:>7}  picked in",
+        "model", "split", "bits", "profile drop [95% CI]", "held-out drop [95% CI]", "budget"
+    );
+    let ci = |c: Option<[f64; 2]>| c.map_or("-".into(), |[l, h]| format!("[{l:.2}, {h:.2}]"));
+    for r in &rows {
+        println!(
+            "{:<13} {:>5} {:>5} {:>7.2} {:>14} {:>7.2} {:>16} {:>7.2}  {}{}",
+            r.model,
+            r.split,
+            r.precision,
+            r.profile_drop,
+            ci(r.profile_ci95),
+            r.heldout_drop,
+            ci(Some(r.heldout_ci95)),
+            r.budget_points,
+            r.picked_in.join(" "),
+            if r.within_budget {
+                ""
+            } else {
+                "  **over budget**"
+            }
+        );
+    }
+    let misses = rows.iter().filter(|r| !r.within_budget).count();
+    println!(
+        "\n{} plan(s) checked on {} held-out images; {misses} over their budget",
+        rows.len(),
+        rows.first().map_or(0, |r| r.heldout_inputs)
     );
     Ok(())
 }

@@ -20,6 +20,9 @@ pub(super) struct Stats {
     pub(super) busy: AtomicU64,
     pub(super) failed: AtomicU64,
     pub(super) lost: AtomicU64,
+    /// Answers to a frame of this connection other than the one waiting: each load agent
+    /// has one frame in flight, so these are second answers (must stay 0).
+    pub(super) duplicates: AtomicU64,
     pub(super) not_onloading: AtomicU64,
     pub(super) reports: AtomicU64,
     pub(super) control_lost: AtomicU64,
@@ -230,6 +233,9 @@ async fn frames(
                     Message::InferErr {
                         request: r, busy, ..
                     } if r == request => return Ok(Answer::Err { busy }),
+                    Message::InferOk { .. } | Message::InferErr { .. } => {
+                        st.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
                     _ => continue,
                 }
             }

@@ -94,6 +94,9 @@ pub struct LoadReport {
     pub frames_failed: u64,
     /// No answer within the timeout, or the connection lost with the frame on it.
     pub frames_lost: u64,
+    /// Second answers, counted where they arrive (must be 0).
+    #[serde(default)]
+    pub duplicate_answers: u64,
     /// Ticks at which the plan was not onloading (no plan yet, device-only).
     pub ticks_not_onloading: u64,
     /// Frame reports sent to the coordinator, and the frames it counted for these agents.
@@ -331,6 +334,7 @@ pub fn run(
         frames_busy: n(&s.busy),
         frames_failed: n(&s.failed),
         frames_lost: n(&s.lost),
+        duplicate_answers: n(&s.duplicates),
         ticks_not_onloading: n(&s.not_onloading),
         reports_sent: n(&s.reports),
         reports_counted,
@@ -397,11 +401,15 @@ pub fn table(r: &LoadReport) -> String {
     );
     row("frames sent", r.frames_sent.to_string());
     row(
-        "answered / busy / failed / **lost**",
+        "answered by the cloud / busy / failed (these two finish on the device) / **lost**",
         format!(
             "{} / {} / {} / **{}**",
             r.frames_answered, r.frames_busy, r.frames_failed, r.frames_lost
         ),
+    );
+    row(
+        "second answers (counted where they arrive)",
+        r.duplicate_answers.to_string(),
     );
     row(
         "reports sent / counted by the coordinator",

@@ -26,18 +26,29 @@ pub async fn serve_data(
     me: Identity,
     max_frame: usize,
 ) {
+    let twice = answer_twice();
     session::serve(
         listener,
         me,
         max_frame,
         "data",
         DATA_ADMITS,
-        move |conn, peer| data_session(conn, peer, pool.clone(), admission.clone()),
+        move |conn, peer| data_session(conn, peer, pool.clone(), admission.clone(), twice),
     )
     .await
 }
 
-async fn data_session(conn: Conn, peer: SocketAddr, pool: Pool, admission: Admission) {
+/// A test-only fault: with `DYNO_TEST_ANSWER_TWICE` set, the worker sends every
+/// `InferOk` twice, so that a test can see the agents count the second answers.
+fn answer_twice() -> bool {
+    let on = std::env::var_os("DYNO_TEST_ANSWER_TWICE").is_some();
+    if on {
+        tracing::warn!("DYNO_TEST_ANSWER_TWICE is set: every answer is sent twice (a test fault)");
+    }
+    on
+}
+
+async fn data_session(conn: Conn, peer: SocketAddr, pool: Pool, admission: Admission, twice: bool) {
     let name = conn.peer.clone();
     let (tx, mut rx) = conn.split();
     let (out, writer) = pump(tx);
@@ -88,6 +99,9 @@ async fn data_session(conn: Conn, peer: SocketAddr, pool: Pool, admission: Admis
                                 reason: e.to_string(),
                             },
                         };
+                        if twice && matches!(m, Message::InferOk { .. }) {
+                            let _ = out.send(m.clone());
+                        }
                         let _ = out.send(m);
                     }
                     .instrument(span),

@@ -107,9 +107,15 @@ pub use dyno_actors::child::Proc;
 /// Starts `dyno args` and returns it with the JSON line it prints when ready
 /// (`--ready-json`).
 pub fn spawn_ready(args: &[&str]) -> (Proc, serde_json::Value) {
+    spawn_ready_with(args, &[])
+}
+
+/// [`spawn_ready`] with these environment variables set in the child.
+pub fn spawn_ready_with(args: &[&str], env: &[(&str, &str)]) -> (Proc, serde_json::Value) {
     let mut p = Proc::spawn(
         Command::new(env!("CARGO_BIN_EXE_dyno"))
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create("/tmp/coord.log").unwrap()),
     )
@@ -153,6 +159,35 @@ pub fn answered_once(
     dyno_actors::agent::AgentSummary,
     Vec<dyno_actors::agent::FrameResult>,
 ) {
+    let (s, frames) = finished(agent, cfg);
+    assert_answered_once(&s, &frames);
+    (s, frames)
+}
+
+/// Every frame has exactly one result and no error, and no second answer arrived (the
+/// agent counts those where they arrive, `AgentSummary::duplicates`).
+pub fn assert_answered_once(
+    s: &dyno_actors::agent::AgentSummary,
+    frames: &[dyno_actors::agent::FrameResult],
+) {
+    assert_eq!(s.results + s.errors, s.frames, "{s:?}");
+    assert_eq!((s.errors, s.duplicates), (0, 0), "{s:?}");
+    assert_eq!(frames.len() as u64, s.frames);
+    let mut ids: Vec<u64> = frames.iter().map(|f| f.request).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), frames.len(), "a request with two results");
+}
+
+/// Waits for an agent started by `spawn_agent` with a `results` file in the same
+/// folder, asserts that it exited 0, and returns its summary and its frames.
+pub fn finished(
+    agent: Proc,
+    cfg: &dyno_actors::config::AgentConfig,
+) -> (
+    dyno_actors::agent::AgentSummary,
+    Vec<dyno_actors::agent::FrameResult>,
+) {
     let results = cfg
         .results
         .as_deref()
@@ -172,13 +207,6 @@ pub fn answered_once(
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(s.results + s.errors, s.frames, "{s:?}");
-    assert_eq!((s.errors, s.duplicates), (0, 0), "{s:?}");
-    assert_eq!(frames.len() as u64, s.frames);
-    let mut ids: Vec<u64> = frames.iter().map(|f| f.request).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), frames.len(), "a request answered twice");
     (s, frames)
 }
 
@@ -330,22 +358,35 @@ pub fn spawn_logged(args: &[String], env: &[(&str, &str)]) -> Logged {
 /// An insecure `fashion_cnn` worker called `name` registered with `control`; returns it
 /// with its data address.
 pub fn spawn_worker(fleet: &str, name: &str, control: &str) -> (Proc, String) {
-    let (p, ready) = spawn_ready(&[
-        "worker",
-        "--insecure",
-        "--fleet",
-        fleet,
-        "--model",
-        "fashion_cnn",
-        "--name",
-        name,
-        "--coordinator",
-        control,
-        "--listen",
-        "127.0.0.1:0",
-        "--ready-json",
-        "--no-mdns",
-    ]);
+    spawn_worker_with(fleet, name, control, &[])
+}
+
+/// [`spawn_worker`] with these environment variables set in the worker.
+pub fn spawn_worker_with(
+    fleet: &str,
+    name: &str,
+    control: &str,
+    env: &[(&str, &str)],
+) -> (Proc, String) {
+    let (p, ready) = spawn_ready_with(
+        &[
+            "worker",
+            "--insecure",
+            "--fleet",
+            fleet,
+            "--model",
+            "fashion_cnn",
+            "--name",
+            name,
+            "--coordinator",
+            control,
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-json",
+            "--no-mdns",
+        ],
+        env,
+    );
     (p, ready["data"].as_str().unwrap().to_string())
 }
 
