@@ -67,11 +67,31 @@ impl Half {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Half::Profiling => "profiling half (even places)",
             Half::HeldOut => "held-out half (odd places)",
         }
+    }
+
+    /// This half's images of the sample, each with its label.
+    pub fn images(self, home: &Home) -> Result<Vec<data::LabeledImage>> {
+        let dir = home.imagenet_1k_dir();
+        let images: Vec<_> = data::list_images(&dir)?
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| self.keeps(*i))
+            .map(|(_, img)| img)
+            .collect();
+        if let Some(img) = images.iter().find(|i| i.label.is_none()) {
+            return Err(Error::Dataset {
+                path: img.path.clone(),
+                reason: "its name does not end in _<class>; the sample's files are \
+                         NNNN_<wnid>_<class>.jpg (data/imagenet-1k-sample/README.md)"
+                    .into(),
+            });
+        }
+        Ok(images)
     }
 }
 
@@ -95,20 +115,7 @@ pub fn default_inputs(model: &Model, home: &Home) -> Result<ProfileInputs> {
 /// crop each), with labels.
 pub fn sample_inputs(model: &Model, home: &Home, half: Half) -> Result<ProfileInputs> {
     let dir = home.imagenet_1k_dir();
-    let images: Vec<_> = data::list_images(&dir)?
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| half.keeps(*i))
-        .map(|(_, img)| img)
-        .collect();
-    if let Some(img) = images.iter().find(|i| i.label.is_none()) {
-        return Err(Error::Dataset {
-            path: img.path.clone(),
-            reason: "its name does not end in _<class>; the sample's files are \
-                     NNNN_<wnid>_<class>.jpg (data/imagenet-1k-sample/README.md)"
-                .into(),
-        });
-    }
+    let images = half.images(home)?;
     Ok(ProfileInputs {
         description: format!(
             "{} labeled ImageNet images, the {} of {}",

@@ -15,6 +15,7 @@ use crate::home::Home;
 use crate::pack::{Clip, Codec, Granularity, Precision};
 
 pub mod accuracy;
+pub mod jpeg;
 pub mod latency;
 pub mod validate;
 

@@ -168,6 +168,33 @@ pub enum ProfileCommand {
     /// The drop of every plan DynO picks in experiment files (simulated), measured on the
     /// held-out half of the ImageNet sample the profile did not see.
     Heldout(HeldoutArgs),
+    /// What a camera sends: the input as a JPEG at a few qualities, its bytes and its
+    /// accuracy cost on the profiling half of the ImageNet sample.
+    Jpeg(JpegArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JpegArgs {
+    /// A built-in model name or the folder of a TorchScript package (3 channels).
+    #[arg(long, env = "DYNO_JPEG_MODEL")]
+    pub model: String,
+    /// JPEG qualities to measure.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "50,75,90,95",
+        env = "DYNO_JPEG_QUALITY"
+    )]
+    pub quality: Vec<u8>,
+    /// Inputs per model run.
+    #[arg(long, default_value_t = 100, env = "DYNO_JPEG_BATCH")]
+    pub batch: usize,
+    /// Profile file to write [default: out/profiles/<model>.jpeg.json in the project folder].
+    #[arg(long, env = "DYNO_JPEG_OUT")]
+    pub out: Option<PathBuf>,
+    /// Print JSON for scripts.
+    #[arg(long, env = "DYNO_JPEG_JSON")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -409,6 +436,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile(ProfileCommand::Latency(a)) => profile::latency(&home, a),
         Command::Profile(ProfileCommand::Validate(a)) => plan::validate(&home, a),
         Command::Profile(ProfileCommand::Heldout(a)) => profile::heldout(&home, a),
+        Command::Profile(ProfileCommand::Jpeg(a)) => profile::jpeg(&home, a),
         Command::Plan(a) => plan::plan(&home, a),
         Command::Experiment(ExperimentCommand::Run(a)) => experiment::run(&home, a),
         Command::Testbed(cmd) => testbed::run(&home, cmd),

@@ -1,7 +1,7 @@
 //! `dyno profile accuracy` and `dyno profile latency`.
 use serde::Serialize;
 
-use super::{print_json, AccuracyArgs, HeldoutArgs, LatencyArgs};
+use super::{print_json, AccuracyArgs, HeldoutArgs, JpegArgs, LatencyArgs};
 use dyno::check;
 use dyno::home::Home;
 use dyno::model::zoo;
@@ -371,5 +371,57 @@ pub fn heldout(home: &Home, a: HeldoutArgs) -> anyhow::Result<()> {
         rows.len(),
         rows.first().map_or(0, |r| r.heldout_inputs)
     );
+    Ok(())
+}
+
+/// `dyno profile jpeg`: the cloud-only input a camera sends, measured.
+pub fn jpeg(home: &Home, a: JpegArgs) -> anyhow::Result<()> {
+    use dyno::profile::accuracy::Half;
+    use dyno::profile::jpeg;
+
+    anyhow::ensure!(a.batch >= 1, "--batch must be at least 1, got {}", a.batch);
+    if let Some(q) = a.quality.iter().find(|q| !(1..=100).contains(*q)) {
+        anyhow::bail!("--quality {q}: a JPEG quality is 1 to 100, e.g. --quality 50,75,90");
+    }
+    let model = zoo::load(&a.model, home)?;
+    anyhow::ensure!(
+        model.input().shape[0] == 3,
+        "{} takes {} channel(s): the JPEG profile measures the ImageNet sample, for \
+         3-channel models",
+        model.name(),
+        model.input().shape[0]
+    );
+    let p = jpeg::profile(&model, home, Half::Profiling, &a.quality, a.batch)?;
+    let out = a
+        .out
+        .unwrap_or_else(|| dyno::profile::out_path(home, model.name(), "jpeg"));
+    p.save(&out)?;
+    if a.json {
+        return print_json(&p);
+    }
+    println!("model:    {} (weights {})", p.model, p.weights_hash);
+    println!("data:     {}", p.data);
+    println!(
+        "top-1:    {:.1} % on the files as stored ({:.0} bytes each on average); fp32 input {} bytes",
+        100.0 * p.baseline_accuracy,
+        p.stored_file_bytes,
+        p.fp32_bytes
+    );
+    println!(
+        "\n{:>7}  {:>10}  {:>10}  {:>7}  {:>18}",
+        "quality", "bytes", "vs fp32", "drop", "95% interval"
+    );
+    for e in &p.entries {
+        println!(
+            "{:>7}  {:>10.0}  {:>9.1}x  {:>7.2}  [{:>6.2}, {:>6.2}]",
+            e.quality,
+            e.mean_bytes,
+            p.fp32_bytes as f64 / e.mean_bytes,
+            e.drop_points,
+            e.drop_ci95[0],
+            e.drop_ci95[1]
+        );
+    }
+    println!("\nwrote {}", out.display());
     Ok(())
 }
