@@ -184,3 +184,33 @@ fn a_bad_profile_file_or_argument_is_refused() {
     with(&["--batch", "0"], "--batch must be at least 1");
     with(&["--clip", "p99"], "use \"minmax\" or \"mse\"");
 }
+
+#[test]
+fn a_camera_jpeg_is_smaller_at_lower_quality_and_decodes_to_the_models_input() {
+    let home = Home::discover();
+    let model = zoo::load("mobilenet_v2", &home).unwrap();
+    let spec = model.input();
+    let img = &accuracy::Half::Profiling.images(&home).unwrap()[0];
+    let exact = dyno::data::load_image(&img.path, spec).unwrap();
+    let mut last = 0;
+    for q in [50, 75, 95] {
+        let jpeg = dyno::data::camera_jpeg(&img.path, spec, q).unwrap();
+        assert!(jpeg.len() > last, "quality {q}: {} bytes", jpeg.len());
+        last = jpeg.len();
+        let x = dyno::data::from_camera_jpeg(&jpeg, spec, &img.path).unwrap();
+        assert_eq!(x.size(), exact.size());
+        // Mean error in normalised units (one pixel step is about 0.017).
+        let err = (&x - &exact).abs().mean(tch::Kind::Float).double_value(&[]);
+        assert!(err < if q == 95 { 0.05 } else { 0.2 }, "quality {q}: {err}");
+    }
+    // Not a JPEG of the model's size: refused, naming the size.
+    let small = image::RgbImage::new(8, 8);
+    let mut buf = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new(&mut buf)
+        .encode_image(&small)
+        .unwrap();
+    let err = dyno::data::from_camera_jpeg(&buf, spec, &img.path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("8x8") && err.contains("224x224"), "{err}");
+}

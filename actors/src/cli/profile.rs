@@ -224,6 +224,8 @@ struct HeldoutRow {
     /// The profile's drop and interval (profiling half).
     profile_drop: f64,
     profile_ci95: Option<[f64; 2]>,
+    /// `accuracy` or `agreement`, as the profile.
+    metric: dyno::profile::Metric,
     /// Measured on the held-out half.
     heldout_drop: f64,
     heldout_ci95: [f64; 2],
@@ -299,7 +301,10 @@ pub fn heldout(home: &Home, a: HeldoutArgs) -> anyhow::Result<()> {
     for name in models {
         let model = zoo::load(&name, home)?;
         let profile = AccuracyProfile::load(&dyno::profile::find(home, &name, "accuracy"))?;
-        let inputs = accuracy::sample_inputs(&model, home, Half::HeldOut)?;
+        // Measured as the profile was: accuracy against the labels, or agreement with
+        // the unpacked model (a model with seeded random weights, such as resnet50).
+        let mut inputs = accuracy::sample_inputs(&model, home, Half::HeldOut)?;
+        inputs.metric = profile.metric;
         let mut by_split: BTreeMap<u16, Vec<Precision>> = BTreeMap::new();
         for (m, split, p) in plans.keys() {
             if *m == name {
@@ -328,6 +333,7 @@ pub fn heldout(home: &Home, a: HeldoutArgs) -> anyhow::Result<()> {
                     precision: e.precision.to_string(),
                     picked_in,
                     budget_points: budget,
+                    metric: inputs.metric,
                     profile_drop: in_profile.map_or(f64::NAN, |x| x.drop_points),
                     profile_ci95: in_profile.and_then(|x| x.drop_ci95),
                     heldout_drop: e.drop_points,
@@ -342,14 +348,21 @@ pub fn heldout(home: &Home, a: HeldoutArgs) -> anyhow::Result<()> {
         return print_json(&rows);
     }
     println!(
-        "{:<13} {:>5} {:>5} {:>22} {:>24} {:>7}  picked in",
-        "model", "split", "bits", "profile drop [95% CI]", "held-out drop [95% CI]", "budget"
+        "{:<13} {:>9} {:>5} {:>5} {:>22} {:>24} {:>7}  picked in",
+        "model",
+        "metric",
+        "split",
+        "bits",
+        "profile drop [95% CI]",
+        "held-out drop [95% CI]",
+        "budget"
     );
     let ci = |c: Option<[f64; 2]>| c.map_or("-".into(), |[l, h]| format!("[{l:.2}, {h:.2}]"));
     for r in &rows {
         println!(
-            "{:<13} {:>5} {:>5} {:>7.2} {:>14} {:>7.2} {:>16} {:>7.2}  {}{}",
+            "{:<13} {:>9} {:>5} {:>5} {:>7.2} {:>14} {:>7.2} {:>16} {:>7.2}  {}{}",
             r.model,
+            format!("{:?}", r.metric).to_lowercase(),
             r.split,
             r.precision,
             r.profile_drop,
