@@ -109,62 +109,6 @@ pub fn preprocess(x: &Tensor, spec: &InputSpec, view: View, path: &Path) -> Resu
     Ok(normalize(crop(x, spec, view, path)? / 255.0, spec))
 }
 
-/// What a camera that resizes before it sends would send: the image resized and
-/// centre-cropped to the model's input (`[C, H, W]` 8-bit pixels) and encoded as a JPEG
-/// of `quality` (1..=100).
-pub fn camera_jpeg(path: &Path, spec: &InputSpec, quality: u8) -> Result<Vec<u8>> {
-    let bad = |reason: String| Error::BadImage {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let x = crop(&decode_image(path, spec)?, spec, View::default(), path)?;
-    let [c, h, w] = spec.shape;
-    let color = match c {
-        1 => image::ExtendedColorType::L8,
-        3 => image::ExtendedColorType::Rgb8,
-        _ => {
-            return Err(bad(format!(
-                "a JPEG holds 1 or 3 channels, the model takes {c}"
-            )))
-        }
-    };
-    let hwc = Vec::<u8>::try_from(&x.permute([1, 2, 0]).to_kind(Kind::Uint8).reshape([-1]))
-        .map_err(Error::Torch)?;
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
-        .encode(&hwc, w as u32, h as u32, color)
-        .map_err(|e| bad(format!("JPEG encoding: {e}")))?;
-    Ok(out)
-}
-
-/// The model's input from a JPEG made by [`camera_jpeg`] (already at the input's size):
-/// decoded and normalised, `[C, H, W]` fp32.
-pub fn from_camera_jpeg(bytes: &[u8], spec: &InputSpec, what: &Path) -> Result<Tensor> {
-    let bad = |reason: String| Error::BadImage {
-        path: what.to_path_buf(),
-        reason,
-    };
-    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
-        .map_err(|e| bad(e.to_string()))?;
-    let [c, h, w] = spec.shape;
-    let raw = match c {
-        1 => img.to_luma8().into_raw(),
-        _ => img.to_rgb8().into_raw(),
-    };
-    if (img.height() as i64, img.width() as i64) != (h, w) {
-        return Err(bad(format!(
-            "the JPEG is {}x{}, the model takes {h}x{w}",
-            img.height(),
-            img.width()
-        )));
-    }
-    let x = Tensor::from_slice(&raw)
-        .view([h, w, c])
-        .permute([2, 0, 1])
-        .to_kind(Kind::Float);
-    Ok(normalize(x / 255.0, spec))
-}
-
 /// Resizes, crops and mirrors a decoded image: `[C, H, W]` pixels of 0..=255.
 fn crop(x: &Tensor, spec: &InputSpec, view: View, path: &Path) -> Result<Tensor> {
     let [_, h, w] = spec.shape;

@@ -86,6 +86,7 @@ proptest! {
                 }
                 Precision::Fp16 => (*v, v.abs() / 1024.0 + 1e-7),
                 Precision::Fp32 => (*v, 0.0),
+                Precision::Jpeg(_) => unreachable!("the strategy makes no JPEG"),
             };
             prop_assert!((v - b).abs() <= tol, "element {}: {} -> {} (tol {})", i, v, b, tol);
             if v == 0.0 && relu {
@@ -373,4 +374,137 @@ fn tensors_round_trip_through_the_tch_edge() {
     let _ = v.get(1).get(2).get(3).get(4).fill_(f64::NAN);
     let err = pack_tensor(&mut packer, &v, &ID, &o).unwrap_err();
     assert!(err.to_string().contains("index [1, 2, 3, 4]"), "{err}");
+}
+
+/// A smooth picture-like input: `[items, channels, h, w]` in roughly [-2, 2.5].
+fn picture(items: usize, channels: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(items * channels * h * w);
+    for i in 0..items {
+        for c in 0..channels {
+            for y in 0..h {
+                for x in 0..w {
+                    let t = (x as f32 / w as f32) + 0.5 * (y as f32 / h as f32);
+                    v.push(-2.0 + 3.0 * t + 0.3 * c as f32 + 0.1 * i as f32);
+                }
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn a_picture_sent_as_jpeg_comes_back_close_and_smaller_at_lower_quality() {
+    for channels in [1, 3] {
+        let shape = [2, channels, 32, 48];
+        let values = picture(2, channels, 32, 48);
+        let mut last = usize::MAX;
+        for q in [95, 75, 50] {
+            let buf = pack(
+                &values,
+                &shape,
+                &ID,
+                &opts(Precision::Jpeg(q), Codec::None, Granularity::PerTensor),
+            )
+            .unwrap();
+            assert!(
+                buf.len() < last,
+                "quality {q}: {} bytes, not fewer than {last}",
+                buf.len()
+            );
+            last = buf.len();
+            let u = unpack(&buf, &DecodeLimits::default()).unwrap();
+            assert_eq!(u.header.precision, Precision::Jpeg(q));
+            assert_eq!(u.header.granularity, Granularity::PerChannel);
+            assert_eq!(u.header.ranges.len(), channels);
+            assert_eq!(u.header.shape, vec![2, channels as u32, 32, 48]);
+            let mean_err: f32 = values
+                .iter()
+                .zip(&u.values)
+                .map(|(a, b)| (a - b).abs())
+                .sum::<f32>()
+                / values.len() as f32;
+            // One 8-bit step of a range of about 4 is 0.016.
+            assert!(
+                mean_err < 0.05,
+                "{channels} channel(s), quality {q}: mean error {mean_err}"
+            );
+        }
+        // Far fewer bytes than the values in fp32, even with two JPEG headers this small.
+        assert!(last * 5 < 4 * values.len(), "{last} bytes");
+    }
+}
+
+#[test]
+fn a_jpeg_is_refused_where_it_cannot_hold_the_tensor() {
+    let o = |q| opts(Precision::Jpeg(q), Codec::None, Granularity::PerTensor);
+    // Not a picture: 4 channels, or not 4 dimensions.
+    for shape in [vec![1, 4, 8, 8], vec![3, 64]] {
+        let n: usize = shape.iter().product();
+        let err = pack(&picture(1, 1, 1, n), &shape, &ID, &o(90)).unwrap_err();
+        assert!(matches!(err, PackError::Jpeg(_)), "{shape:?}: {err}");
+        assert!(err.to_string().contains("not a picture"), "{err}");
+    }
+    // With a codec: a JPEG is already compressed.
+    let err = pack(
+        &picture(1, 3, 8, 8),
+        &[1, 3, 8, 8],
+        &ID,
+        &opts(Precision::Jpeg(90), Codec::Zstd, Granularity::PerTensor),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("codec none"), "{err}");
+    // Quality 0, and a NaN pixel.
+    assert!(matches!(
+        pack(&picture(1, 3, 8, 8), &[1, 3, 8, 8], &ID, &o(0)),
+        Err(PackError::BadPrecision(_))
+    ));
+    let mut nan = picture(1, 3, 8, 8);
+    nan[70] = f32::NAN;
+    assert!(matches!(
+        pack(&nan, &[1, 3, 8, 8], &ID, &o(90)),
+        Err(PackError::NonFinite { index: 70, .. })
+    ));
+    assert_eq!("jpeg95".parse::<Precision>().unwrap(), Precision::Jpeg(95));
+    assert!("jpeg101".parse::<Precision>().is_err());
+}
+
+#[test]
+fn a_jpeg_of_another_size_than_its_header_says_is_refused_before_it_is_decoded() {
+    let buf = pack(
+        &picture(1, 3, 16, 16),
+        &[1, 3, 16, 16],
+        &ID,
+        &opts(Precision::Jpeg(90), Codec::None, Granularity::PerTensor),
+    )
+    .unwrap();
+    let (mut header, len) = Header::decode(&buf, 1 << 26).unwrap();
+    header.shape = vec![1, 3, 32, 32];
+    let mut forged = Vec::new();
+    header.encode(&mut forged);
+    forged.extend_from_slice(&buf[len..]);
+    let err = unpack(&forged, &DecodeLimits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("16x16") && err.contains("32x32"), "{err}");
+    // A payload cut short, with its checksum mended: refused, not a panic.
+    let payload = &buf[len..buf.len() - 10];
+    let (mut header, _) = Header::decode(&buf, 1 << 26).unwrap();
+    header.payload_len = payload.len() as u32;
+    header.payload_crc = crc32fast::hash(payload);
+    let mut cut = Vec::new();
+    header.encode(&mut cut);
+    cut.extend_from_slice(payload);
+    let err = unpack(&cut, &DecodeLimits::default()).unwrap_err();
+    assert!(matches!(err, DecodeError::Inconsistent(_)), "{err}");
+    // A JPEG with a codec other than none, or 2 channels: the header is refused.
+    for (codec, channels) in [(Codec::Lz4, 3), (Codec::None, 2)] {
+        let (mut header, _) = Header::decode(&buf, 1 << 26).unwrap();
+        header.codec = codec;
+        header.shape[1] = channels;
+        header.ranges.truncate(channels as usize);
+        let mut h = Vec::new();
+        header.encode(&mut h);
+        let err = Header::decode(&h, 1 << 26).unwrap_err().to_string();
+        assert!(err.contains("codec none"), "{err}");
+    }
 }

@@ -56,9 +56,10 @@ fn agents(coordinator: &str, frames: u64, policies: [&str; 3]) -> Vec<AgentConfi
     .collect()
 }
 
-/// Plans that send fp32 (or nothing) must answer exactly as the local model.
+/// Plans that send fp32 (or nothing) must answer exactly as the local model; cloud-only
+/// sends a JPEG, as a camera would.
 fn lossless(policy: &str) -> bool {
-    matches!(policy, "cloud-only" | "neurosurgeon" | "device-only")
+    matches!(policy, "neurosurgeon" | "device-only")
 }
 
 fn check(s: &AgentSummary, frames: u64, exact: bool) {
@@ -307,7 +308,10 @@ source = "synthetic"
         .iter()
         .filter(|(q, _, _)| q == "device-only")
         .all(|(_, _, t)| t.split as usize == 7));
-    assert!(row("cloud-only").bytes_per_inference > 0.0);
+    // Cloud-only sent each frame as a JPEG, counted by the agents as they sent it: under
+    // 1,000 bytes (the fp32 input and its header are 3,200).
+    let cloud = row("cloud-only").bytes_per_inference;
+    assert!(cloud > 0.0 && cloud < 1_000.0, "{cloud} bytes");
     assert!((row("device-only").device_share - 1.0).abs() < 1e-9);
     assert!(
         row("cloud-only").device_share < 0.5,

@@ -26,8 +26,24 @@ fn fashion_cnn_profile_has_every_split_and_precision() {
     );
     assert!(p.baseline_accuracy.unwrap() > 0.85);
     for s in &p.splits {
-        assert_eq!(s.entries.len(), 18, "1..=16 bits, fp16, fp32");
-        let fp32 = s.entries.last().unwrap();
+        // The input, a 1-channel picture, may also be sent as a JPEG: the last 4 entries
+        // of split 0, by quality, and fewer bytes at lower quality.
+        let jpegs = if s.split == 0 { 4 } else { 0 };
+        assert_eq!(
+            s.entries.len(),
+            18 + jpegs,
+            "1..=16 bits, fp16, fp32 (and JPEG)"
+        );
+        let (s_entries, jpeg) = s.entries.split_at(18);
+        assert_eq!(
+            jpeg.iter().map(|e| e.precision).collect::<Vec<_>>(),
+            [50, 75, 90, 95].map(Precision::Jpeg)[..jpegs]
+        );
+        for w in jpeg.windows(2) {
+            assert!(w[0].bytes.none < w[1].bytes.none, "{w:?}");
+            assert!(w[0].drop_points >= w[1].drop_points, "{w:?}");
+        }
+        let fp32 = s_entries.last().unwrap();
         assert_eq!(fp32.precision, Precision::Fp32);
         assert_eq!(
             (fp32.drop_points, fp32.agreement),
@@ -154,8 +170,11 @@ fn every_entry_has_an_interval_and_each_split_is_monotone_in_precision() {
             raised += usize::from(e.drop_points > measured);
             assert_eq!(e.planning_drop(), hi);
         }
-        // From fp32 to 1 bit, no drop, lower or upper end ever falls.
-        for w in s.entries.windows(2) {
+        // From fp32 to 1 bit, and from JPEG quality 95 to 50 (at split 0, the 1-channel
+        // input), no drop, lower or upper end ever falls.
+        let (bits, jpeg) = s.entries.split_at(18);
+        assert_eq!(jpeg.len(), if s.split == 0 { 4 } else { 0 });
+        for w in bits.windows(2).chain(jpeg.windows(2)) {
             let (coarse, fine) = (&w[0], &w[1]);
             assert!(coarse.precision < fine.precision);
             assert!(coarse.drop_points >= fine.drop_points, "split {}", s.split);
@@ -186,31 +205,41 @@ fn a_bad_profile_file_or_argument_is_refused() {
 }
 
 #[test]
-fn a_camera_jpeg_is_smaller_at_lower_quality_and_decodes_to_the_models_input() {
+fn a_camera_picture_sent_as_jpeg_is_smaller_at_lower_quality_and_close_to_the_input() {
     let home = Home::discover();
     let model = zoo::load("mobilenet_v2", &home).unwrap();
     let spec = model.input();
     let img = &accuracy::Half::Profiling.images(&home).unwrap()[0];
-    let exact = dyno::data::load_image(&img.path, spec).unwrap();
+    let exact = dyno::data::load_image(&img.path, spec)
+        .unwrap()
+        .unsqueeze(0);
+    let (values, shape) = dyno::pack::tensor::tensor_values(&exact).unwrap();
+    let id = dyno::pack::TensorId {
+        model: model.name(),
+        weights_hash: model.weights_hash(),
+        split: 0,
+    };
     let mut last = 0;
     for q in [50, 75, 95] {
-        let jpeg = dyno::data::camera_jpeg(&img.path, spec, q).unwrap();
-        assert!(jpeg.len() > last, "quality {q}: {} bytes", jpeg.len());
-        last = jpeg.len();
-        let x = dyno::data::from_camera_jpeg(&jpeg, spec, &img.path).unwrap();
-        assert_eq!(x.size(), exact.size());
+        let o = dyno::pack::PackOptions::new(Precision::Jpeg(q), Codec::None);
+        let buf = dyno::pack::pack(&values, &shape, &id, &o).unwrap();
+        assert!(buf.len() > last, "quality {q}: {} bytes", buf.len());
+        assert!(
+            buf.len() * 10 < 4 * values.len(),
+            "quality {q}: {} bytes",
+            buf.len()
+        );
+        last = buf.len();
+        let back = dyno::pack::unpack(&buf, &Default::default())
+            .unwrap()
+            .values;
         // Mean error in normalised units (one pixel step is about 0.017).
-        let err = (&x - &exact).abs().mean(tch::Kind::Float).double_value(&[]);
+        let err = values
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / values.len() as f32;
         assert!(err < if q == 95 { 0.05 } else { 0.2 }, "quality {q}: {err}");
     }
-    // Not a JPEG of the model's size: refused, naming the size.
-    let small = image::RgbImage::new(8, 8);
-    let mut buf = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new(&mut buf)
-        .encode_image(&small)
-        .unwrap();
-    let err = dyno::data::from_camera_jpeg(&buf, spec, &img.path)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("8x8") && err.contains("224x224"), "{err}");
 }

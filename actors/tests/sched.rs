@@ -371,7 +371,13 @@ fn latency_profiles_cover_every_split_precision_and_codec() {
     )
     .unwrap();
     assert_eq!(p.blocks.len(), 7);
-    assert_eq!(p.codecs.len(), 7 * 18 * 3);
+    // Every split at every precision with each codec, and the input (a 1-channel
+    // picture) as a JPEG at 4 qualities, with none.
+    assert_eq!(p.codecs.len(), 7 * 18 * 3 + 4);
+    let jpegs: Vec<_> = p.codecs.iter().filter(|c| c.precision.is_jpeg()).collect();
+    assert!(jpegs
+        .iter()
+        .all(|c| c.split == 0 && c.codec == dyno::pack::Codec::None));
     p.validate().unwrap();
     assert!(p.blocks.iter().all(|b| b.seconds > 0.0));
     // Fewer bits, fewer bytes; and the round trip through a file is exact.

@@ -27,8 +27,12 @@ pub enum PackError {
     RangeOverflow { min: f32, max: f32 },
     #[error("bits must be 1..=16, got {0}")]
     BadBits(u8),
-    #[error("precision must be 1..=16, fp16 or fp32, got `{0}`")]
+    #[error(
+        "precision must be 1..=16, fp16, fp32 or jpegQ (a JPEG of quality Q, 1..=100), got `{0}`"
+    )]
     BadPrecision(String),
+    #[error("cannot pack as JPEG: {0}")]
+    Jpeg(String),
     #[error("bad shape: {0}")]
     Shape(String),
     #[error("model id `{0}` is longer than {MAX_MODEL_ID} bytes")]
@@ -48,7 +52,10 @@ pub enum DecodeError {
     UnknownVersion(u8),
     #[error("unknown codec {0}; known: 0 none, 1 lz4, 2 zstd")]
     UnknownCodec(u8),
-    #[error("bad precision (kind {kind}, bits {bits}); bits must be 1..=16, or fp16/fp32")]
+    #[error(
+        "bad precision (kind {kind}, bits {bits}); bits must be 1..=16, or fp16/fp32, or a \
+         JPEG's quality 1..=100"
+    )]
     BadPrecision { kind: u8, bits: u8 },
     #[error("unknown granularity {0}; known: 0 per-tensor, 1 per-channel")]
     BadGranularity(u8),

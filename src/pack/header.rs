@@ -22,7 +22,8 @@ pub struct Header {
     pub split: u16,
     /// The full shape, batch dimension included.
     pub shape: Vec<u32>,
-    /// One range per tensor, or one per channel (axis 1); none for fp16/fp32.
+    /// One range per tensor, or one per channel (axis 1, and always for a JPEG); none for
+    /// fp16/fp32.
     pub ranges: Vec<Range>,
     pub payload_len: u32,
     pub payload_crc: u32,
@@ -44,6 +45,7 @@ impl Header {
             Precision::Bits(b) => (0u8, b),
             Precision::Fp16 => (1, 0),
             Precision::Fp32 => (2, 0),
+            Precision::Jpeg(q) => (3, q),
         };
         out.push(kind);
         out.push(bits);
@@ -84,6 +86,7 @@ impl Header {
             (0, 1..=16) => Precision::Bits(bits),
             (1, 0) => Precision::Fp16,
             (2, 0) => Precision::Fp32,
+            (3, 1..=100) => Precision::Jpeg(bits),
             _ => return Err(DecodeError::BadPrecision { kind, bits }),
         };
         let granularity = match c.u8()? {
@@ -132,6 +135,20 @@ impl Header {
                     ));
                 }
                 shape[1] as usize
+            }
+            (Precision::Jpeg(_), Granularity::PerChannel) => {
+                if ndim != 4 || !matches!(shape[1], 1 | 3) || codec != Codec::None {
+                    return Err(DecodeError::Inconsistent(format!(
+                        "a JPEG of shape {shape:?} with codec {codec}: JPEG is sent as \
+                         [N, 1 or 3, H, W] with codec none"
+                    )));
+                }
+                shape[1] as usize
+            }
+            (Precision::Jpeg(_), Granularity::PerTensor) => {
+                return Err(DecodeError::Inconsistent(
+                    "a JPEG carries one range per channel".into(),
+                ))
             }
             _ => 0,
         };

@@ -14,6 +14,7 @@ use std::fmt;
 
 mod error;
 mod header;
+pub mod jpeg;
 pub mod quant;
 pub mod shuffle;
 pub mod tensor;
@@ -31,6 +32,10 @@ pub enum Precision {
     Fp16,
     /// Unchanged.
     Fp32,
+    /// A JPEG of this quality (1..=100) per item, for a picture-shaped tensor: 1 or 3
+    /// channels ([`jpeg`]). Lossy at every quality; its own chain, never compared with
+    /// the others by order.
+    Jpeg(u8),
 }
 
 impl Precision {
@@ -41,12 +46,38 @@ impl Precision {
         v
     }
 
-    /// Bits each value takes on the wire before compression (fp16: 16, fp32: 32).
+    /// The precisions a tensor of `shape` (without the batch) may be sent at from
+    /// `split`: [`Precision::all`], and at split 0, a picture's, the JPEG qualities.
+    pub fn at_split(split: usize, shape: &[usize]) -> Vec<Precision> {
+        let mut v = Precision::all();
+        let with_batch: Vec<usize> = std::iter::once(1).chain(shape.iter().copied()).collect();
+        if split == 0 && jpeg::fits(&with_batch) {
+            v.extend(jpeg::QUALITIES.map(Precision::Jpeg));
+        }
+        v
+    }
+
+    pub fn is_jpeg(self) -> bool {
+        matches!(self, Precision::Jpeg(_))
+    }
+
+    /// The codecs this precision is sent with: a JPEG is already compressed (`none`).
+    pub fn codecs(self) -> &'static [Codec] {
+        if self.is_jpeg() {
+            &[Codec::None]
+        } else {
+            &Codec::ALL
+        }
+    }
+
+    /// Bits each value takes on the wire before compression (fp16: 16, fp32: 32, a JPEG's
+    /// pixels: 8).
     pub fn bits_per_value(self) -> u8 {
         match self {
             Precision::Bits(b) => b,
             Precision::Fp16 => 16,
             Precision::Fp32 => 32,
+            Precision::Jpeg(_) => 8,
         }
     }
 
@@ -66,6 +97,7 @@ impl fmt::Display for Precision {
             Precision::Bits(b) => write!(f, "{b}"),
             Precision::Fp16 => f.write_str("fp16"),
             Precision::Fp32 => f.write_str("fp32"),
+            Precision::Jpeg(q) => write!(f, "jpeg{q}"),
         }
     }
 }
@@ -76,6 +108,10 @@ impl std::str::FromStr for Precision {
         match s {
             "fp16" => Ok(Precision::Fp16),
             "fp32" => Ok(Precision::Fp32),
+            _ if s.starts_with("jpeg") => match s["jpeg".len()..].parse::<u8>() {
+                Ok(q @ 1..=100) => Ok(Precision::Jpeg(q)),
+                _ => Err(PackError::BadPrecision(s.to_string())),
+            },
             _ => match s.parse::<u8>() {
                 Ok(b) => Precision::bits(b),
                 Err(_) => Err(PackError::BadPrecision(s.to_string())),
@@ -284,7 +320,21 @@ fn raw_len(precision: Precision, n: usize) -> usize {
         Precision::Bits(b) => b as usize * shuffle::plane_len(n),
         Precision::Fp16 => 16 * shuffle::plane_len(n),
         Precision::Fp32 => 4 * n,
+        Precision::Jpeg(_) => 0,
     }
+}
+
+/// One range per channel (axis 1) of a tensor of `shape`, over every item; `Err` holds
+/// the flat index of a value that is not finite.
+fn channel_ranges(values: &[f32], shape: &[usize]) -> Result<Vec<Range>, usize> {
+    let (items, channels) = (shape[0], shape[1]);
+    let inner = values.len() / (items * channels);
+    let mut ranges = vec![Range::EMPTY; channels];
+    for (g, group) in values.chunks_exact(inner).enumerate() {
+        let r = quant::range_of(group).map_err(|i| g * inner + i)?;
+        ranges[g % channels] = ranges[g % channels].merge(r);
+    }
+    Ok(ranges)
 }
 
 /// A range whose width fp32 can hold (so every dequantised value is finite).
@@ -357,11 +407,7 @@ impl Packer {
                     self.codes.resize(n, 0);
                     let (items, channels) = (shape[0], shape[1]);
                     let inner = n / (items * channels);
-                    ranges = vec![Range::EMPTY; channels];
-                    for (g, group) in values.chunks_exact(inner).enumerate() {
-                        let r = quant::range_of(group).map_err(|i| nonfinite(g * inner + i))?;
-                        ranges[g % channels] = ranges[g % channels].merge(r);
-                    }
+                    ranges = channel_ranges(values, shape).map_err(nonfinite)?;
                     for (ch, r) in ranges.iter_mut().enumerate() {
                         checked_width(*r)?;
                         if opts.clip == Clip::Mse {
@@ -413,8 +459,33 @@ impl Packer {
                 }
                 shuffle::byte_shuffle_f32(values, &mut self.planes);
             }
+            Precision::Jpeg(quality) => {
+                if !jpeg::fits(shape) {
+                    return Err(PackError::Jpeg(format!(
+                        "shape {shape:?} is not a picture: a JPEG holds [N, 1 or 3, H, W] \
+                         with sides up to 65535; send this split quantised"
+                    )));
+                }
+                if opts.codec != Codec::None {
+                    return Err(PackError::Jpeg(format!(
+                        "a JPEG is already compressed: pack it with codec none, not {}",
+                        opts.codec
+                    )));
+                }
+                if !(1..=100).contains(&quality) {
+                    return Err(PackError::BadPrecision(opts.precision.to_string()));
+                }
+                granularity = Granularity::PerChannel;
+                ranges = channel_ranges(values, shape).map_err(nonfinite)?;
+                for r in &ranges {
+                    checked_width(*r)?;
+                }
+                self.payload.clear();
+                jpeg::encode(values, shape, &ranges, quality, &mut self.payload)?;
+            }
         }
         let payload: &[u8] = match opts.codec {
+            _ if opts.precision.is_jpeg() => &self.payload,
             Codec::None => &self.planes,
             Codec::Lz4 => {
                 self.payload.clear();
@@ -484,6 +555,20 @@ impl Packer {
             return Err(DecodeError::PayloadChecksum);
         }
         let n = header.elements() as usize; // bounded by limits.max_elements
+        values.clear();
+        values.resize(n, 0.0);
+        if header.precision.is_jpeg() {
+            // No JPEG of a picture is larger than its fp32 values, with room for headers.
+            let bound = 4 * n + 4096 * header.shape[0] as usize;
+            if payload.len() > bound {
+                return Err(DecodeError::Inconsistent(format!(
+                    "{} JPEG bytes for {n} values; at most {bound}",
+                    payload.len()
+                )));
+            }
+            jpeg::decode(payload, &header.shape, &header.ranges, values)?;
+            return Ok(header);
+        }
         let raw = raw_len(header.precision, n);
         let bound = match header.codec {
             Codec::None => raw,
@@ -525,8 +610,6 @@ impl Packer {
                 &self.planes
             }
         };
-        values.clear();
-        values.resize(n, 0.0);
         match header.precision {
             Precision::Bits(bits) => {
                 let bits = u32::from(bits);
@@ -569,6 +652,7 @@ impl Packer {
                     )));
                 }
             }
+            Precision::Jpeg(_) => {} // decoded and returned above
         }
         Ok(header)
     }

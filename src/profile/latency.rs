@@ -85,7 +85,8 @@ pub struct CodecLatency {
 pub struct LatencyOptions {
     /// Timed runs per figure.
     pub runs: usize,
-    /// Precisions to time the codecs at (default: all 18).
+    /// Precisions to time the codecs at, where a split can be sent at them (default:
+    /// all 18, and the JPEG qualities at split 0).
     pub precisions: Vec<Precision>,
     /// Batch sizes to time every split's tail at (empty: none).
     pub batches: Vec<usize>,
@@ -96,7 +97,10 @@ impl Default for LatencyOptions {
     fn default() -> Self {
         LatencyOptions {
             runs: 11,
-            precisions: Precision::all(),
+            precisions: Precision::all()
+                .into_iter()
+                .chain(crate::pack::jpeg::QUALITIES.map(Precision::Jpeg))
+                .collect(),
             batches: Vec::new(),
             progress: false,
         }
@@ -130,7 +134,7 @@ pub fn measure(
     let n = model.num_blocks();
     let names: Vec<String> = model.block_names().map(str::to_string).collect();
     let bar = if opts.progress {
-        let b = ProgressBar::new((n * (1 + opts.precisions.len() * Codec::ALL.len())) as u64);
+        let b = ProgressBar::new((n * (1 + 3 * Precision::all().len()) + 4) as u64);
         b.set_style(
             ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} ({eta})")
                 .expect("a fixed template")
@@ -167,44 +171,9 @@ pub fn measure(
         })
         .collect();
     bar.inc(n as u64);
-    let hash = model.weights_hash();
-    let limits = DecodeLimits::default();
-    let mut packer = Packer::default();
-    let mut codecs = Vec::new();
-    for (split, act) in activations.iter().enumerate() {
-        let id = TensorId {
-            model: model.name(),
-            weights_hash: hash,
-            split: split as u16,
-        };
-        for &precision in &opts.precisions {
-            for codec in Codec::ALL {
-                let o = PackOptions::new(precision, codec);
-                let mut buf = Vec::new();
-                let (pack_s, ()) = time(opts.runs, || {
-                    let (values, shape) = tensor_values(act)?;
-                    packer.pack_into(&values, &shape, &id, &o, &mut buf)?;
-                    Ok(())
-                })?;
-                let mut values = Vec::new();
-                let (unpack_s, t) = time(opts.runs, || {
-                    let h = packer.unpack_into(&buf, &limits, &mut values)?;
-                    let dims: Vec<i64> = h.shape.iter().map(|&d| i64::from(d)).collect();
-                    Ok(Tensor::from_slice(&values).view(dims.as_slice()))
-                })?;
-                debug_assert_eq!(t.size(), act.size());
-                codecs.push(CodecLatency {
-                    split,
-                    precision,
-                    codec,
-                    pack_s,
-                    unpack_s,
-                    bytes: buf.len() as u64,
-                });
-                bar.inc(1);
-            }
-        }
-    }
+    let codecs = codec_rows(model, &activations, &opts.precisions, opts.runs, || {
+        bar.inc(1)
+    })?;
     // The tail from each split on batches of the same activation, joined as a worker
     // joins its frames (the copy into one tensor is part of the batch's cost).
     let mut batches = Vec::new();
@@ -229,7 +198,7 @@ pub fn measure(
     Ok(LatencyProfile {
         format: LATENCY_FORMAT,
         model: model.name().to_string(),
-        weights_hash: format!("{hash:016x}"),
+        weights_hash: format!("{:016x}", model.weights_hash()),
         threads: tch::get_num_threads(),
         runs: opts.runs,
         input: input.to_string(),
@@ -237,6 +206,61 @@ pub fn measure(
         codecs,
         batches,
     })
+}
+
+/// Median pack and unpack seconds of `activations[split]` (batch 1) at each of
+/// `precisions` the split can be sent at ([`Precision::at_split`]: JPEG only at split 0),
+/// with each of its codecs; `tick` after each.
+pub fn codec_rows(
+    model: &Model,
+    activations: &[Tensor],
+    precisions: &[Precision],
+    runs: usize,
+    mut tick: impl FnMut(),
+) -> Result<Vec<CodecLatency>> {
+    let hash = model.weights_hash();
+    let limits = DecodeLimits::default();
+    let mut packer = Packer::default();
+    let mut codecs = Vec::new();
+    for (split, act) in activations.iter().enumerate() {
+        let id = TensorId {
+            model: model.name(),
+            weights_hash: hash,
+            split: split as u16,
+        };
+        let item: Vec<usize> = act.size()[1..].iter().map(|&d| d as usize).collect();
+        for precision in Precision::at_split(split, &item)
+            .into_iter()
+            .filter(|p| precisions.contains(p))
+        {
+            for &codec in precision.codecs() {
+                let o = PackOptions::new(precision, codec);
+                let mut buf = Vec::new();
+                let (pack_s, ()) = time(runs, || {
+                    let (values, shape) = tensor_values(act)?;
+                    packer.pack_into(&values, &shape, &id, &o, &mut buf)?;
+                    Ok(())
+                })?;
+                let mut values = Vec::new();
+                let (unpack_s, t) = time(runs, || {
+                    let h = packer.unpack_into(&buf, &limits, &mut values)?;
+                    let dims: Vec<i64> = h.shape.iter().map(|&d| i64::from(d)).collect();
+                    Ok(Tensor::from_slice(&values).view(dims.as_slice()))
+                })?;
+                debug_assert_eq!(t.size(), act.size());
+                codecs.push(CodecLatency {
+                    split,
+                    precision,
+                    codec,
+                    pack_s,
+                    unpack_s,
+                    bytes: buf.len() as u64,
+                });
+                tick();
+            }
+        }
+    }
+    Ok(codecs)
 }
 
 impl LatencyProfile {

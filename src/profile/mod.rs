@@ -144,18 +144,26 @@ impl Entry {
 /// Makes one split's entries monotone in precision: walking from the finest precision
 /// (fp32) to the coarsest (1 bit), each drop and each end of its interval is raised to
 /// at least the finer precision's, so that a coarser precision is never reported
-/// better than a finer one. The measured drop is kept in `measured_drop_points`.
+/// better than a finer one. JPEG qualities are their own chain, from the highest
+/// quality down. The measured drop is kept in `measured_drop_points`.
 pub fn make_monotone(entries: &mut [Entry]) {
-    entries.sort_by_key(|e| e.precision);
-    let (mut drop, mut lo, mut hi) = (f64::NEG_INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY);
-    for e in entries.iter_mut().rev() {
-        e.measured_drop_points.get_or_insert(e.drop_points);
-        drop = drop.max(e.drop_points);
-        e.drop_points = drop;
-        if let Some([l, h]) = e.drop_ci95.as_mut() {
-            lo = lo.max(*l);
-            hi = hi.max(*h);
-            (*l, *h) = (lo, hi);
+    entries.sort_by_key(|e| e.precision); // the JPEGs last, by quality
+    let first_jpeg = entries
+        .iter()
+        .position(|e| e.precision.is_jpeg())
+        .unwrap_or(entries.len());
+    let (quantised, jpegs) = entries.split_at_mut(first_jpeg);
+    for chain in [quantised, jpegs] {
+        let (mut drop, mut lo, mut hi) = (f64::NEG_INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY);
+        for e in chain.iter_mut().rev() {
+            e.measured_drop_points.get_or_insert(e.drop_points);
+            drop = drop.max(e.drop_points);
+            e.drop_points = drop;
+            if let Some([l, h]) = e.drop_ci95.as_mut() {
+                lo = lo.max(*l);
+                hi = hi.max(*h);
+                (*l, *h) = (lo, hi);
+            }
         }
     }
 }

@@ -190,7 +190,7 @@ fn menu(tables: &Tables, dev: &FleetDevice, sched: &mut Scheduler) -> Menu {
     let mut best: Vec<Option<Opt>> = vec![None; tables.blocks + 1];
     for (row, p) in tables.rows.iter().zip(&sched.preds) {
         let c = row.candidate;
-        if !dev.policy.admits(&c, tables.blocks) || !dev.slo.constraints.allows(p) {
+        if !dev.policy.admits(&c, tables) || !dev.slo.constraints.allows(p) {
             continue;
         }
         let o = Opt::new(c, *p, dev);

@@ -36,7 +36,8 @@ use crate::pack::Precision;
 pub enum Policy {
     /// Everything on the device.
     DeviceOnly,
-    /// The input sent lossless (fp32, any codec); everything in the cloud.
+    /// Everything in the cloud: the input sent as a camera would, a JPEG (any quality
+    /// the profile has), or lossless (fp32, any codec) where the profiles have no JPEG.
     CloudOnly,
     /// Neurosurgeon: the latency-optimal split, fp32 transfer without compression.
     Neurosurgeon,
@@ -66,12 +67,13 @@ impl Policy {
         }
     }
 
-    /// Whether this policy may choose `c` for a model of `blocks` blocks.
+    /// Whether this policy may choose `c` from `tables`.
     #[inline]
-    pub fn admits(self, c: &Candidate, blocks: usize) -> bool {
-        let device_only = c.split as usize == blocks;
+    pub fn admits(self, c: &Candidate, tables: &Tables) -> bool {
+        let device_only = c.split as usize == tables.blocks;
         match self {
             Policy::DeviceOnly => device_only,
+            Policy::CloudOnly if tables.jpeg => c.split == 0 && c.precision.is_jpeg(),
             Policy::CloudOnly => c.split == 0 && c.precision == Precision::Fp32,
             Policy::Neurosurgeon => {
                 device_only
@@ -202,7 +204,7 @@ impl Scheduler {
         self.alive.clear();
         let mut admitted = 0;
         for (i, row) in tables.rows.iter().enumerate() {
-            if !policy.admits(&row.candidate, tables.blocks) {
+            if !policy.admits(&row.candidate, tables) {
                 self.preds.push(Prediction::default());
                 continue;
             }
@@ -221,7 +223,7 @@ impl Scheduler {
         let first = policy.objectives(slo)[0];
         let mut best: Option<(u32, f64, f64)> = None;
         for (i, row) in tables.rows.iter().enumerate() {
-            if !policy.admits(&row.candidate, tables.blocks) {
+            if !policy.admits(&row.candidate, tables) {
                 continue;
             }
             let p = &self.preds[i];
@@ -277,7 +279,7 @@ impl Scheduler {
         if let Some(cur) = current.filter(|c| *c != decision.candidate) {
             if let Some(ci) = tables.rows.iter().position(|r| r.candidate == cur) {
                 let cp = self.preds[ci];
-                if policy.admits(&cur, tables.blocks)
+                if policy.admits(&cur, tables)
                     && slo.constraints.allows(&cp)
                     && !self.worth_switching(objectives, slo, &decision.prediction, &cp)
                 {
@@ -327,8 +329,7 @@ impl Scheduler {
         // Fate of each admitted row: (stage reached, score there, reason).
         let mut fates: Vec<(usize, f64, u32, String)> = Vec::new();
         for (i, row) in tables.rows.iter().enumerate() {
-            if !policy.admits(&row.candidate, tables.blocks) || row.candidate == decision.candidate
-            {
+            if !policy.admits(&row.candidate, tables) || row.candidate == decision.candidate {
                 continue;
             }
             let p = &self.preds[i];
@@ -420,6 +421,7 @@ pub(crate) mod tests {
                     Precision::Bits(b) => (b as f64, if b < 4 { 5.0 / b as f64 } else { 0.2 }),
                     Precision::Fp16 => (16.0, 0.0),
                     Precision::Fp32 => (32.0, 0.0),
+                    Precision::Jpeg(_) => (8.0, 0.5),
                 };
                 for codec in Codec::ALL {
                     let ratio = match codec {
@@ -469,8 +471,42 @@ pub(crate) mod tests {
             model: "toy".into(),
             blocks: 4,
             batch_ratios: Vec::new(),
+            jpeg: false,
             rows,
         }
+    }
+
+    /// [`toy`] whose input can also be sent as a JPEG of quality 90: 30 kB, 0.5 points.
+    pub(crate) fn toy_with_jpeg() -> Tables {
+        let mut t = toy();
+        let mut jpeg = *t
+            .row(&Candidate {
+                split: 0,
+                precision: Precision::Fp32,
+                codec: Codec::None,
+            })
+            .expect("the toy sends fp32 at split 0");
+        jpeg.candidate.precision = Precision::Jpeg(90);
+        (jpeg.bytes, jpeg.drop_points) = (30_000.0, 0.5);
+        t.rows.insert(0, jpeg);
+        t.jpeg = true;
+        t
+    }
+
+    #[test]
+    fn cloud_only_sends_a_jpeg_where_the_profiles_have_one() {
+        let t = toy_with_jpeg();
+        let c = Conditions::new(2.0, Link::mbps(20.0, 5.0));
+        let mut s = Scheduler::new();
+        let co = s.decide(&t, &c, &Slo::default(), Policy::CloudOnly, None);
+        assert_eq!(
+            (co.candidate.split, co.candidate.precision),
+            (0, Precision::Jpeg(90))
+        );
+        assert_eq!(co.prediction.bytes, 30_000.0);
+        // Without the JPEG rows, the lossless input.
+        let co = s.decide(&toy(), &c, &Slo::default(), Policy::CloudOnly, None);
+        assert_eq!(co.candidate.precision, Precision::Fp32);
     }
 
     fn throughput_slo() -> Slo {
@@ -531,7 +567,7 @@ pub(crate) mod tests {
         let best_latency = t
             .rows
             .iter()
-            .filter(|r| Policy::Neurosurgeon.admits(&r.candidate, 4))
+            .filter(|r| Policy::Neurosurgeon.admits(&r.candidate, &t))
             .map(|r| r.predict(&c).latency_s)
             .fold(f64::INFINITY, f64::min);
         let ns_latency = t.row(&ns).unwrap().predict(&c).latency_s;

@@ -40,6 +40,7 @@ impl std::fmt::Display for Candidate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.precision {
             Precision::Bits(b) => write!(f, "split {} at {b} bits with {}", self.split, self.codec),
+            Precision::Jpeg(q) => write!(f, "split {} as a JPEG of quality {q}", self.split),
             p => write!(f, "split {} at {p} with {}", self.split, self.codec),
         }
     }
@@ -285,6 +286,9 @@ pub struct Tables {
     pub rows: Vec<Row>,
     /// Each split's batch curve in the cloud profile (`batch::ratios`; empty: none).
     pub batch_ratios: Vec<Vec<(usize, f64)>>,
+    /// Whether split 0 can be sent as a JPEG (the profiles have its rows): then
+    /// cloud-only sends what a camera sends.
+    pub jpeg: bool,
 }
 
 /// Why profiles cannot be combined into [`Tables`].
@@ -400,6 +404,7 @@ impl Tables {
         Ok(Tables {
             model: accuracy.model.clone(),
             blocks: n,
+            jpeg: rows.iter().any(|r| r.candidate.precision.is_jpeg()),
             rows,
             batch_ratios: (0..n).map(|s| batch::ratios(cloud, s)).collect(),
         })

@@ -168,14 +168,15 @@ pub enum ProfileCommand {
     /// The drop of every plan DynO picks in experiment files (simulated), measured on the
     /// held-out half of the ImageNet sample the profile did not see.
     Heldout(HeldoutArgs),
-    /// What a camera sends: the input as a JPEG at a few qualities, its bytes and its
-    /// accuracy cost on the profiling half of the ImageNet sample.
+    /// What a camera sends: the input as a JPEG at a few qualities, added to a model's
+    /// accuracy and latency profiles as precisions of split 0 (the profile commands
+    /// measure them too; this adds them to profiles made without them).
     Jpeg(JpegArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct JpegArgs {
-    /// A built-in model name or the folder of a TorchScript package (3 channels).
+    /// A built-in model name or the folder of a TorchScript package (1 or 3 channels).
     #[arg(long, env = "DYNO_JPEG_MODEL")]
     pub model: String,
     /// JPEG qualities to measure.
@@ -189,9 +190,16 @@ pub struct JpegArgs {
     /// Inputs per model run.
     #[arg(long, default_value_t = 100, env = "DYNO_JPEG_BATCH")]
     pub batch: usize,
-    /// Profile file to write [default: out/profiles/<model>.jpeg.json in the project folder].
-    #[arg(long, env = "DYNO_JPEG_OUT")]
-    pub out: Option<PathBuf>,
+    /// Accuracy profile to add to [default: out/profiles/<model>.accuracy.json, else
+    /// models/profiles/]; measured on the model's default data, which must be the
+    /// profile's.
+    #[arg(long, env = "DYNO_JPEG_ACCURACY")]
+    pub accuracy: Option<PathBuf>,
+    /// Latency profiles to add to, each timed with its own thread count [default: the
+    /// model's <model>.latency.json and <model>.latency-1thread.json, out/profiles/ else
+    /// models/profiles/, those that exist].
+    #[arg(long, value_delimiter = ',', env = "DYNO_JPEG_LATENCY")]
+    pub latency: Vec<PathBuf>,
     /// Print JSON for scripts.
     #[arg(long, env = "DYNO_JPEG_JSON")]
     pub json: bool,

@@ -387,54 +387,110 @@ pub fn heldout(home: &Home, a: HeldoutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `dyno profile jpeg`: the cloud-only input a camera sends, measured.
+#[derive(Serialize)]
+struct JpegReport<'a> {
+    accuracy: String,
+    entries: &'a [dyno::profile::Entry],
+    latency: Vec<(String, Vec<latency::CodecLatency>)>,
+}
+
+/// `dyno profile jpeg`: the JPEG qualities of split 0 added to a model's profiles. Each
+/// profile is written to `out/profiles/` under its own file name.
 pub fn jpeg(home: &Home, a: JpegArgs) -> anyhow::Result<()> {
-    use dyno::profile::accuracy::Half;
-    use dyno::profile::jpeg;
+    use dyno::profile::{find, jpeg};
 
     anyhow::ensure!(a.batch >= 1, "--batch must be at least 1, got {}", a.batch);
     if let Some(q) = a.quality.iter().find(|q| !(1..=100).contains(*q)) {
         anyhow::bail!("--quality {q}: a JPEG quality is 1 to 100, e.g. --quality 50,75,90");
     }
     let model = zoo::load(&a.model, home)?;
-    anyhow::ensure!(
-        model.input().shape[0] == 3,
-        "{} takes {} channel(s): the JPEG profile measures the ImageNet sample, for \
-         3-channel models",
-        model.name(),
-        model.input().shape[0]
-    );
-    let p = jpeg::profile(&model, home, Half::Profiling, &a.quality, a.batch)?;
-    let out = a
-        .out
-        .unwrap_or_else(|| dyno::profile::out_path(home, model.name(), "jpeg"));
-    p.save(&out)?;
-    if a.json {
-        return print_json(&p);
+    let out_dir = home.root().join("out").join("profiles");
+    let written = |from: &std::path::Path| {
+        out_dir.join(
+            from.file_name()
+                .unwrap_or(std::ffi::OsStr::new("profile.json")),
+        )
+    };
+
+    let acc_path = a
+        .accuracy
+        .unwrap_or_else(|| find(home, model.name(), "accuracy"));
+    let mut profile = AccuracyProfile::load(&acc_path)?;
+    let inputs = accuracy::default_inputs(&model, home)?;
+    let opts = AccuracyOptions {
+        batch: a.batch,
+        ..AccuracyOptions::default()
+    };
+    let entries = jpeg::add_to_accuracy(
+        &model,
+        &inputs,
+        &opts,
+        (&mut profile, &acc_path),
+        &a.quality,
+    )?;
+    let acc_out = written(&acc_path);
+    profile.save(&acc_out)?;
+    plot::accuracy_heatmap(&profile, &accuracy::heatmap_path(&acc_out))?;
+
+    let latency_paths = if a.latency.is_empty() {
+        ["latency", "latency-1thread"]
+            .map(|kind| find(home, model.name(), kind))
+            .into_iter()
+            .filter(|p| p.exists())
+            .collect()
+    } else {
+        a.latency
+    };
+    let check = check::default_inputs(&model, home)?;
+    let x = check.xs.narrow(0, 0, 1);
+    let mut timed = Vec::new();
+    for path in &latency_paths {
+        let mut lp = LatencyProfile::load(path)?;
+        let rows = jpeg::add_to_latency(&model, &x, (&mut lp, path), &a.quality)?;
+        let out = written(path);
+        lp.save(&out)?;
+        timed.push((out.display().to_string(), rows));
     }
-    println!("model:    {} (weights {})", p.model, p.weights_hash);
-    println!("data:     {}", p.data);
+    if a.json {
+        return print_json(&JpegReport {
+            accuracy: acc_out.display().to_string(),
+            entries: &entries,
+            latency: timed,
+        });
+    }
+    let fp32 = 4 * model.input().shape.iter().product::<i64>();
     println!(
-        "top-1:    {:.1} % on the files as stored ({:.0} bytes each on average); fp32 input {} bytes",
-        100.0 * p.baseline_accuracy,
-        p.stored_file_bytes,
-        p.fp32_bytes
+        "model:    {} (weights {})",
+        profile.model, profile.weights_hash
     );
+    println!("data:     {} inputs of {}", profile.inputs, profile.data);
     println!(
-        "\n{:>7}  {:>10}  {:>10}  {:>7}  {:>18}",
-        "quality", "bytes", "vs fp32", "drop", "95% interval"
+        "\n{:>8}  {:>9}  {:>8}  {:>6}  {:>16}  {:>7}  {:>9}",
+        "quality", "bytes", "vs fp32", "drop", "95% interval", "pack ms", "unpack ms"
     );
-    for e in &p.entries {
+    for e in &entries {
+        let t = timed
+            .first()
+            .and_then(|(_, rows)| rows.iter().find(|r| r.precision == e.precision));
+        let ms = |f: fn(&latency::CodecLatency) -> f64| {
+            t.map_or("-".to_string(), |r| format!("{:.2}", 1e3 * f(r)))
+        };
+        let [lo, hi] = e.drop_ci95.unwrap_or([f64::NAN; 2]);
         println!(
-            "{:>7}  {:>10.0}  {:>9.1}x  {:>7.2}  [{:>6.2}, {:>6.2}]",
-            e.quality,
-            e.mean_bytes,
-            p.fp32_bytes as f64 / e.mean_bytes,
+            "{:>8}  {:>9.0}  {:>7.1}x  {:>6.2}  [{:>6.2}, {:>5.2}]  {:>7}  {:>9}",
+            e.precision.to_string(),
+            e.bytes.none,
+            fp32 as f64 / e.bytes.none,
             e.drop_points,
-            e.drop_ci95[0],
-            e.drop_ci95[1]
+            lo,
+            hi,
+            ms(|r| r.pack_s),
+            ms(|r| r.unpack_s)
         );
     }
-    println!("\nwrote {}", out.display());
+    println!("\nwrote {}", acc_out.display());
+    for (out, _) in &timed {
+        println!("wrote {out}");
+    }
     Ok(())
 }
