@@ -28,6 +28,8 @@ for t in "${targets[@]}"; do
     seeds=() extra=()
     # The shipped files seed the TOML fuzzer (the traces cut to their first 8 KB).
     [ "$t" = config ] && seeds=("$root/config" "$root/config/slo" "$root/traces") extra=(-max_len=8192)
+    # A packed buffer of each kind (tests/pack.rs keeps them current) seeds the decoder's.
+    [ "$t" = unpack ] && seeds=("$root/fuzz/seeds/unpack")
     mkdir -p "corpus/$t"
     echo "fuzz: $t for ${seconds} s"
     if ! cargo fuzz run -s none "$t" "corpus/$t" "${seeds[@]}" -- \

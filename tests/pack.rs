@@ -508,3 +508,72 @@ fn a_jpeg_of_another_size_than_its_header_says_is_refused_before_it_is_decoded()
         assert!(err.contains("codec none"), "{err}");
     }
 }
+
+/// The unpack fuzzer's seeds (`fuzz/seeds/unpack/`, given by scripts/fuzz.sh): one
+/// buffer of each kind, so that the fuzzer starts past the header, into every decoder
+/// (the JPEG one included). The files are the format's golden copies: a change to the
+/// format shows here. `DYNO_WRITE_SEEDS=1` writes them anew.
+#[test]
+fn the_fuzzers_seeds_are_packed_buffers_of_every_kind() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/unpack");
+    let kinds = [
+        (
+            "bits6-lz4",
+            Precision::Bits(6),
+            Codec::Lz4,
+            Granularity::PerTensor,
+        ),
+        (
+            "bits3-zstd-per-channel",
+            Precision::Bits(3),
+            Codec::Zstd,
+            Granularity::PerChannel,
+        ),
+        (
+            "fp16-none",
+            Precision::Fp16,
+            Codec::None,
+            Granularity::PerTensor,
+        ),
+        (
+            "fp32-zstd",
+            Precision::Fp32,
+            Codec::Zstd,
+            Granularity::PerTensor,
+        ),
+        (
+            "jpeg75",
+            Precision::Jpeg(75),
+            Codec::None,
+            Granularity::PerTensor,
+        ),
+    ];
+    for (name, precision, codec, g) in kinds {
+        let buf = pack(
+            &picture(1, 3, 8, 8),
+            &[1, 3, 8, 8],
+            &ID,
+            &opts(precision, codec, g),
+        )
+        .unwrap();
+        let path = dir.join(format!("{name}.dynp"));
+        if std::env::var_os("DYNO_WRITE_SEEDS").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &buf).unwrap();
+        }
+        let seed = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!("{}: {e}; write it with DYNO_WRITE_SEEDS=1", path.display())
+        });
+        assert_eq!(
+            seed, buf,
+            "{name}: the packed format changed; write the seeds anew"
+        );
+        assert_eq!(
+            unpack(&seed, &DecodeLimits::default())
+                .unwrap()
+                .header
+                .precision,
+            precision
+        );
+    }
+}

@@ -329,7 +329,10 @@ fn bad_profiles_and_classes_name_the_key_and_the_fix() {
     );
     with(
         &["--latency-profile", "/nonexistent/x.json"],
-        &["no profile at /nonexistent/x.json", "dyno profile latency"],
+        &[
+            "/nonexistent/x.json: there is no latency profile",
+            "dyno profile latency",
+        ],
     );
     with(
         &["--device", "toaster"],

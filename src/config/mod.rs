@@ -174,13 +174,35 @@ impl Devices {
 }
 
 impl Devices {
-    /// `model`'s tables: its accuracy profile, the devices' latency profile (`profile`)
-    /// and the cloud's (`[cloud] profile`, default the model's own).
+    /// `model`'s tables (a built-in's name or a package's folder): its accuracy profile,
+    /// the devices' latency profile (`profile`) and the cloud's (`[cloud] profile`,
+    /// default the model's own). A missing one is named with the command that makes it.
     pub fn tables(&self, home: &Home, model: &str) -> anyhow::Result<crate::sched::perf::Tables> {
         use crate::profile::{self, latency::LatencyProfile, AccuracyProfile};
-        let accuracy = AccuracyProfile::load(&profile::find(home, model, "accuracy"))?;
-        let device = LatencyProfile::load(&self.device_profile(home, model))?;
-        let cloud = LatencyProfile::load(&self.cloud_profile(home, model))?;
+        let need = |path: PathBuf, purpose: &str, kind: &str| -> anyhow::Result<PathBuf> {
+            if path.exists() {
+                return Ok(path);
+            }
+            Err(profile::missing(&path, purpose, &profile::command_for(model, kind)).into())
+        };
+        let accuracy = need(
+            profile::find(home, model, "accuracy"),
+            "accuracy profile (what each split and precision costs in accuracy and bytes)",
+            "accuracy",
+        )?;
+        let device = need(
+            self.device_profile(home, model),
+            "latency profile of the devices (what the device classes' slowdowns scale)",
+            &template_kind(self.profile.as_deref()),
+        )?;
+        let cloud = need(
+            self.cloud_profile(home, model),
+            "latency profile of the cloud workers (their tail times)",
+            &template_kind(self.cloud.profile.as_deref()),
+        )?;
+        let accuracy = AccuracyProfile::load(&accuracy)?;
+        let device = LatencyProfile::load(&device)?;
+        let cloud = LatencyProfile::load(&cloud)?;
         Ok(crate::sched::perf::Tables::new(&accuracy, &device, &cloud)?)
     }
 
@@ -201,12 +223,35 @@ impl Devices {
     }
 }
 
-/// A profile path from a class's `profile` template, or the model's default.
+/// A profile path from a class's `profile` template, or the model's default. `{model}`
+/// stands for the model's name ([`crate::profile::model_name`]: a package's manifest
+/// name, never its path); a template in `models/profiles/` is looked for in
+/// `out/profiles/` first, like every default profile ([`crate::profile::find_file`]).
 pub fn latency_profile_path(template: Option<&str>, home: &Home, model: &str) -> PathBuf {
+    let name = crate::profile::model_name(model);
     match template {
-        Some(t) => home.root().join(t.replace("{model}", model)),
-        None => crate::profile::find(home, model, "latency"),
+        Some(t) => {
+            let t = t.replace("{model}", &name);
+            match Path::new(&t).strip_prefix("models/profiles") {
+                Ok(file) if file.components().count() == 1 => {
+                    crate::profile::find_file(home, &file.to_string_lossy())
+                }
+                _ => home.root().join(t),
+            }
+        }
+        None => crate::profile::find(home, &name, "latency"),
     }
+}
+
+/// The kind of profile a `profile` template names (`latency-1thread` in
+/// `models/profiles/{model}.latency-1thread.json`), for the command that makes it.
+pub fn template_kind(template: Option<&str>) -> String {
+    template
+        .and_then(|t| t.rsplit('/').next())
+        .and_then(|f| f.strip_prefix("{model}."))
+        .and_then(|f| f.strip_suffix(".json"))
+        .unwrap_or("latency")
+        .to_string()
 }
 
 #[cfg(test)]

@@ -62,6 +62,13 @@ impl Block for ScriptBlock {
 }
 
 impl Manifest {
+    /// Reads and validates `dir/manifest.toml`.
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let path = dir.join("manifest.toml");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        Manifest::parse(&text, &path)
+    }
+
     /// Parses and validates a manifest; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
         let bad = |reason: String| Error::Manifest {

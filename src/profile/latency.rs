@@ -361,9 +361,19 @@ impl LatencyProfile {
     }
 }
 
-/// Where `dyno profile latency` writes by default: `out/profiles/<model>.latency.json`.
+/// Where `dyno profile latency` writes by default: `out/profiles/<model>.latency.json`
+/// with as many libtorch threads as the machine has cores, else
+/// `<model>.latency-<N>thread.json` (`dyno --threads 1 profile latency`: what the shipped
+/// device classes and cloud workers read), so that a run with fewer threads never writes
+/// over the default profile.
 pub fn default_out(home: &Home, model: &str) -> PathBuf {
-    super::out_path(home, model, "latency")
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
+    let threads = tch::get_num_threads();
+    if threads < cores {
+        super::out_path(home, model, &format!("latency-{threads}thread"))
+    } else {
+        super::out_path(home, model, "latency")
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,8 @@ pub(crate) fn save_json<T: Serialize>(profile: &T, path: &Path) -> Result<()> {
     std::fs::write(path, text).map_err(|e| Error::io(path, e))
 }
 
-/// `out/profiles/<model>.<kind>.json`: where the profile commands write.
+/// `out/profiles/<model>.<kind>.json`: where the profile commands write (`model` is the
+/// model's name: a built-in's, or the `name` in a package's manifest).
 pub fn out_path(home: &Home, model: &str, kind: &str) -> PathBuf {
     home.root()
         .join("out")
@@ -36,17 +37,64 @@ pub fn out_path(home: &Home, model: &str, kind: &str) -> PathBuf {
         .join(format!("{}.{kind}.json", sanitize(model)))
 }
 
-/// The profile a command reads when none is named: the one written on this machine
-/// (`out/profiles/`) if there is one, else the one shipped in `models/profiles/`.
+/// The name profiles are kept under for `model`, a built-in model's name or the folder of
+/// a package: the package's manifest `name` (never its path). A folder without a
+/// readable manifest keeps its own text, so that the error that follows names it.
+pub fn model_name(model: &str) -> String {
+    let dir = Path::new(model);
+    if dir.join("manifest.toml").is_file() {
+        if let Ok(m) = crate::model::torchscript::Manifest::load(dir) {
+            return m.name;
+        }
+    }
+    model.to_string()
+}
+
+/// The profile of `kind` a command reads when none is named, for `model` (a name or a
+/// package folder, [`model_name`]): the one written on this machine (`out/profiles/`) if
+/// there is one, else the one shipped in `models/profiles/`.
 pub fn find(home: &Home, model: &str, kind: &str) -> PathBuf {
-    let written = out_path(home, model, kind);
+    let file = format!("{}.{kind}.json", sanitize(&model_name(model)));
+    find_file(home, &file)
+}
+
+/// `out/profiles/FILE` if it exists, else `models/profiles/FILE`.
+pub fn find_file(home: &Home, file: &str) -> PathBuf {
+    let written = home.root().join("out").join("profiles").join(file);
     if written.exists() {
         return written;
     }
-    home.root()
-        .join("models")
-        .join("profiles")
-        .join(format!("{}.{kind}.json", sanitize(model)))
+    home.root().join("models").join("profiles").join(file)
+}
+
+/// The command that writes the profile of `kind` for `model` (as the user named it).
+pub fn command_for(model: &str, kind: &str) -> String {
+    let quoted;
+    let model = if model.contains(char::is_whitespace) {
+        quoted = format!("'{model}'");
+        &quoted
+    } else {
+        model
+    };
+    match kind
+        .strip_prefix("latency-")
+        .and_then(|t| t.strip_suffix("thread"))
+    {
+        Some(n) => format!("dyno --threads {n} profile latency --model {model}"),
+        None => format!("dyno profile {kind} --model {model}"),
+    }
+}
+
+/// Why a profile the scheduler needs is not there: its path, what it is for, and the
+/// command that makes it.
+pub fn missing(path: &Path, purpose: &str, command: &str) -> Error {
+    Error::Profile {
+        path: path.to_path_buf(),
+        reason: format!(
+            "there is no {purpose} here; make it with `{command}` (it writes \
+             out/profiles/, where every command looks first), or name a file"
+        ),
+    }
 }
 
 fn sanitize(name: &str) -> String {

@@ -223,9 +223,10 @@ pub struct LatencyArgs {
     /// A built-in model name or the folder of a TorchScript package.
     #[arg(long, env = "DYNO_LATENCY_MODEL")]
     pub model: String,
-    /// Image folder whose first image is timed (default: the model's data set).
-    #[arg(long, env = "DYNO_LATENCY_DATA")]
-    pub data: Option<PathBuf>,
+    /// Image folder whose first image is timed (default: the model's data set); the same
+    /// flag as `dyno models check --images`.
+    #[arg(long, alias = "data", env = "DYNO_LATENCY_IMAGES")]
+    pub images: Option<PathBuf>,
     /// Timed runs per figure (the median is kept, after one warm-up run).
     #[arg(long, default_value_t = 11, env = "DYNO_LATENCY_RUNS")]
     pub runs: usize,
@@ -313,10 +314,11 @@ pub struct AccuracyArgs {
     /// A built-in model name or the folder of a TorchScript package.
     #[arg(long, env = "DYNO_ACCURACY_MODEL")]
     pub model: String,
-    /// Image folder (labels from names ending in _<class>); default: fashion_cnn uses the
-    /// 10k Fashion-MNIST test images, 3-channel models the 20 ImageNet images x 10 views.
-    #[arg(long, env = "DYNO_ACCURACY_DATA")]
-    pub data: Option<PathBuf>,
+    /// Image folder (labels from names ending in _<class>); default: 1-channel models use
+    /// the 10k Fashion-MNIST test images, 3-channel models the profiling half of the 1,000
+    /// ImageNet images. The same flag as `dyno models check --images`.
+    #[arg(long, alias = "data", env = "DYNO_ACCURACY_IMAGES")]
+    pub images: Option<PathBuf>,
     /// Use only the first N inputs (a quick run).
     #[arg(long, env = "DYNO_ACCURACY_LIMIT")]
     pub limit: Option<usize>,

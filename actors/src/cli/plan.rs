@@ -65,15 +65,25 @@ pub fn inputs(home: &Home, a: &PlanArgs) -> anyhow::Result<PlanInputs> {
         .cloud_profile
         .clone()
         .unwrap_or_else(|| devices.cloud_profile(home, model));
-    let missing = |p: &PathBuf, cmd: &str| {
-        format!(
-            "no profile at {}; write it with `dyno profile {cmd} --model {model}` or name one",
-            p.display()
-        )
+    let need = |p: &PathBuf, purpose: &str, kind: &str| -> anyhow::Result<()> {
+        anyhow::ensure!(
+            p.exists(),
+            profile::missing(p, purpose, &profile::command_for(model, kind))
+        );
+        Ok(())
     };
-    anyhow::ensure!(acc_path.exists(), missing(&acc_path, "accuracy"));
-    anyhow::ensure!(dev_path.exists(), missing(&dev_path, "latency"));
-    anyhow::ensure!(cloud_path.exists(), missing(&cloud_path, "latency"));
+    need(&acc_path, "accuracy profile", "accuracy")?;
+    let kind = |t: Option<&str>| dyno::config::template_kind(t);
+    need(
+        &dev_path,
+        "latency profile of the device",
+        &kind(class.profile.as_deref().or(devices.profile.as_deref())),
+    )?;
+    need(
+        &cloud_path,
+        "latency profile of the cloud",
+        &kind(devices.cloud.profile.as_deref()),
+    )?;
     let accuracy = AccuracyProfile::load(&acc_path)?;
     let device = LatencyProfile::load(&dev_path)?;
     let cloud = if cloud_path == dev_path {

@@ -31,7 +31,7 @@ pub fn accuracy(home: &Home, a: AccuracyArgs) -> anyhow::Result<()> {
         a.budget
     );
     let model = zoo::load(&a.model, home)?;
-    let inputs = match a.data {
+    let inputs = match a.images {
         Some(dir) => accuracy::folder_inputs(&model, dir)?,
         None => accuracy::default_inputs(&model, home)?,
     };
@@ -121,13 +121,13 @@ struct LatencyReport<'a> {
 pub fn latency(home: &Home, a: LatencyArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.runs >= 1, "--runs must be at least 1, got {}", a.runs);
     let model = zoo::load(&a.model, home)?;
-    let inputs = match a.data {
+    let inputs = match a.images {
         Some(dir) => check::image_inputs(&model, dir)?,
         None => check::default_inputs(&model, home)?,
     };
     anyhow::ensure!(
         inputs.xs.size()[0] >= 1,
-        "no input to time {} on; give an image folder with --data DIR",
+        "no input to time {} on; give an image folder with --images DIR",
         model.name()
     );
     let x = inputs.xs.narrow(0, 0, 1);
