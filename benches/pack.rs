@@ -2,6 +2,8 @@
 //! cut at several split points; bits {2, 4, 8, 16} x codecs {none, lz4, zstd}, one
 //! thread, in GB/s of fp32 input. A plain copy of the same buffer is the reference.
 //! `bN-mse/lz4` packs with clipped ranges (`Clip::Mse`: a histogram and a search more).
+//! `input/`: the input (split 0) as a camera sends it, a JPEG of quality 75 and 95, beside
+//! 8 bits with zstd, packed and unpacked.
 //!
 //! Run: `cargo bench --bench pack`; table: `scripts/bench_table.py pack`.
 use std::hint::black_box;
@@ -99,5 +101,51 @@ fn pack_unpack(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, pack_unpack);
+fn input_as_jpeg(c: &mut Criterion) {
+    let home = Home::discover();
+    let model = zoo::load("mobilenet_v2", &home).expect("run scripts/setup.sh first");
+    let images = data::list_images(&home.imagenet_dir()).expect("run scripts/setup.sh first");
+    let x = data::load_image(&images[0].path, model.input())
+        .expect("a real image")
+        .unsqueeze(0);
+    let (values, shape) = tensor_values(&x).expect("an fp32 input");
+    let id = TensorId {
+        model: "mobilenet_v2",
+        weights_hash: 0,
+        split: 0,
+    };
+    let mut g = c.benchmark_group("input");
+    g.throughput(Throughput::Bytes(4 * values.len() as u64))
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(400))
+        .measurement_time(Duration::from_millis(1500));
+    let mut packer = Packer::default();
+    let limits = DecodeLimits::default();
+    for (name, opts) in [
+        ("jpeg75", PackOptions::new(Precision::Jpeg(75), Codec::None)),
+        ("jpeg95", PackOptions::new(Precision::Jpeg(95), Codec::None)),
+        ("b8-zstd", PackOptions::new(Precision::Bits(8), Codec::Zstd)),
+    ] {
+        let mut buf = Vec::new();
+        g.bench_function(BenchmarkId::new("pack", name), |b| {
+            b.iter(|| {
+                packer
+                    .pack_into(black_box(&values), &shape, &id, &opts, &mut buf)
+                    .expect("finite")
+            })
+        });
+        let mut back = Vec::new();
+        g.bench_function(BenchmarkId::new("unpack", name), |b| {
+            b.iter(|| {
+                packer
+                    .unpack_into(black_box(&buf), &limits, &mut back)
+                    .expect("valid")
+            })
+        });
+        eprintln!("input as {name}: {} bytes", buf.len());
+    }
+    g.finish();
+}
+
+criterion_group!(benches, pack_unpack, input_as_jpeg);
 criterion_main!(benches);
