@@ -19,13 +19,19 @@ use dyno::pack::{Clip, Codec, DecodeLimits, PackOptions, Packer, Precision, Tens
 const SPLITS: [usize; 4] = [1, 4, 8, 14];
 const BITS: [u8; 4] = [2, 4, 8, 16];
 
-fn pack_unpack(c: &mut Criterion) {
+/// MobileNetV2 and its input from the first ImageNet sample (`[1, 3, 224, 224]`).
+fn model_and_input() -> (dyno::model::Model, tch::Tensor) {
     let home = Home::discover();
     let model = zoo::load("mobilenet_v2", &home).expect("run scripts/setup.sh first");
     let images = data::list_images(&home.imagenet_dir()).expect("run scripts/setup.sh first");
     let x = data::load_image(&images[0].path, model.input())
         .expect("a real image")
         .unsqueeze(0);
+    (model, x)
+}
+
+fn pack_unpack(c: &mut Criterion) {
+    let (model, x) = model_and_input();
     for split in SPLITS {
         let a = model.head(&x, split).expect("valid input");
         let (values, shape) = tensor_values(&a).expect("an fp32 activation");
@@ -102,12 +108,7 @@ fn pack_unpack(c: &mut Criterion) {
 }
 
 fn input_as_jpeg(c: &mut Criterion) {
-    let home = Home::discover();
-    let model = zoo::load("mobilenet_v2", &home).expect("run scripts/setup.sh first");
-    let images = data::list_images(&home.imagenet_dir()).expect("run scripts/setup.sh first");
-    let x = data::load_image(&images[0].path, model.input())
-        .expect("a real image")
-        .unsqueeze(0);
+    let (_, x) = model_and_input();
     let (values, shape) = tensor_values(&x).expect("an fp32 input");
     let id = TensorId {
         model: "mobilenet_v2",
