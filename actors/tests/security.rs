@@ -162,10 +162,16 @@ fn a_byte_flipped_on_the_way_to_the_worker_ends_the_connection_and_no_answer_is_
         &format!("127.0.0.1:{data_port}"),
         &format!("127.0.0.1:{relay}"),
     );
-    // Every frame onloads, losslessly (fp32): any answer that differs from the local
-    // model's is a wrong one.
+    // Every frame onloads, losslessly (the plan pinned to the input in fp32: cloud-only
+    // itself sends a JPEG, which may change an answer): any answer that differs from the
+    // local model's is a wrong one.
     let mut a = keyed_cloud_only_agent(dir.path(), "cam-flip", &control, 4.0);
     a.verify = true;
+    a.pin = Some(dyno::sched::perf::Candidate {
+        split: 0,
+        precision: dyno::pack::Precision::Fp32,
+        codec: dyno::pack::Codec::Lz4,
+    });
     let (s, _) = common::answered_once(common::spawn_agent(dir.path(), &a), &a);
     let worker_log = w.log();
     drop(c);
