@@ -31,10 +31,12 @@ pub(crate) fn save_json<T: Serialize>(profile: &T, path: &Path) -> Result<()> {
 /// `out/profiles/<model>.<kind>.json`: where the profile commands write (`model` is the
 /// model's name: a built-in's, or the `name` in a package's manifest).
 pub fn out_path(home: &Home, model: &str, kind: &str) -> PathBuf {
-    home.root()
-        .join("out")
-        .join("profiles")
-        .join(format!("{}.{kind}.json", sanitize(model)))
+    out_dir(home).join(format!("{}.{kind}.json", sanitize(model)))
+}
+
+/// `out/profiles/` in the project: where every profile command writes.
+pub fn out_dir(home: &Home) -> PathBuf {
+    home.root().join("out").join("profiles")
 }
 
 /// The name profiles are kept under for `model`, a built-in model's name or the folder of
@@ -60,7 +62,7 @@ pub fn find(home: &Home, model: &str, kind: &str) -> PathBuf {
 
 /// `out/profiles/FILE` if it exists, else `models/profiles/FILE`.
 pub fn find_file(home: &Home, file: &str) -> PathBuf {
-    let written = home.root().join("out").join("profiles").join(file);
+    let written = out_dir(home).join(file);
     if written.exists() {
         return written;
     }

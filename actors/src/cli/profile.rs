@@ -404,7 +404,7 @@ pub fn jpeg(home: &Home, a: JpegArgs) -> anyhow::Result<()> {
         anyhow::bail!("--quality {q}: a JPEG quality is 1 to 100, e.g. --quality 50,75,90");
     }
     let model = zoo::load(&a.model, home)?;
-    let out_dir = home.root().join("out").join("profiles");
+    let out_dir = dyno::profile::out_dir(home);
     let written = |from: &std::path::Path| {
         out_dir.join(
             from.file_name()
