@@ -6,12 +6,16 @@
 //! - `transport/round_trip`: one frame and its small answer: latency (criterion's
 //!   median is the p50).
 //!
+//! - `transport/cipher`: sealing one 100 kB message into records, and opening them, in
+//!   memory: what the cipher costs each side, without the socket.
+//!
 //! Run: `cargo bench --bench transport`.
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dyno::wire::{accept, connect, Conn, Identity, Key, Message, Role, DEFAULT_MAX_FRAME};
+use dyno::wire::noise::{identity_key, Handshake, Open, Seal};
+use dyno::wire::{accept, connect, encode, Conn, Identity, Key, Message, Role, DEFAULT_MAX_FRAME};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 
@@ -102,5 +106,48 @@ fn transport(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, transport);
+/// A client's sending direction and the server's receiving one, after a handshake.
+fn directions() -> (Seal, Open) {
+    let hello = Message::Hello {
+        version: dyno::wire::PROTOCOL_VERSION,
+        role: Role::Agent,
+        fleet: "bench".into(),
+        name: "cam".into(),
+        insecure: false,
+    };
+    let psk = identity_key(b"bench fleet key", Role::Agent, "cam");
+    let mut client = Handshake::initiator(&psk, &hello).unwrap();
+    let mut server = Handshake::responder(&psk, &hello).unwrap();
+    server.read(&client.write(&[]).unwrap()).unwrap();
+    client.read(&server.write(&[]).unwrap()).unwrap();
+    let (seal, _) = client.finish(DEFAULT_MAX_FRAME).unwrap();
+    let (_, open) = server.finish(DEFAULT_MAX_FRAME).unwrap();
+    (seal, open)
+}
+
+/// The cipher on one 100 kB `Infer`, in memory: sealing it, and sealing then opening it.
+fn cipher(c: &mut Criterion) {
+    let message = encode(&frame(1));
+    let mut g = c.benchmark_group("transport/cipher");
+    g.throughput(Throughput::Bytes(message.len() as u64))
+        .measurement_time(Duration::from_secs(3));
+    let (mut seal, _) = directions();
+    g.bench_function("seal", |b| {
+        b.iter(|| seal.seal(black_box(&message)).unwrap())
+    });
+    // The receiver opens every record in order, so each sealed message is opened.
+    let (mut seal, mut open) = directions();
+    g.bench_function("seal_and_open", |b| {
+        b.iter(|| {
+            let mut whole = None;
+            for record in seal.seal(black_box(&message)).unwrap() {
+                whole = open.open(&record).unwrap();
+            }
+            whole.expect("the last record completes the message")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, transport, cipher);
 criterion_main!(benches);

@@ -147,6 +147,7 @@ pub enum Message {
     },
     /// A Noise handshake message (`noise.rs`).
     Handshake {
+        #[serde(with = "serde_bytes")]
         noise: Vec<u8>,
     },
     /// The client's first encrypted message: it holds this session's keys.
@@ -169,6 +170,7 @@ pub enum Message {
     /// An active probe of the uplink (padding of the size to time).
     Probe {
         seq: u64,
+        #[serde(with = "serde_bytes")]
         padding: Vec<u8>,
     },
     ProbeAck {
@@ -208,6 +210,7 @@ pub enum Message {
     Infer {
         request: u64,
         device: String,
+        #[serde(with = "serde_bytes")]
         packed: Vec<u8>,
     },
     InferOk {
@@ -285,4 +288,35 @@ pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
         )));
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Byte vectors (an activation, a probe's padding, a handshake message) are one
+    /// slice on the wire: their length, then their bytes, as serde's byte-by-byte
+    /// sequence wrote them before (so the protocol did not change), and a length over
+    /// [`FRAME_LIMIT`] is refused before anything is allocated.
+    #[test]
+    fn a_byte_vector_is_its_length_then_its_bytes_and_a_claim_past_the_limit_is_refused() {
+        let infer = |packed: Vec<u8>| Message::Infer {
+            request: 7,
+            device: "cam".into(),
+            packed,
+        };
+        let empty = encode(&infer(vec![])).to_vec();
+        let three = encode(&infer(vec![1, 2, 3])).to_vec();
+        assert_eq!(empty.last(), Some(&0), "an empty vector is its length, 0");
+        assert_eq!(three[..empty.len() - 1], empty[..empty.len() - 1]);
+        assert_eq!(three[empty.len() - 1..], [3, 1, 2, 3]);
+        let big = infer((0..100_000u32).map(|i| i as u8).collect());
+        assert_eq!(decode(&encode(&big)).unwrap(), big);
+        // varint: 0xfd, then a u64 claiming one byte past the limit.
+        let mut claim = empty[..empty.len() - 1].to_vec();
+        claim.push(0xfd);
+        claim.extend_from_slice(&((FRAME_LIMIT as u64) + 1).to_le_bytes());
+        let e = decode(&claim).unwrap_err().to_string().to_lowercase();
+        assert!(e.contains("limitexceeded"), "{e}");
+    }
 }
