@@ -349,6 +349,10 @@ pub struct AgentConfig {
     /// (true), or run it as fast as the host lets it (false: on the testbed, where a CPU
     /// quota makes the device slow).
     pub stretch: bool,
+    /// On the testbed, keep the device's CPU quota spent while its compute thread waits
+    /// (`testbed::cgroup::KeepBusy`), so that a stage is as slow after a wait as back to
+    /// back (`[testbed] keep_busy`).
+    pub keep_busy: bool,
     /// Once set up, the agent writes its clock's start (Unix seconds, the time its
     /// results' `start_s` count from) to this file: the testbed replays traces on it.
     pub ready_file: Option<PathBuf>,
@@ -402,6 +406,7 @@ impl Default for AgentConfig {
             mdns: true,
             pin: None,
             stretch: true,
+            keep_busy: false,
             ready_file: None,
         }
     }

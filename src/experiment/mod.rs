@@ -84,11 +84,16 @@ pub struct TestbedSpec {
     #[serde(default)]
     pub discovery: Discovery,
     /// The device classes' CPU quotas, from `dyno testbed calibrate` (default
-    /// config/testbed.toml).
+    /// out/testbed.toml when measured here, else config/testbed.toml).
     pub quotas: Option<PathBuf>,
     /// Cores of CPU quota per cloud worker.
     #[serde(default = "one")]
     pub cloud_cores_per_worker: f64,
+    /// Keep each device's CPU quota spent while its compute waits (default), so that a
+    /// device is as slow after a wait as back to back, as a real slow CPU is; false lets
+    /// a stage that starts a fresh period run at full speed until the quota is spent.
+    #[serde(default = "yes")]
+    pub keep_busy: bool,
 }
 
 impl Default for TestbedSpec {
@@ -97,6 +102,7 @@ impl Default for TestbedSpec {
             discovery: Discovery::Static,
             quotas: None,
             cloud_cores_per_worker: 1.0,
+            keep_busy: true,
         }
     }
 }
@@ -157,6 +163,10 @@ fn five_ms() -> f64 {
 
 fn one() -> f64 {
     1.0
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for CloudSpec {

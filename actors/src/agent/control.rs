@@ -117,9 +117,17 @@ impl ControlLink {
                     heard = Instant::now();
                     match m {
                         Ok(Message::Plan(a)) => {
-                            tracing::info!(plan = %a.candidate, worker = ?a.worker, "plan");
+                            // The plan in force sent again with a fresher expectation
+                            // (`sched::control::REFRESH`) is not a new plan.
+                            let new = self.plan.borrow().as_ref().is_none_or(|p| {
+                                (p.epoch, p.candidate, &p.worker)
+                                    != (a.epoch, a.candidate, &a.worker)
+                            });
+                            if new {
+                                tracing::info!(plan = %a.candidate, worker = ?a.worker, "plan");
+                                self.plans.fetch_add(1, Ordering::Relaxed);
+                            }
                             crate::metrics::set_ready(true);
-                            self.plans.fetch_add(1, Ordering::Relaxed);
                             let device = self.me.name.clone();
                             metrics::gauge!("dyno_plan_split", "device" => device.clone())
                                 .set(f64::from(a.candidate.split));

@@ -1,6 +1,8 @@
 //! The **Device** actor: the device's compute thread (a `SyncArbiter` of one) with its
 //! model, its packer and its input source. It runs heads and packing, and tails when the
-//! cloud cannot; each stage is stretched to the device class's slowdown.
+//! cloud cannot; each stage is stretched to the device class's slowdown (on the testbed,
+//! where the host's quota makes it slow, not stretched, its quota is kept spent while it
+//! waits).
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -9,6 +11,8 @@ use dyno::pack::tensor::tensor_values;
 use dyno::pack::{PackOptions, Packer, TensorId};
 use dyno::sched::perf::Candidate;
 use tch::{Kind, Tensor};
+
+use crate::testbed::cgroup::KeepBusy;
 
 /// Why the Device could not do a stage.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +78,9 @@ pub(super) struct Device {
     /// profiled time, whatever else runs on this machine meanwhile (without one, `slowdown`
     /// times what the work took).
     pub reference: Option<dyno::profile::latency::LatencyProfile>,
+    /// On the testbed, the spinner that keeps the device's quota spent while this thread
+    /// waits (`testbed::cgroup::KeepBusy`): each handler marks its work.
+    pub busy: Option<KeepBusy>,
 }
 
 pub(super) enum Inputs {
@@ -141,6 +148,7 @@ impl Device {
 impl Handler<NextInput> for Device {
     type Result = Result<Tensor, DeviceError>;
     fn handle(&mut self, _: NextInput, _: &mut Self::Context) -> Self::Result {
+        let _working = self.busy.as_ref().map(KeepBusy::work);
         Ok(self.source.next())
     }
 }
@@ -148,6 +156,7 @@ impl Handler<NextInput> for Device {
 impl Handler<Head> for Device {
     type Result = Result<HeadOut, DeviceError>;
     fn handle(&mut self, m: Head, _: &mut Self::Context) -> Self::Result {
+        let _working = self.busy.as_ref().map(KeepBusy::work);
         let c = m.candidate;
         let model = self
             .model
@@ -195,6 +204,7 @@ impl Handler<Head> for Device {
 impl Handler<Tail> for Device {
     type Result = Result<(i64, f64), DeviceError>;
     fn handle(&mut self, m: Tail, _: &mut Self::Context) -> Self::Result {
+        let _working = self.busy.as_ref().map(KeepBusy::work);
         let model = self
             .model
             .as_ref()
@@ -212,6 +222,7 @@ impl Handler<Tail> for Device {
 impl Handler<Full> for Device {
     type Result = Result<i64, DeviceError>;
     fn handle(&mut self, m: Full, _: &mut Self::Context) -> Self::Result {
+        let _working = self.busy.as_ref().map(KeepBusy::work);
         let model = self
             .model
             .as_ref()

@@ -87,11 +87,28 @@ pub async fn run_with_results(
     // clock and network are not the device's compute): it moves itself there.
     let placement = std::env::var_os(crate::testbed::cgroup::COMPUTE_CGROUP);
     let placing = placement.is_some();
+    let keep_busy = cfg.keep_busy;
     let (placed_tx, placed) = std::sync::mpsc::channel();
     let compute = SyncArbiter::start(1, move || {
-        if let Some(tasks) = &placement {
-            let _ = placed_tx.send(crate::testbed::cgroup::join_thread(Path::new(tasks)));
-        }
+        // The thread, and a spinner that keeps the quota spent while it waits.
+        let busy = placement.as_ref().and_then(|tasks| {
+            let tasks = Path::new(tasks);
+            let placed = crate::testbed::cgroup::join_thread(tasks).and_then(|()| {
+                keep_busy
+                    .then(|| crate::testbed::cgroup::KeepBusy::start(Some(tasks)))
+                    .transpose()
+            });
+            match placed {
+                Ok(busy) => {
+                    let _ = placed_tx.send(Ok(()));
+                    busy
+                }
+                Err(e) => {
+                    let _ = placed_tx.send(Err(e));
+                    None
+                }
+            }
+        });
         tch::set_num_threads(threads as i32);
         let (source, home, reference) = cell
             .lock()
@@ -104,6 +121,7 @@ pub async fn run_with_results(
             slowdown: stretch_to,
             source,
             reference,
+            busy,
         }
     });
     if placing {

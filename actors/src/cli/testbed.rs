@@ -40,7 +40,8 @@ pub struct CalibrateArgs {
     /// Timed forwards per measurement.
     #[arg(long, default_value_t = 20, env = "DYNO_CALIBRATE_FRAMES")]
     pub frames: usize,
-    /// Where to write the quotas [default: config/testbed.toml in the project folder].
+    /// Where to write the quotas [default: out/testbed.toml in the project folder, which
+    /// the testbed then reads before the shipped config/testbed.toml].
     #[arg(long, env = "DYNO_CALIBRATE_OUT")]
     pub out: Option<PathBuf>,
     /// Print JSON for scripts.
@@ -68,6 +69,10 @@ pub struct MeasureArgs {
     /// Whole forwards to time.
     #[arg(long, default_value_t = 20, env = "DYNO_MEASURE_FRAMES")]
     pub frames: usize,
+    /// Keep this process's CPU quota spent between forwards, as an agent on the testbed
+    /// does.
+    #[arg(long, env = "DYNO_MEASURE_KEEP_BUSY")]
+    pub keep_busy: bool,
 }
 
 pub fn run(home: &Home, cmd: TestbedCommand) -> anyhow::Result<()> {
@@ -98,7 +103,12 @@ pub fn run(home: &Home, cmd: TestbedCommand) -> anyhow::Result<()> {
         }
         TestbedCommand::Measure(a) => {
             anyhow::ensure!(a.frames >= 1, "--frames 0: give at least 1");
-            print_json(&calibrate::measure(home, &a.model, a.frames)?)
+            print_json(&calibrate::measure(
+                home,
+                &a.model,
+                a.frames,
+                a.keep_busy,
+            )?)
         }
     }
 }
@@ -143,7 +153,10 @@ fn run_calibrate(home: &Home, a: CalibrateArgs) -> anyhow::Result<()> {
             }
         },
     )?;
-    let out = a.out.unwrap_or_else(|| testbed::default_calibration(home));
+    let out = a.out.unwrap_or_else(|| testbed::measured_calibration(home));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let text = format!(
         "# The device classes' CPU quotas on the testbed, written by `dyno testbed calibrate`\n\
          # (measured: whole forwards of {}, one thread, under each quota, over the latency\n\
@@ -160,18 +173,19 @@ fn run_calibrate(home: &Home, a: CalibrateArgs) -> anyhow::Result<()> {
         cal.model, cal.machine, cal.date, cal.free_full_ms, cal.profile_full_ms, cal.profile
     );
     println!(
-        "{:<18} {:>8} {:>10} {:>9} {:>10} {:>10} {:>10} {:>6}",
-        "class", "cores", "period us", "nominal", "measured", "head", "vs free", "ok"
+        "{:<18} {:>8} {:>10} {:>9} {:>10} {:>10} {:>11} {:>10} {:>6}",
+        "class", "cores", "period us", "nominal", "measured", "head", "after wait", "vs free", "ok"
     );
     for (name, q) in &cal.classes {
         println!(
-            "{:<18} {:>8.4} {:>10} {:>8.1}x {:>9.2}x {:>9.2}x {:>9.2}x {:>6}",
+            "{:<18} {:>8.4} {:>10} {:>8.1}x {:>9.2}x {:>9.2}x {:>10.2}x {:>9.2}x {:>6}",
             name,
             q.cores,
             q.period_us,
             q.nominal,
             q.measured,
             q.measured_head,
+            q.measured_head_after_wait,
             q.measured_free,
             if (q.measured / q.nominal - 1.0).abs() <= 0.10 {
                 "yes"
@@ -182,7 +196,9 @@ fn run_calibrate(home: &Home, a: CalibrateArgs) -> anyhow::Result<()> {
     }
     println!(
         "\n(measured: a forward under the quota over the profile's; head: the head to the \
-         middle split, the same way; vs free: over a forward without a quota now)\nwrote {}",
+         middle split, the same way; after wait: that head started after {} ms idle, the \
+         quota kept spent meanwhile; vs free: over a forward without a quota now)\nwrote {}",
+        calibrate::WAIT.as_millis(),
         out.display()
     );
     Ok(())

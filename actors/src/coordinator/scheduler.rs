@@ -136,6 +136,12 @@ impl SchedulerActor {
             let _ = d.tx.send(Message::Plan(a));
             self.plans_sent += 1;
         }
+        // Plans kept whose expectation moved: the same epoch, sent again.
+        for (id, a) in r.refreshed {
+            if let Some(d) = self.devices.get(&id) {
+                let _ = d.tx.send(Message::Plan(self.on_the_wire(a)));
+            }
+        }
         self.probe(r.probes);
     }
 

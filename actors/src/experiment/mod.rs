@@ -71,6 +71,16 @@ pub fn live_with(
                 |p| home.root().join(p),
             );
             let c = crate::testbed::Calibration::load(&path)?;
+            let here = crate::testbed::calibrate::cpu_model();
+            if c.machine != here {
+                tracing::warn!(
+                    "the testbed's quotas ({}) were measured on {}, and this is {here}: \
+                     the classes may not be as slow as they say; run `dyno testbed \
+                     calibrate` here",
+                    path.display(),
+                    c.machine
+                );
+            }
             // The quotas give the classes' slowdowns against one profile: the one the
             // experiment's classes scale.
             let scaled = devices.device_profile(home, &c.model);

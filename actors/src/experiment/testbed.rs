@@ -55,6 +55,7 @@ pub(super) fn on_testbed(
         a.mdns = mdns;
         a.coordinators.clear();
         a.stretch = false;
+        a.keep_busy = e.testbed.keep_busy;
         a.threads = Some(1);
         // The rate is the kernel's; user space keeps the delay and the loss.
         a.link.mbps = 1e5;

@@ -3,7 +3,10 @@
 //! the next period), so a quota of `q` cores does not make compute `1/q` times slower:
 //! the quota is adjusted until the mean time of whole forwards under it, over the
 //! latency profile's time (what the planner multiplies by the class's slowdown), is
-//! within 5 % of the class's slowdown.
+//! within 5 % of the class's slowdown. Under the quota the measuring process keeps it
+//! spent between forwards, as an agent's compute thread does on the testbed
+//! ([`KeepBusy`]), and heads started after a wait are timed too: with the quota kept
+//! spent they are as slow as heads back to back.
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Instant;
@@ -12,49 +15,68 @@ use anyhow::Context;
 use dyno::home::Home;
 use serde::{Deserialize, Serialize};
 
-use super::cgroup::{CpuGroup, Hierarchy, MIN_QUOTA_US};
+use super::cgroup::{CpuGroup, Hierarchy, KeepBusy, MIN_QUOTA_US};
 use super::{period_us, Calibration, ClassQuota, MAX_PERIOD_US};
 
 /// What one measurement gives: mean milliseconds of whole forwards and of the head to
-/// `split`, one libtorch thread.
+/// `split` back to back, and of the head each started after [`WAIT`] idle (as a device
+/// waits for its frames in flight), one libtorch thread.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Measurement {
     pub full_ms: f64,
     pub head_ms: f64,
+    pub head_after_wait_ms: f64,
     pub split: usize,
     pub frames: usize,
 }
 
+/// The idle time before each head of `head_after_wait_ms`: longer than any quota's
+/// period, so that each starts a period afresh.
+pub const WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Times `frames` whole forwards and heads to the middle split of `model` here (after
-/// two of each to warm up), on a synthetic input.
-pub fn measure(home: &Home, model: &str, frames: usize) -> anyhow::Result<Measurement> {
+/// two of each to warm up), on a synthetic input; with `keep_busy`, the quota is kept
+/// spent between them as an agent's on the testbed is ([`KeepBusy`]).
+pub fn measure(
+    home: &Home,
+    model: &str,
+    frames: usize,
+    keep_busy: bool,
+) -> anyhow::Result<Measurement> {
+    let busy = keep_busy.then(|| KeepBusy::start(None)).transpose()?;
     let m = dyno::model::zoo::load(model, home)?;
     let mut shape = vec![1];
     shape.extend(m.input().shape.iter().copied());
     let x = tch::Tensor::randn(shape.as_slice(), (tch::Kind::Float, tch::Device::Cpu));
     let split = m.num_blocks() / 2;
-    let time = |f: &dyn Fn() -> anyhow::Result<()>| -> anyhow::Result<f64> {
-        for _ in 0..2 {
+    let time = |f: &dyn Fn() -> anyhow::Result<()>, wait: bool| -> anyhow::Result<f64> {
+        let mut took = 0.0;
+        for i in 0..frames + 2 {
+            if wait {
+                std::thread::sleep(WAIT);
+            }
+            let _working = busy.as_ref().map(KeepBusy::work);
+            let t = Instant::now();
             f()?;
+            if i >= 2 {
+                took += t.elapsed().as_secs_f64();
+            }
         }
-        let t = Instant::now();
-        for _ in 0..frames {
-            f()?;
-        }
-        Ok(t.elapsed().as_secs_f64() * 1e3 / frames as f64)
+        Ok(took * 1e3 / frames as f64)
     };
     let _guard = tch::no_grad_guard();
-    let full_ms = time(&|| {
+    let forward = || {
         let _ = m.forward(&x)?;
         Ok(())
-    })?;
-    let head_ms = time(&|| {
+    };
+    let head = || {
         let _ = m.head(&x, split)?;
         Ok(())
-    })?;
+    };
     Ok(Measurement {
-        full_ms,
-        head_ms,
+        full_ms: time(&forward, false)?,
+        head_ms: time(&head, false)?,
+        head_after_wait_ms: time(&head, true)?,
         split,
         frames,
     })
@@ -77,6 +99,7 @@ fn measure_in(
         .arg(home.root())
         .args(["--threads", "1", "testbed", "measure", "--model", model])
         .args(["--frames", &frames.to_string()])
+        .args(group.map(|_| "--keep-busy"))
         .stderr(Stdio::inherit())
         .output()
         .context("running `dyno testbed measure`")?;
@@ -114,6 +137,21 @@ pub fn calibrate(
         "no quota: {:.1} ms a forward (profile {:.1} ms), head to split {} {:.1} ms (profile {:.1} ms)",
         free.full_ms, profile_full, free.split, free.head_ms, profile_head
     ));
+    // The cloud on the testbed is this machine at full speed: planned and simulated with
+    // the profile, it must be this machine's.
+    let off = free.full_ms / profile_full;
+    if !(1.0 / 1.15..=1.15).contains(&off) {
+        progress(&format!(
+            "warning: this machine runs a forward in {:.1} ms, {off:.2}x the profile's {:.1} ms \
+             ({}): the testbed's cloud is this machine, so plans and simulations would count \
+             it {off:.2}x too fast or slow. Profile it here first: dyno --threads 1 profile \
+             latency --model {model} --batch 1,2,4,8 (written to out/profiles/, read before \
+             the shipped profile)",
+            free.full_ms,
+            profile_full,
+            profile.display()
+        ));
+    }
     let least = MIN_QUOTA_US as f64 / MAX_PERIOD_US as f64;
     let mut out = std::collections::BTreeMap::new();
     for (class, nominal) in classes {
@@ -155,6 +193,7 @@ pub fn calibrate(
                 measured: m.full_ms / profile_full,
                 measured_free: m.full_ms / free.full_ms,
                 measured_head: m.head_ms / profile_head,
+                measured_head_after_wait: m.head_after_wait_ms / profile_head,
             },
         );
     }
@@ -173,7 +212,8 @@ pub fn calibrate(
     })
 }
 
-fn cpu_model() -> String {
+/// This machine, as calibrations name it: its CPU and its cores.
+pub fn cpu_model() -> String {
     let text = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let name = text
         .lines()

@@ -22,6 +22,101 @@ pub fn join_thread(tasks: &Path) -> anyhow::Result<()> {
     write(tasks, &tid.to_string()).context("placing the device's compute thread in its quota")
 }
 
+/// Keeps a host's quota spent while its compute waits, so that the quota is one speed.
+///
+/// The kernel throttles a group in whole periods: a thread that waited since its last
+/// period starts the next one with the whole quota and runs that long at full speed.
+/// A `slow10x` head of 2 ms that waits for frames in flight ran at 4-5x, not 10x, while
+/// back-to-back forwards (as calibration times them) ran at 10x. A real slow device is
+/// as slow after a wait as before it. So while the compute thread is idle a spinner in
+/// the same group burns the quota (it parks the moment work starts, and spins again
+/// when it ends): every period the group runs its quota and waits out the rest, busy
+/// or not, and a head takes its share of the periods whenever it starts. The host uses
+/// exactly its quota, which the fit check counts already.
+#[derive(Debug)]
+pub struct KeepBusy {
+    shared: std::sync::Arc<Spin>,
+    spinner: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Spin {
+    working: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+/// While it lives, the compute thread works and the spinner waits.
+#[must_use = "the spinner waits only while this lives"]
+pub struct Working<'a>(&'a KeepBusy);
+
+impl KeepBusy {
+    /// Starts the spinner; it joins the group whose thread list is `tasks`, or stays in
+    /// the process's group (a whole process under a quota).
+    pub fn start(tasks: Option<&Path>) -> anyhow::Result<KeepBusy> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let shared = std::sync::Arc::new(Spin::default());
+        let (placed_tx, placed) = std::sync::mpsc::channel();
+        let tasks = tasks.map(Path::to_path_buf);
+        let spin = shared.clone();
+        let spinner = std::thread::Builder::new()
+            .name("keep-busy".into())
+            .spawn(move || {
+                let _ = placed_tx.send(tasks.as_deref().map_or(Ok(()), join_thread));
+                while !spin.stop.load(Relaxed) {
+                    if spin.working.load(Relaxed) {
+                        std::thread::park();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+            })
+            .context("starting the thread that keeps the quota spent")?;
+        placed
+            .recv()
+            .context("the thread that keeps the quota spent did not start")??;
+        Ok(KeepBusy {
+            shared,
+            spinner: Some(spinner),
+        })
+    }
+
+    /// Marks the compute thread at work until the guard is dropped.
+    pub fn work(&self) -> Working<'_> {
+        self.shared
+            .working
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Working(self)
+    }
+
+    fn wake(&self) {
+        if let Some(s) = &self.spinner {
+            s.thread().unpark();
+        }
+    }
+}
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.0
+            .shared
+            .working
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.0.wake();
+    }
+}
+
+impl Drop for KeepBusy {
+    fn drop(&mut self) {
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.wake();
+        if let Some(s) = self.spinner.take() {
+            let _ = s.join();
+        }
+    }
+}
+
 /// The kernel's smallest quota, microseconds.
 pub const MIN_QUOTA_US: u64 = 1000;
 

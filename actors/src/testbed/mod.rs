@@ -78,6 +78,9 @@ pub struct ClassQuota {
     pub measured_free: f64,
     /// The head to the middle split under the quota over the profile's.
     pub measured_head: f64,
+    /// The same head, each started after a wait (`calibrate::WAIT`), over the profile's.
+    #[serde(default)]
+    pub measured_head_after_wait: f64,
 }
 
 impl Calibration {
@@ -111,9 +114,21 @@ impl Calibration {
     }
 }
 
-/// The default calibration file.
+/// Where `dyno testbed calibrate` writes this machine's quotas: out/testbed.toml, beside
+/// the profiles measured here (out/profiles/).
+pub fn measured_calibration(home: &dyno::home::Home) -> PathBuf {
+    home.root().join("out").join("testbed.toml")
+}
+
+/// The quotas the testbed reads: this machine's (out/testbed.toml) when measured, else
+/// the shipped config/testbed.toml (measured on the machine it names).
 pub fn default_calibration(home: &dyno::home::Home) -> PathBuf {
-    home.root().join("config").join("testbed.toml")
+    let measured = measured_calibration(home);
+    if measured.exists() {
+        measured
+    } else {
+        home.root().join("config").join("testbed.toml")
+    }
 }
 
 /// Whether the machine can hold the quotas: device quotas, the cloud's and the
@@ -220,7 +235,10 @@ impl Testbed {
         }
         fits(devices, cloud_cores, cpus())?;
         let h = Hierarchy::detect()?;
-        let cloud = CpuGroup::create(&h, "cloud", cloud_cores, period_us(cloud_cores))?;
+        // The coordinator shares the cloud's group with its workers: the headroom is its,
+        // so that its own work (plans, sessions, sockets) does not come out of theirs.
+        let cloud_group = cloud_cores + HEADROOM_CORES;
+        let cloud = CpuGroup::create(&h, "cloud", cloud_group, period_us(cloud_group))?;
         let groups = devices
             .iter()
             .enumerate()

@@ -258,6 +258,9 @@ struct Device {
     since_s: f64,
     /// Whether its plan in force was made on a measured link.
     planned_measured: bool,
+    /// What the device was last told of its plan: the expected throughput and its
+    /// `k_dev` ([`REFRESH`]).
+    told: (f64, f64),
 }
 
 #[derive(Debug, Clone)]
@@ -311,11 +314,22 @@ pub struct Feedback {
     pub queue_s: f64,
 }
 
+/// A plan kept is sent again (same epoch) when what it expects the device to make, or
+/// the device's `k_dev`, moved by more than this since the device was last told: a
+/// device that joins takes a share of the others' worker, a factor converges while the
+/// plan holds. So what each device knows of its plan (what its frames report as
+/// expected, what the agent shows) is what the control state holds, as the simulator
+/// reads it, within this much.
+pub const REFRESH: f64 = 0.10;
+
 /// The devices whose plans a re-plan changed (split, precision, codec, worker, or an
-/// onload rate moved by more than 10 %), with their new plans (in id order).
+/// onload rate moved by more than 10 %), with their new plans (in id order), and the
+/// plans kept whose expectation moved ([`REFRESH`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Replanned {
     pub changed: Vec<(String, Plan)>,
+    /// Plans kept (same epoch) whose expectation or `k_dev` moved: sent again.
+    pub refreshed: Vec<(String, Plan)>,
     /// Links to probe now, with the probe's bytes.
     pub probes: Vec<(String, u32)>,
 }
@@ -377,6 +391,7 @@ impl Control {
                 plan: None,
                 since_s: f64::NEG_INFINITY,
                 planned_measured: false,
+                told: (f64::NAN, f64::NAN),
             },
         );
         Reaction::gated(&mut self.gate, now_s)
@@ -693,6 +708,17 @@ impl Control {
             out.changed.push((id.clone(), plan));
         }
         self.expect_shares(tables, &conds, &mut out);
+        for (id, d) in &mut self.devices {
+            let Some(p) = &d.plan else { continue };
+            let now = (p.expected.fps, p.feedback.k_dev);
+            let moved = |told: f64, now: f64| (now - told).abs() > REFRESH * told.abs();
+            if out.changed.iter().any(|(c, _)| c == id) {
+                d.told = now;
+            } else if moved(d.told.0, now.0) || moved(d.told.1, now.1) {
+                out.refreshed.push((id.clone(), p.clone()));
+                d.told = now;
+            }
+        }
         let slots: f64 = self.workers.values().map(|w| f64::from(w.slots)).sum();
         let load: f64 = self
             .devices
@@ -1050,5 +1076,38 @@ mod tests {
         let (offered, made) = expected(Sharing::FleetAware);
         assert!(offered <= 1.0 + 1e-9, "offered {offered}");
         assert!((made - offered).abs() < 1e-9, "{made} against {offered}");
+    }
+
+    /// Devices planned each alone on one slot: when more join, the first ones' plans
+    /// are kept but their share of the slot falls, and they are told (sent again, the
+    /// same epoch); with nothing moving, nothing is sent.
+    #[test]
+    fn a_kept_plan_whose_expectation_moved_is_sent_again_with_the_same_epoch() {
+        let tables = crate::sched::tests::toy();
+        let mut c = one_slot(&tables, Sharing::PerDevice, &["a"], |_| 50.0);
+        let alone = c.plan("a").unwrap().clone();
+        for (i, id) in ["b", "c", "d", "e", "f"].iter().enumerate() {
+            let spec = c.devices["a"].spec.clone();
+            c.join_device(id, spec, 1.0 + i as f64);
+            c.observe_rtt(id, 1.0, 0.01);
+            c.observe_transfer(id, 1.0, 1_000_000, 0.01 + 8e6 / 50e6);
+        }
+        let r = c.replan(&tables, 2.0);
+        let (_, told) = r
+            .refreshed
+            .iter()
+            .find(|(id, _)| id == "a")
+            .expect("a's plan is sent again");
+        assert_eq!(told.epoch, alone.epoch, "the same plan");
+        assert_eq!(told.candidate, alone.candidate);
+        assert!(
+            told.expected.fps < (1.0 - REFRESH) * alone.expected.fps,
+            "{} expected now, {} alone",
+            told.expected.fps,
+            alone.expected.fps
+        );
+        assert!(!r.changed.iter().any(|(id, _)| id == "a"));
+        let again = c.replan(&tables, 3.0);
+        assert!(again.refreshed.is_empty(), "{:?}", again.refreshed);
     }
 }
