@@ -191,6 +191,10 @@ enum Kind {
     /// A split's batch at a worker reached its delay (`batch_due`'s entry).
     BatchDue(usize),
     Arrive(usize),
+    /// A worker's busy answer reached the device: it finishes the frame itself.
+    Busy(usize),
+    /// A frame the device finished itself (its tail after a busy answer).
+    FallbackDone(usize),
     DeviceDone(usize),
     Start(usize),
 }
@@ -215,6 +219,10 @@ struct Flight {
     share: f64,
     expected: Option<crate::sched::control::Expected>,
     budget_fps: f64,
+    /// Answered busy: the device ran its tail.
+    fallback: bool,
+    /// Its tail on the device, were it answered busy.
+    device_tail_s: f64,
 }
 
 /// A worker of the pool: free slots, its FIFO queue of jobs (each a batch of flights,
@@ -227,6 +235,8 @@ struct SimWorker {
     batching: Batching,
     pending: BTreeMap<usize, (Vec<usize>, u64)>,
     waiting: u32,
+    /// Frames it holds beyond its slots before it answers busy, as a worker's `queue`.
+    room: usize,
 }
 
 impl SimWorker {
@@ -287,6 +297,7 @@ pub fn run(
                 batching: batching.clone(),
                 pending: BTreeMap::new(),
                 waiting: 0,
+                room: crate::sched::control::DEFAULT_QUEUE,
             },
         );
         if let Some(at) = coord.join_worker(EMBEDDED_WORKER, workers as u32, batching.clone(), 0.0)
@@ -398,6 +409,29 @@ pub fn run(
     let mut budgets = vec![crate::sched::control::Budget::default(); n];
     let mut device_free = vec![0.0f64; n];
     let mut device_busy = vec![false; n];
+    // Frames answered busy, waiting for their device to run their tails; and a
+    // device's whole model at its speed.
+    let mut fallbacks: Vec<VecDeque<usize>> = vec![VecDeque::new(); n];
+    let device_full_s: Vec<f64> = devices
+        .iter()
+        .map(|d| {
+            let only = tables.device_only();
+            only.predict(&cond(d)).head_s
+        })
+        .collect();
+    // Device `i` runs the tail of the next frame answered busy, if any: true if it did.
+    let fall_back = |i: usize,
+                     t: f64,
+                     fallbacks: &mut [VecDeque<usize>],
+                     flights: &[Flight],
+                     device_busy: &mut [bool],
+                     device_free: &mut [f64]|
+     -> Option<(f64, usize)> {
+        let f = fallbacks[i].pop_front()?;
+        device_busy[i] = true;
+        device_free[i] = t + flights[f].device_tail_s;
+        Some((device_free[i], f))
+    };
     while let Some(Reverse((tk, _, kind))) = heap.pop() {
         let t = tk as f64 / 1e9;
         if t > duration_s {
@@ -462,6 +496,7 @@ pub fn run(
                 let row = tables.row(&c).expect("plans come from the tables");
                 let p = row.predict(&cond(&devices[i]));
                 let device_s = p.head_s + p.pack_s;
+                let device_tail_s = (device_full_s[i] - p.head_s).max(0.0);
                 device_busy[i] = true;
                 in_flight[i] += 1;
                 device_free[i] = t + device_s;
@@ -482,12 +517,18 @@ pub fn run(
                     share: row.head_s / total_ref,
                     expected,
                     budget_fps,
+                    fallback: false,
+                    device_tail_s,
                 });
                 push(&mut heap, t + device_s, Kind::DeviceDone(flights.len() - 1));
             }
             Kind::DeviceDone(f) => {
                 let i = flights[f].device;
                 device_busy[i] = false;
+                let next = (&mut fallbacks, &mut device_busy, &mut device_free);
+                if let Some((at, g)) = fall_back(i, t, next.0, &flights, next.1, next.2) {
+                    push(&mut heap, at, Kind::FallbackDone(g));
+                }
                 push(&mut heap, t, Kind::Start(i));
                 if flights[f].bytes <= 0.0 || flights[f].worker.is_none() {
                     push(&mut heap, t, Kind::Answer(f));
@@ -508,6 +549,13 @@ pub fn run(
                     push(&mut heap, t, Kind::Answer(f));
                     continue;
                 };
+                // As the worker's pool: full, it answers busy at once.
+                let held = w.queued(&jobs) as usize;
+                if !crate::sched::control::has_room(held, w.slots as usize, w.room) {
+                    let one_way = devices[flights[f].device].rtt_s / 2.0;
+                    push(&mut heap, t + one_way, Kind::Busy(f));
+                    continue;
+                }
                 let split = flights[f].candidate.split as usize;
                 let limit = w.batching.limit(split);
                 // As the worker's batcher: a split that batches waits for company.
@@ -579,11 +627,32 @@ pub fn run(
                     push(&mut heap, t + one_way, Kind::Answer(f));
                 }
             }
+            Kind::Busy(f) => {
+                let i = flights[f].device;
+                flights[f].fallback = true;
+                fallbacks[i].push_back(f);
+                if !device_busy[i] {
+                    let next = (&mut fallbacks, &mut device_busy, &mut device_free);
+                    if let Some((at, g)) = fall_back(i, t, next.0, &flights, next.1, next.2) {
+                        push(&mut heap, at, Kind::FallbackDone(g));
+                    }
+                }
+            }
+            Kind::FallbackDone(f) => {
+                let i = flights[f].device;
+                device_busy[i] = false;
+                let next = (&mut fallbacks, &mut device_busy, &mut device_free);
+                if let Some((at, g)) = fall_back(i, t, next.0, &flights, next.1, next.2) {
+                    push(&mut heap, at, Kind::FallbackDone(g));
+                }
+                push(&mut heap, t, Kind::Answer(f));
+                push(&mut heap, t, Kind::Start(i));
+            }
             Kind::Answer(f) => {
                 let fl = &flights[f];
                 let i = fl.device;
                 in_flight[i] -= 1;
-                let remote = fl.bytes > 0.0;
+                let remote = fl.bytes > 0.0 && !fl.fallback;
                 out.frames.push(SimFrame {
                     device: i,
                     start_s: fl.start,
@@ -595,7 +664,7 @@ pub fn run(
                     drop_points: fl.drop,
                     device_s: fl.device_s,
                     cloud_s: if remote { fl.cloud_s } else { 0.0 },
-                    device_share: fl.share,
+                    device_share: if fl.fallback { 1.0 } else { fl.share },
                     expected_fps: fl.expected.map_or(f64::NAN, |e| e.fps),
                     expected_latency_s: fl.expected.map_or(f64::NAN, |e| e.latency_s),
                     budget_fps: fl.budget_fps,
@@ -614,7 +683,12 @@ pub fn run(
                 };
                 let wire = (fl.arrives - fl.sent) + devices[i].rtt_s / 2.0;
                 let bytes = fl.bytes as u64;
-                if let Some(at) = coord.observe_frame(&id, t, &sample) {
+                // A frame finished on the device after a busy answer is counted, not
+                // folded into the corrections (as the coordinator does with its report).
+                let observed = (!fl.fallback)
+                    .then(|| coord.observe_frame(&id, t, &sample))
+                    .flatten();
+                if let Some(at) = observed {
                     push(&mut heap, at, Kind::Deferred);
                 }
                 if remote {

@@ -355,7 +355,7 @@ impl Pool {
     /// Runs a tail, or says busy when the queue is full.
     pub async fn run(&self, packed: Vec<u8>) -> Result<TailDone, TailError> {
         let n = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if n >= self.slots + self.queue {
+        if !dyno::sched::control::has_room(n, self.slots, self.queue) {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(TailError::Busy(n));
         }

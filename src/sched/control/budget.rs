@@ -9,6 +9,18 @@
 //! device that does not keep it (an old agent, a stale plan, a client of its own) finds
 //! its excess answered busy at once and finished on the device.
 
+/// Frames a worker holds beyond its busy slots by default (`queue` of a worker or of the
+/// coordinator's embedded pool).
+pub const DEFAULT_QUEUE: usize = 4;
+
+/// A worker's other admission: whether a frame arriving while `held` frames are
+/// admitted and unanswered (running, queued, or waiting for a batch) may join them, with
+/// `slots` threads and room for `queue` more. One that may not is answered busy at once
+/// and finished on its device. The worker's `Pool` and the simulator's worker ask this.
+pub fn has_room(held: usize, slots: usize, queue: usize) -> bool {
+    held < slots.max(1) + queue
+}
+
 /// Seconds of the budget a device may spend at once (at least one frame).
 pub const BURST_S: f64 = 0.5;
 

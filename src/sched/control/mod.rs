@@ -41,7 +41,7 @@ pub mod feedback;
 mod link;
 mod step;
 
-pub use budget::{Budget, ARRIVAL_SLACK_S, BURST_S};
+pub use budget::{has_room, Budget, ARRIVAL_SLACK_S, BURST_S, DEFAULT_QUEUE};
 pub use link::{LinkState, ProbeRule, PROBE};
 pub use step::{cloud_load, device_slots, step, Assigned, DeviceView, Expected, Step, WorkerView};
 
