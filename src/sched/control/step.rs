@@ -110,8 +110,10 @@ impl Expected {
 impl Expected {
     /// [`Expected::of`] on a worker offered more than its slots serve: the pool serves
     /// each device `share` of the frames it onloads (a FIFO queue serves them in the
-    /// order they come). Frames over a budget still finish on the device. The latency
-    /// is the plan's: it carries the queue wait the worker reports.
+    /// order they come), and answers the rest busy at once (its queue is bounded:
+    /// `has_room`), which the device finishes itself, in the device time the served
+    /// frames leave, as it does frames over a budget. The onloaded frames' latency is
+    /// the plan's: it carries the queue wait the worker reports.
     pub fn shared(
         tables: &Tables,
         c: &Conditions,
@@ -122,13 +124,7 @@ impl Expected {
         if share.is_nan() || share >= 1.0 {
             return Expected::of(tables, c, p, rate_fps);
         }
-        if rate_fps < p.throughput {
-            return Expected::of(tables, c, p, rate_fps * share);
-        }
-        Expected {
-            fps: p.throughput * share.max(0.0),
-            latency_s: p.latency_s,
-        }
+        Expected::of(tables, c, p, rate_fps.min(p.throughput) * share.max(0.0))
     }
 }
 
