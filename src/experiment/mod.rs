@@ -31,7 +31,9 @@
 //!
 //! [testbed]                  # --mode testbed only
 //! discovery = "static"       # or "mdns": an Avahi daemon in every namespace
-//! quotas = "config/testbed.toml"   # the classes' CPU quotas (dyno testbed calibrate)
+//! quotas = "out/testbed.toml"  # the classes' CPU quotas (default: dyno testbed calibrate's,
+//!                             # else config/testbed.toml)
+//! keep_busy = true            # each device's quota kept spent while it waits
 //! cloud_cores_per_worker = 1.0
 //! ```
 use std::path::{Path, PathBuf};

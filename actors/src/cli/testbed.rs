@@ -103,12 +103,7 @@ pub fn run(home: &Home, cmd: TestbedCommand) -> anyhow::Result<()> {
         }
         TestbedCommand::Measure(a) => {
             anyhow::ensure!(a.frames >= 1, "--frames 0: give at least 1");
-            print_json(&calibrate::measure(
-                home,
-                &a.model,
-                a.frames,
-                a.keep_busy,
-            )?)
+            print_json(&calibrate::measure(home, &a.model, a.frames, a.keep_busy)?)
         }
     }
 }
