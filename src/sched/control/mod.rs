@@ -1065,13 +1065,25 @@ mod tests {
             (offered, made)
         };
         // Eight devices planned each alone offer the one slot several times what it
-        // serves; what they are expected to make fills it, and no more.
-        let (offered, made) = expected(Sharing::PerDevice);
+        // serves: each is expected to have its share of its frames served (the slot
+        // full, no more) and to finish the rest itself, so it expects more than that
+        // share and less than its plan alone.
+        let c = one_slot(&tables, Sharing::PerDevice, &ids, |_| 50.0);
+        let offered: f64 = ids.iter().map(|id| c.plan(id).unwrap().cloud_load()).sum();
         assert!(offered > 2.0, "offered {offered}");
-        assert!(
-            (made - 1.0).abs() < 1e-6,
-            "expected to use {made} of one slot"
-        );
+        let mut served_load = 0.0;
+        for id in ids {
+            let p = c.plan(id).unwrap();
+            let served = p.rate_fps.min(p.prediction.throughput) / offered;
+            served_load += served * p.prediction.cloud_s;
+            assert!(
+                served < p.expected.fps && p.expected.fps < p.prediction.throughput,
+                "{id}: {served} served, {} expected, {} alone",
+                p.expected.fps,
+                p.prediction.throughput
+            );
+        }
+        assert!((served_load - 1.0).abs() < 1e-6, "{served_load} of one slot");
         // Fleet-aware plans fit the slot already: their expectation is unchanged.
         let (offered, made) = expected(Sharing::FleetAware);
         assert!(offered <= 1.0 + 1e-9, "offered {offered}");
