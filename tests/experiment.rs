@@ -179,3 +179,38 @@ fn the_quickstart_runs_simulated_and_writes_its_files() {
             .unwrap();
     assert_eq!(summary["rows"].as_array().unwrap().len(), out.rows.len());
 }
+
+/// Six devices planned each alone on one worker: the simulated worker holds its slot
+/// and `DEFAULT_QUEUE` frames more, as the real one does (`control::has_room`), and
+/// answers the rest busy; those frames are finished on their devices, counted where
+/// they end. Fleet-aware plans keep within the worker and are (almost) never refused.
+#[test]
+fn a_full_worker_answers_busy_and_the_device_finishes_the_frame() {
+    let (home, e) = load("testbed-fleet");
+    let out = experiment::simulate(&e, &home, false).unwrap();
+    let finished_on_device = |policy: &str| {
+        let (mut refused, mut all) = (0usize, 0usize);
+        for (p, _, f) in &out.frames {
+            if p == policy {
+                all += 1;
+                // Sent (bytes) and yet all the compute on the device: answered busy.
+                if f.bytes > 0.0 && f.device_share == 1.0 {
+                    refused += 1;
+                }
+            }
+        }
+        refused as f64 / all.max(1) as f64
+    };
+    let alone = finished_on_device("dyno");
+    assert!(
+        (0.05..0.5).contains(&alone),
+        "{:.1} % of per-device frames were answered busy",
+        alone * 100.0
+    );
+    let fleet = finished_on_device("dyno-fleet");
+    assert!(fleet < 0.01, "{:.1} % of fleet-aware frames", fleet * 100.0);
+    // What a frame answered busy costs shows in the predictions: within 15 %.
+    let row = find(&out.rows, "dyno", None);
+    let err = (row.predicted_throughput / row.throughput - 1.0).abs();
+    assert!(err < 0.15, "{err:.3}");
+}

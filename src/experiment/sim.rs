@@ -419,14 +419,16 @@ pub fn run(
             only.predict(&cond(d)).head_s
         })
         .collect();
-    // Device `i` runs the tail of the next frame answered busy, if any: true if it did.
-    let fall_back = |i: usize,
-                     t: f64,
-                     fallbacks: &mut [VecDeque<usize>],
-                     flights: &[Flight],
-                     device_busy: &mut [bool],
-                     device_free: &mut [f64]|
+    // Device `i` is free at `t`: it runs the tail of the next frame answered busy, if
+    // any (when it ends, and which).
+    let free_up = |i: usize,
+                   t: f64,
+                   fallbacks: &mut [VecDeque<usize>],
+                   flights: &[Flight],
+                   device_busy: &mut [bool],
+                   device_free: &mut [f64]|
      -> Option<(f64, usize)> {
+        device_busy[i] = false;
         let f = fallbacks[i].pop_front()?;
         device_busy[i] = true;
         device_free[i] = t + flights[f].device_tail_s;
@@ -524,9 +526,8 @@ pub fn run(
             }
             Kind::DeviceDone(f) => {
                 let i = flights[f].device;
-                device_busy[i] = false;
                 let next = (&mut fallbacks, &mut device_busy, &mut device_free);
-                if let Some((at, g)) = fall_back(i, t, next.0, &flights, next.1, next.2) {
+                if let Some((at, g)) = free_up(i, t, next.0, &flights, next.1, next.2) {
                     push(&mut heap, at, Kind::FallbackDone(g));
                 }
                 push(&mut heap, t, Kind::Start(i));
@@ -633,16 +634,15 @@ pub fn run(
                 fallbacks[i].push_back(f);
                 if !device_busy[i] {
                     let next = (&mut fallbacks, &mut device_busy, &mut device_free);
-                    if let Some((at, g)) = fall_back(i, t, next.0, &flights, next.1, next.2) {
+                    if let Some((at, g)) = free_up(i, t, next.0, &flights, next.1, next.2) {
                         push(&mut heap, at, Kind::FallbackDone(g));
                     }
                 }
             }
             Kind::FallbackDone(f) => {
                 let i = flights[f].device;
-                device_busy[i] = false;
                 let next = (&mut fallbacks, &mut device_busy, &mut device_free);
-                if let Some((at, g)) = fall_back(i, t, next.0, &flights, next.1, next.2) {
+                if let Some((at, g)) = free_up(i, t, next.0, &flights, next.1, next.2) {
                     push(&mut heap, at, Kind::FallbackDone(g));
                 }
                 push(&mut heap, t, Kind::Answer(f));

@@ -1083,7 +1083,10 @@ mod tests {
                 p.prediction.throughput
             );
         }
-        assert!((served_load - 1.0).abs() < 1e-6, "{served_load} of one slot");
+        assert!(
+            (served_load - 1.0).abs() < 1e-6,
+            "{served_load} of one slot"
+        );
         // Fleet-aware plans fit the slot already: their expectation is unchanged.
         let (offered, made) = expected(Sharing::FleetAware);
         assert!(offered <= 1.0 + 1e-9, "offered {offered}");
