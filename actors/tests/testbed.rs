@@ -2,7 +2,8 @@
 //! cgroups and processes behind; the next run removes them at its start, runs every
 //! device in its own namespace under its class's CPU quota with its link shaped by tc
 //! (the kernel's rate following the trace's step), its agents finding the coordinator
-//! over mDNS (an Avahi daemon per namespace), and leaves nothing behind. Needs root
+//! over mDNS (an Avahi daemon per namespace), and leaves nothing behind; a run stopped
+//! by SIGINT or SIGTERM removes its testbed and exits 130. Needs root
 //! (namespaces, tc, cgroups); elsewhere it is skipped with the reason, and under
 //! `CI=true` it fails instead.
 use std::path::Path;
@@ -13,6 +14,9 @@ use dyno_actors::child::Proc;
 use dyno_actors::testbed::{self, cgroup::Hierarchy, Calibration};
 
 mod common;
+
+/// One testbed per machine: a run removes every other's hosts, so the tests take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn namespaces() -> Vec<String> {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
@@ -75,6 +79,7 @@ fn a_killed_run_is_cleaned_by_the_next_which_runs_under_quotas_and_tc_and_leaves
     if common::skipped("the testbed test", testbed::why_not()) {
         return;
     }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let h = Hierarchy::detect().unwrap();
     let home = dyno::home::Home::discover();
     let cal = Calibration::load(&testbed::default_calibration(&home)).unwrap();
@@ -181,4 +186,60 @@ fn a_killed_run_is_cleaned_by_the_next_which_runs_under_quotas_and_tc_and_leaves
     assert!(before.len() >= 5 && later.len() >= 5, "{qdisc}");
     assert!(before.iter().all(|r| (r - 20.0).abs() < 0.5), "{before:?}");
     assert!(later.iter().all(|r| (r - 5.0).abs() < 0.2), "{later:?}");
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM in the middle of a run: the handler removes the testbed
+/// (namespaces, cgroups, and with them the qdiscs on their veths) and exits 130.
+#[test]
+fn a_run_stopped_by_sigint_or_sigterm_removes_its_testbed() {
+    if common::skipped("the testbed signal test", testbed::why_not()) {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let h = Hierarchy::detect().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, signal) in [("SIGINT", libc::SIGINT), ("SIGTERM", libc::SIGTERM)] {
+        let mut run = Proc::spawn(
+            dyno()
+                .args(["testbed", "run", "--json", "--out"])
+                .arg(dir.path().join(name))
+                .arg(experiment(dir.path(), 60.0, "static"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .unwrap();
+        let t = Instant::now();
+        while namespaces().len() < 3 || cgroups(&h).len() < 3 {
+            assert!(t.elapsed() < Duration::from_secs(30), "{:?}", namespaces());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Until the agents run inside the device namespaces, under their quotas.
+        std::thread::sleep(Duration::from_secs(3));
+        let pid = run.child().id() as i32;
+        // SAFETY: kill has no memory preconditions; the child is ours and not reaped.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = run.child().try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{name}: still running"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let left = (namespaces(), cgroups(&h));
+        eprintln!("after {name}: exit {status:?}, left {left:?}");
+        assert_eq!(status.code(), Some(130), "{name}");
+        assert!(
+            left.0.is_empty() && left.1.is_empty(),
+            "{name}: left {left:?}"
+        );
+        assert!(
+            !h.parent().exists(),
+            "{name}: {} is still there",
+            h.parent().display()
+        );
+    }
 }
