@@ -74,6 +74,27 @@ fn dyno() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dyno"))
 }
 
+/// Starts `dyno testbed run` of [`experiment`] (output to `out`) and returns once its
+/// three hosts are up and, 3 s later, its agents run inside their namespaces.
+fn started(dir: &Path, out: &Path, duration_s: f64, h: &Hierarchy) -> Proc {
+    let run = Proc::spawn(
+        dyno()
+            .args(["testbed", "run", "--json", "--out"])
+            .arg(out)
+            .arg(experiment(dir, duration_s, "static"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let t = Instant::now();
+    while namespaces().len() < 3 || cgroups(h).len() < 3 {
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", namespaces());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    run
+}
+
 #[test]
 fn a_killed_run_is_cleaned_by_the_next_which_runs_under_quotas_and_tc_and_leaves_nothing() {
     if common::skipped("the testbed test", testbed::why_not()) {
@@ -86,22 +107,7 @@ fn a_killed_run_is_cleaned_by_the_next_which_runs_under_quotas_and_tc_and_leaves
     let dir = tempfile::tempdir().unwrap();
 
     // A run killed with SIGKILL once its hosts are up: its leftovers stay.
-    let mut killed = Proc::spawn(
-        dyno()
-            .args(["testbed", "run", "--json", "--out"])
-            .arg(dir.path().join("killed"))
-            .arg(experiment(dir.path(), 60.0, "static"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
-    .unwrap();
-    let t = Instant::now();
-    while namespaces().len() < 3 || cgroups(&h).len() < 3 {
-        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", namespaces());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // Until the agents run inside the device namespaces.
-    std::thread::sleep(Duration::from_secs(3));
+    let mut killed = started(dir.path(), &dir.path().join("killed"), 60.0, &h);
     killed.child().kill().unwrap();
     killed.child().wait().unwrap();
     let left = (namespaces(), cgroups(&h));
@@ -199,22 +205,7 @@ fn a_run_stopped_by_sigint_or_sigterm_removes_its_testbed() {
     let h = Hierarchy::detect().unwrap();
     let dir = tempfile::tempdir().unwrap();
     for (name, signal) in [("SIGINT", libc::SIGINT), ("SIGTERM", libc::SIGTERM)] {
-        let mut run = Proc::spawn(
-            dyno()
-                .args(["testbed", "run", "--json", "--out"])
-                .arg(dir.path().join(name))
-                .arg(experiment(dir.path(), 60.0, "static"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .unwrap();
-        let t = Instant::now();
-        while namespaces().len() < 3 || cgroups(&h).len() < 3 {
-            assert!(t.elapsed() < Duration::from_secs(30), "{:?}", namespaces());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // Until the agents run inside the device namespaces, under their quotas.
-        std::thread::sleep(Duration::from_secs(3));
+        let mut run = started(dir.path(), &dir.path().join(name), 60.0, &h);
         let pid = run.child().id() as i32;
         // SAFETY: kill has no memory preconditions; the child is ours and not reaped.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);

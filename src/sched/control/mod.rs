@@ -708,11 +708,13 @@ impl Control {
             out.changed.push((id.clone(), plan));
         }
         self.expect_shares(tables, &conds, &mut out);
+        let sent: std::collections::BTreeSet<&str> =
+            out.changed.iter().map(|(id, _)| id.as_str()).collect();
         for (id, d) in &mut self.devices {
             let Some(p) = &d.plan else { continue };
             let now = (p.expected.fps, p.feedback.k_dev);
             let moved = |told: f64, now: f64| (now - told).abs() > REFRESH * told.abs();
-            if out.changed.iter().any(|(c, _)| c == id) {
+            if sent.contains(id.as_str()) {
                 d.told = now;
             } else if moved(d.told.0, now.0) || moved(d.told.1, now.1) {
                 out.refreshed.push((id.clone(), p.clone()));
