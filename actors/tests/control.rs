@@ -1,7 +1,8 @@
 //! One control loop: a scripted sequence of worker joins and leaves, device joins and
 //! leaves, link samples and ticks, driven through the coordinator's Scheduler actor and
 //! through the simulator's control driver (`dyno::experiment::sim::Coordinator`, the one
-//! `sim::run` uses), gives identical assignments at every step, for each policy.
+//! `sim::run` uses), gives identical assignments at every step, for each policy. And an
+//! agent starts a frame when its device is free, as a simulated device does.
 use actix::prelude::*;
 use dyno::config::Devices;
 use dyno::experiment::sim;
@@ -17,6 +18,8 @@ use dyno_actors::coordinator::{
 use dyno_actors::worker::{Admission, Batching};
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+mod common;
 
 /// One scripted event.
 #[derive(Debug, Clone)]
@@ -280,4 +283,33 @@ fn the_coordinator_and_the_simulator_assign_alike_at_every_step_for_every_policy
             distinct.len()
         );
     }
+}
+
+/// An agent starts a frame when its compute thread is free, as a simulated device does
+/// (`sim::run` starts one only then): with three frames in flight, frames do not queue
+/// for the device. Before this, a frame waited for the heads of the frames before it
+/// (on the testbed, 43-135 ms a frame in `testbed-fleet.toml`, where the simulator has
+/// none). Device-only here (its coordinator unreachable), compute stretched 5x.
+#[test]
+fn an_agent_starts_a_frame_when_its_device_is_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("cam.jsonl");
+    let mut cfg = common::cloud_only_agent("test-start", "cam", "127.0.0.1:9", 0.0, 3.0, &results);
+    cfg.in_flight = 3;
+    let (s, frames) = common::finished(common::spawn_agent(dir.path(), &cfg), &cfg);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let head = median(frames.iter().map(|f| f.stages.head_s).collect());
+    let wait = median(frames.iter().map(|f| f.device_wait_s).collect());
+    eprintln!(
+        "{} frames device-only, 3 in flight: a head {:.2} ms, a frame's wait for the \
+         device {:.3} ms (medians)",
+        s.frames,
+        head * 1e3,
+        wait * 1e3
+    );
+    assert!(s.device_only > 20, "{s:?}");
+    assert!(wait < 0.2 * head, "waited {wait} s for a head of {head} s");
 }

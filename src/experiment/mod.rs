@@ -634,11 +634,11 @@ pub fn write(out: &Outcome, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let summary = dir.join("summary.json");
     std::fs::write(&summary, serde_json::to_string_pretty(out)?)?;
     let mut csv = String::from(
-        "policy,mbps,device,start_s,end_s,latency_ms,split,precision,codec,bytes,drop_points,device_share,expected_fps,expected_latency_ms,budget_fps\n",
+        "policy,mbps,device,start_s,end_s,latency_ms,split,precision,codec,bytes,drop_points,device_share,expected_fps,expected_latency_ms,budget_fps,device_wait_ms,device_ms,wire_ms,queue_ms,cloud_ms\n",
     );
     for (p, m, f) in &out.frames {
         csv.push_str(&format!(
-            "{p},{},{},{:.6},{:.6},{:.3},{},{},{},{:.0},{:.3},{:.4},{:.3},{:.3},{:.3}\n",
+            "{p},{},{},{:.6},{:.6},{:.3},{},{},{},{:.0},{:.3},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}\n",
             m.map_or(String::new(), |m| m.to_string()),
             f.device,
             f.start_s,
@@ -652,7 +652,12 @@ pub fn write(out: &Outcome, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             f.device_share,
             f.expected_fps,
             f.expected_latency_s * 1e3,
-            f.budget_fps
+            f.budget_fps,
+            f.device_wait_s * 1e3,
+            f.device_s * 1e3,
+            f.wire_s * 1e3,
+            f.queue_s * 1e3,
+            f.cloud_s * 1e3
         ));
     }
     let frames = dir.join("frames.csv");

@@ -44,7 +44,15 @@ pub struct SimFrame {
     pub codec: String,
     pub bytes: f64,
     pub drop_points: f64,
+    /// Its stages, seconds: head and pack on the device; the transfer, first byte out to
+    /// the answer less the worker's time; the wait in the worker's queue; unpack and
+    /// tail there. And its wait for the device's compute thread before its head (none
+    /// simulated: a simulated frame starts when the device is free). What the latency
+    /// holds beyond them waited for the link or for a device tail after a busy answer.
+    pub device_wait_s: f64,
     pub device_s: f64,
+    pub wire_s: f64,
+    pub queue_s: f64,
     pub cloud_s: f64,
     /// Share of the model's profiled compute done on the device.
     pub device_share: f64,
@@ -412,13 +420,6 @@ pub fn run(
     // Frames answered busy, waiting for their device to run their tails; and a
     // device's whole model at its speed.
     let mut fallbacks: Vec<VecDeque<usize>> = vec![VecDeque::new(); n];
-    let device_full_s: Vec<f64> = devices
-        .iter()
-        .map(|d| {
-            let only = tables.device_only();
-            only.predict(&cond(d)).head_s
-        })
-        .collect();
     // Device `i` is free at `t`: it runs the tail of the next frame answered busy, if
     // any (when it ends, and which).
     let free_up = |i: usize,
@@ -498,7 +499,7 @@ pub fn run(
                 let row = tables.row(&c).expect("plans come from the tables");
                 let p = row.predict(&cond(&devices[i]));
                 let device_s = p.head_s + p.pack_s;
-                let device_tail_s = (device_full_s[i] - p.head_s).max(0.0);
+                let device_tail_s = tables.device_tail_s(row, &cond(&devices[i]));
                 device_busy[i] = true;
                 in_flight[i] += 1;
                 device_free[i] = t + device_s;
@@ -662,7 +663,14 @@ pub fn run(
                     codec: fl.candidate.codec.to_string(),
                     bytes: fl.bytes,
                     drop_points: fl.drop,
+                    device_wait_s: 0.0,
                     device_s: fl.device_s,
+                    wire_s: if remote {
+                        t - fl.sent - fl.queue_s - fl.cloud_s
+                    } else {
+                        0.0
+                    },
+                    queue_s: if remote { fl.queue_s } else { 0.0 },
                     cloud_s: if remote { fl.cloud_s } else { 0.0 },
                     device_share: if fl.fallback { 1.0 } else { fl.share },
                     expected_fps: fl.expected.map_or(f64::NAN, |e| e.fps),
@@ -676,6 +684,7 @@ pub fn run(
                 let sample = FrameSample {
                     candidate: fl.candidate,
                     device_s: fl.device_s,
+                    device_tail_s: if fl.fallback { fl.device_tail_s } else { 0.0 },
                     cloud: remote.then_some(CloudSample {
                         queue_s: fl.queue_s,
                         service_s: fl.cloud_s,
@@ -683,12 +692,9 @@ pub fn run(
                 };
                 let wire = (fl.arrives - fl.sent) + devices[i].rtt_s / 2.0;
                 let bytes = fl.bytes as u64;
-                // A frame finished on the device after a busy answer is counted, not
-                // folded into the corrections (as the coordinator does with its report).
-                let observed = (!fl.fallback)
-                    .then(|| coord.observe_frame(&id, t, &sample))
-                    .flatten();
-                if let Some(at) = observed {
+                // A frame finished on the device after a busy answer: its tail folds into
+                // the device's correction (as the coordinator does with its report).
+                if let Some(at) = coord.observe_frame(&id, t, &sample) {
                     push(&mut heap, at, Kind::Deferred);
                 }
                 if remote {

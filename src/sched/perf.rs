@@ -415,6 +415,13 @@ impl Tables {
         self.rows.last().expect("tables always hold device-only")
     }
 
+    /// The tail of `row`'s split on the device under `c`, seconds: what a device runs
+    /// when the cloud cannot take a frame (a busy answer).
+    pub fn device_tail_s(&self, row: &Row, c: &Conditions) -> f64 {
+        let dev = c.device_slowdown * c.correction.k_dev;
+        (dev * (self.device_only().head_s - row.head_s)).max(0.0)
+    }
+
     /// The row of a candidate, if it is in the tables.
     pub fn row(&self, c: &Candidate) -> Option<&Row> {
         self.rows.iter().find(|r| r.candidate == *c)

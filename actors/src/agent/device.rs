@@ -29,16 +29,18 @@ impl From<dyno::pack::PackError> for DeviceError {
     }
 }
 
-/// One frame's input.
+/// One frame's input (for a frame that needs it before its head: `--verify`).
 #[derive(Message)]
 #[rtype(result = "Result<Tensor, DeviceError>")]
 pub(super) struct NextInput;
 
-/// Runs the head to `split` and packs the activation (nothing to pack at device-only).
+/// Runs the head to `split` and packs the activation (nothing to pack at device-only),
+/// on `x` or, without one, on the next input: one message, so that a frame waits for the
+/// compute thread once (under a testbed quota, each wait may be a period).
 #[derive(Message)]
 #[rtype(result = "Result<HeadOut, DeviceError>")]
 pub(super) struct Head {
-    pub x: Tensor,
+    pub x: Option<Tensor>,
     pub candidate: Candidate,
 }
 
@@ -162,8 +164,9 @@ impl Handler<Head> for Device {
             .model
             .as_ref()
             .map_err(|e| DeviceError::NoModel(e.clone()))?;
+        let x = m.x.unwrap_or_else(|| self.source.next());
         let t = Instant::now();
-        let a = model.head(&m.x, c.split as usize)?;
+        let a = model.head(&x, c.split as usize)?;
         let head_s = self.emulate(t.elapsed(), self.head_ref(c.split as usize));
         if c.split as usize == model.num_blocks() {
             let top1 = a.argmax(-1, false).int64_value(&[0]);

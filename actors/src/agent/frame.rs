@@ -26,6 +26,46 @@ pub(super) struct FramePath {
     pub plan: watch::Receiver<Option<Assignment>>,
     /// The plan's onload budget, enforced frame by frame.
     pub budget: std::sync::Mutex<Budget>,
+    /// The compute thread, one frame's work at a time: a frame starts when it is free
+    /// and holds it for its head (and a fallback tail takes it again), as a simulated
+    /// device does (`experiment::sim`): frames do not queue for the device.
+    pub device: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Fallback tails waiting for the compute thread: they go before a new frame starts.
+    pub tails_waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl FramePath {
+    /// The compute thread for a new frame: after every fallback tail waiting for it.
+    pub async fn device_for_a_frame(&self) -> tokio::sync::OwnedSemaphorePermit {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            let p = self
+                .device
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            if self.tails_waiting.load(SeqCst) == 0 {
+                return p;
+            }
+            drop(p);
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The compute thread for a fallback tail.
+    async fn device_for_a_tail(&self) -> tokio::sync::OwnedSemaphorePermit {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.tails_waiting.fetch_add(1, SeqCst);
+        let p = self
+            .device
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        self.tails_waiting.fetch_sub(1, SeqCst);
+        p
+    }
 }
 
 /// How every frame of an agent is run.
@@ -37,8 +77,15 @@ pub(super) struct FrameRules {
     pub timeout: Duration,
 }
 
-/// One frame, start to end: exactly one result or one error.
-pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: FrameRules) -> Done {
+/// One frame, start to end: exactly one result or one error. `device` is the compute
+/// thread, taken for this frame; `x` its input, if it was read already.
+pub(super) async fn frame(
+    path: &FramePath,
+    request: u64,
+    x: Option<Tensor>,
+    device: tokio::sync::OwnedSemaphorePermit,
+    rules: FrameRules,
+) -> Done {
     let FrameRules {
         device_only,
         pin,
@@ -68,16 +115,15 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
     if let (Some(p), Some(_)) = (pin, &worker) {
         candidate = p;
     }
-    let local_top1 = if verify {
-        compute
+    let local_top1 = match (&x, verify) {
+        (Some(x), true) => compute
             .send(Full {
                 x: x.shallow_clone(),
             })
             .await
             .ok()
-            .and_then(Result::ok)
-    } else {
-        None
+            .and_then(Result::ok),
+        _ => None,
     };
     let fail = |candidate, error: String| Done {
         result: FrameResult {
@@ -90,6 +136,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
             over_budget,
             error: Some(error),
             stages: Stages::default(),
+            device_wait_s: 0.0,
             latency_s: t0.elapsed().as_secs_f64(),
             bytes: 0,
             expected,
@@ -100,7 +147,10 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
         stages: Stages::default(),
         bytes: 0,
     };
-    let head = match compute.send(Head { x, candidate }).await {
+    let queued = Instant::now();
+    let head = compute.send(Head { x, candidate }).await;
+    drop(device);
+    let head = match head {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => return fail(candidate, format!("head: {e}")),
         Err(e) => return fail(candidate, format!("device thread: {e}")),
@@ -110,6 +160,8 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
         pack_s: head.pack_s,
         ..Stages::default()
     };
+    // The compute thread was busy with other frames' work before it took this head.
+    let device_wait_s = (queued.elapsed().as_secs_f64() - head.head_s - head.pack_s).max(0.0);
     let done = |top1, fallback, stages: Stages, bytes| Done {
         result: FrameResult {
             request,
@@ -121,6 +173,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
             over_budget,
             error: None,
             stages,
+            device_wait_s,
             latency_s: t0.elapsed().as_secs_f64(),
             bytes,
             expected,
@@ -151,6 +204,7 @@ pub(super) async fn frame(path: &FramePath, request: u64, x: Tensor, rules: Fram
         }
         Err(why) => {
             tracing::debug!(request, "finishing on the device: {why}");
+            let _device = path.device_for_a_tail().await;
             match compute
                 .send(Tail {
                     activation: head.activation,

@@ -171,6 +171,8 @@ pub async fn run_with_results(
         data: data::DataPath::new(me.clone(), cfg.fleet.max_frame, uplink, one_way, rtt),
         plan: plan_rx,
         budget: Default::default(),
+        device: Arc::new(Semaphore::new(1)),
+        tails_waiting: Default::default(),
     });
     let rules = FrameRules {
         device_only: Candidate {
@@ -204,19 +206,30 @@ pub async fn run_with_results(
             p = gate.clone().acquire_owned() => p.expect("never closed"),
             _ = stop.cancelled() => break,
         };
+        // A frame starts when the compute thread is free, after any fallback tail (as a
+        // simulated one does).
+        let device = tokio::select! {
+            p = path.device_for_a_frame() => p,
+            _ = stop.cancelled() => break,
+        };
         request += 1;
-        let x = compute
-            .send(NextInput)
-            .await
-            .map_err(|e| anyhow::anyhow!("device thread: {e}"))?
-            .map_err(anyhow::Error::msg)?;
+        let x = if cfg.verify {
+            let x = compute
+                .send(NextInput)
+                .await
+                .map_err(|e| anyhow::anyhow!("device thread: {e}"))?
+                .map_err(anyhow::Error::msg)?;
+            Some(x)
+        } else {
+            None
+        };
         let (path, upward, name) = (path.clone(), upward.clone(), me.name.clone());
         // One span per frame: the worker opens one with the same device and request, so
         // that a frame is one trace across the processes' logs.
         let span = tracing::info_span!("frame", device = %me.name, request);
         tasks.push(actix_rt::spawn(
             async move {
-                let r = frame::frame(&path, request, x, rules).await;
+                let r = frame::frame(&path, request, x, device, rules).await;
                 tracing::debug!(
                     plan = %r.candidate,
                     bytes = r.bytes,

@@ -21,6 +21,10 @@ pub struct FrameResult {
     pub over_budget: bool,
     pub error: Option<String>,
     pub stages: Stages,
+    /// Seconds it waited for the device's compute thread (busy with other frames) before
+    /// its head ran.
+    #[serde(default)]
+    pub device_wait_s: f64,
     pub latency_s: f64,
     /// Bytes sent to the worker.
     pub bytes: u64,

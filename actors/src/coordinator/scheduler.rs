@@ -415,16 +415,17 @@ impl Handler<FrameDone> for SchedulerActor {
         }
         if m.report.fallback {
             d.fallbacks += 1;
-            return;
         }
         if m.report.over_budget {
             d.over_budget += 1;
         }
         let s = m.report.stages;
+        // A frame finished on the device after a busy answer: its tail is device time.
         let sample = FrameSample {
             candidate: m.report.candidate,
             device_s: s.head_s + s.pack_s,
-            cloud: (m.report.bytes > 0).then_some(CloudSample {
+            device_tail_s: if m.report.fallback { s.tail_s } else { 0.0 },
+            cloud: (m.report.bytes > 0 && !m.report.fallback).then_some(CloudSample {
                 queue_s: s.queue_s,
                 // A batch's tail serves all its frames: one frame's share of it.
                 service_s: s.unpack_s + s.tail_s / f64::from(s.batch.max(1)),

@@ -220,7 +220,10 @@ pub fn live_with(
                         codec: r.candidate.codec.to_string(),
                         bytes: r.bytes as f64,
                         drop_points: row.map_or(0.0, |x| x.drop_points),
+                        device_wait_s: r.device_wait_s,
                         device_s: r.stages.head_s + r.stages.pack_s,
+                        wire_s: if remote { r.stages.wire_s } else { 0.0 },
+                        queue_s: if remote { r.stages.queue_s } else { 0.0 },
                         cloud_s: if remote {
                             r.stages.unpack_s + r.stages.tail_s
                         } else {

@@ -294,6 +294,10 @@ pub struct FrameSample {
     pub candidate: Candidate,
     /// Head and pack, seconds.
     pub device_s: f64,
+    /// The tail the device ran itself after a busy answer, seconds (0: none). Device
+    /// compute too, and long: under a CPU quota a short stage (a JPEG's encoding, a
+    /// head to an early split) runs faster than the quota's average, a whole tail at it.
+    pub device_tail_s: f64,
     /// When it onloaded: its wait in the worker's queue and the worker's unpack and
     /// tail, seconds.
     pub cloud: Option<CloudSample>,
@@ -482,7 +486,12 @@ impl Control {
             k_cloud: worker.as_ref().map_or(1.0, |w| w.k_cloud.value),
         };
         let p = row.predict(&c);
-        let mut drifted = d.k_dev.observe(p.head_s + p.pack_s, frame.device_s);
+        let (mut predicted, mut observed) = (p.head_s + p.pack_s, frame.device_s);
+        if frame.device_tail_s > 0.0 {
+            predicted += tables.device_tail_s(&row, &c);
+            observed += frame.device_tail_s;
+        }
+        let mut drifted = d.k_dev.observe(predicted, observed);
         if let (Some(w), Some(cloud), true) = (worker, frame.cloud, p.cloud_s > 0.0) {
             drifted |= w.k_cloud.observe(p.cloud_s, cloud.service_s);
             drifted |= w.queue.observe(cloud.queue_s);
@@ -832,6 +841,41 @@ mod tests {
         assert_eq!(Reaction::gated(&mut g, 0.3), Reaction::Now);
     }
 
+    /// Under a CPU quota a short stage (here a split-0 frame's packing, as a JPEG's
+    /// encoding) runs faster than the quota's average, and a whole tail the device ran
+    /// after a busy answer runs at it. Both are device time; the tail, long, holds the
+    /// correction near the truth, where the short stages alone pull it to 0.4.
+    #[test]
+    fn a_tail_the_device_ran_after_a_busy_answer_folds_into_its_correction() {
+        let tables = crate::sched::tests::toy();
+        let row = *tables
+            .rows
+            .iter()
+            .find(|r| r.candidate.split == 0 && r.pack_s > 0.0)
+            .unwrap();
+        let slowdown = 10.0;
+        let tail_s = slowdown * (tables.device_only().head_s - row.head_s);
+        let k_dev = |every: Option<usize>| {
+            let mut c = alone(slowdown, 20.0);
+            c.replan(&tables, 0.0);
+            for n in 0..40 {
+                let fallback = every.is_some_and(|e| n % e == e - 1);
+                let sample = FrameSample {
+                    candidate: row.candidate,
+                    device_s: 0.4 * slowdown * row.pack_s,
+                    device_tail_s: if fallback { tail_s } else { 0.0 },
+                    cloud: None,
+                };
+                c.observe_frame(&tables, "d", 0.1 * n as f64, &sample);
+            }
+            c.feedback("d").unwrap().k_dev
+        };
+        let short_only = k_dev(None);
+        assert!((short_only - 0.4).abs() < 0.02, "{short_only}");
+        let with_tails = k_dev(Some(4));
+        assert!(with_tails > 0.9 && with_tails <= 1.0, "{with_tails}");
+    }
+
     /// A device's planned share of the pool: its cloud seconds per second over the slots.
     fn share(c: &Control, id: &str, slots: f64) -> f64 {
         c.plan(id).map_or(0.0, |p| p.cloud_load() / slots)
@@ -889,6 +933,7 @@ mod tests {
                 candidate: p.candidate,
                 // Twice what its class predicts: the device is twice as slow.
                 device_s: 2.0 * (p.prediction.head_s + p.prediction.pack_s) / p.feedback.k_dev,
+                device_tail_s: 0.0,
                 cloud: None,
             };
             if c.observe_frame(&tables, "d", t, &sample) != Reaction::None {
