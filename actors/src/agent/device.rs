@@ -42,6 +42,8 @@ pub(super) struct NextInput;
 pub(super) struct Head {
     pub x: Option<Tensor>,
     pub candidate: Candidate,
+    /// When it was sent: its wait for the compute thread is measured there.
+    pub sent: Instant,
 }
 
 pub(super) struct HeadOut {
@@ -49,6 +51,8 @@ pub(super) struct HeadOut {
     pub packed: Vec<u8>,
     /// At device-only, the answer.
     pub top1: Option<i64>,
+    /// Its wait for the compute thread (busy, or its quota spent), seconds.
+    pub wait_s: f64,
     pub head_s: f64,
     pub pack_s: f64,
 }
@@ -158,6 +162,7 @@ impl Handler<NextInput> for Device {
 impl Handler<Head> for Device {
     type Result = Result<HeadOut, DeviceError>;
     fn handle(&mut self, m: Head, _: &mut Self::Context) -> Self::Result {
+        let wait_s = m.sent.elapsed().as_secs_f64();
         let _working = self.busy.as_ref().map(KeepBusy::work);
         let c = m.candidate;
         let model = self
@@ -174,6 +179,7 @@ impl Handler<Head> for Device {
                 activation: a,
                 packed: Vec::new(),
                 top1: Some(top1),
+                wait_s,
                 head_s,
                 pack_s: 0.0,
             });
@@ -198,6 +204,7 @@ impl Handler<Head> for Device {
             activation: a,
             packed,
             top1: None,
+            wait_s,
             head_s,
             pack_s,
         })

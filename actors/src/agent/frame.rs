@@ -147,8 +147,8 @@ pub(super) async fn frame(
         stages: Stages::default(),
         bytes: 0,
     };
-    let queued = Instant::now();
-    let head = compute.send(Head { x, candidate }).await;
+    let sent = Instant::now();
+    let head = compute.send(Head { x, candidate, sent }).await;
     drop(device);
     let head = match head {
         Ok(Ok(h)) => h,
@@ -160,8 +160,12 @@ pub(super) async fn frame(
         pack_s: head.pack_s,
         ..Stages::default()
     };
-    // The compute thread was busy with other frames' work before it took this head.
-    let device_wait_s = (queued.elapsed().as_secs_f64() - head.head_s - head.pack_s).max(0.0);
+    let device_wait_s = head.wait_s;
+    tracing::debug!(
+        request,
+        back_ms = (sent.elapsed().as_secs_f64() - head.wait_s - head.head_s - head.pack_s) * 1e3,
+        "head done"
+    );
     let done = |top1, fallback, stages: Stages, bytes| Done {
         result: FrameResult {
             request,
