@@ -297,6 +297,16 @@ source = "synthetic"
     let row = |p: &str| out.rows.iter().find(|r| r.policy == p).unwrap();
     assert!(row("device-only").frames > 0 && row("cloud-only").frames > 0);
     assert_eq!(row("device-only").bytes_per_inference, 0.0);
+    // Real processes say how fast this machine ran a forward, before and after, beside
+    // the profile the simulator uses.
+    match (runner, out.machine) {
+        (dyno_actors::experiment::Runner::InProcess, m) => assert_eq!(m, None),
+        (_, Some(m)) => assert!(
+            m.before_ms > 0.0 && m.after_ms > 0.0 && m.profile_ms > 0.0,
+            "{m:?}"
+        ),
+        (_, None) => panic!("no speed of the machine"),
+    }
     // A time series per device and policy: the link's rate and the plan in force.
     for p in ["device-only", "cloud-only", "dyno-fleet"] {
         let ts: Vec<_> = out.ticks.iter().filter(|(q, _, _)| q == p).collect();

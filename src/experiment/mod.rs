@@ -369,6 +369,31 @@ pub struct Outcome {
     /// The testbed's qdisc samples (empty in other modes).
     #[serde(skip)]
     pub qdisc: Vec<(String, Option<f64>, QdiscSample)>,
+    /// How fast this machine was, against the profile the simulator uses (runs of real
+    /// processes only: live with `--processes`, testbed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineSpeed>,
+}
+
+/// A whole forward of the model here (one thread, no quota), timed just before the runs
+/// and just after, and the cloud's latency profile's (what the simulator and the planner
+/// take it to be), milliseconds. On a shared machine its speed moves: one host of these
+/// ran a forward in 17.8 ms and 28-30 ms ten minutes apart.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MachineSpeed {
+    pub profile_ms: f64,
+    pub before_ms: f64,
+    pub after_ms: f64,
+}
+
+impl MachineSpeed {
+    /// How far the machine was from the profile, at worst: 0.15 is 15 % off.
+    pub fn worst_off(&self) -> f64 {
+        [self.before_ms, self.after_ms]
+            .iter()
+            .map(|m| (m / self.profile_ms - 1.0).abs())
+            .fold(0.0, f64::max)
+    }
 }
 
 impl Experiment {
@@ -414,6 +439,7 @@ impl Outcome {
             frames: Vec::new(),
             ticks: Vec::new(),
             qdisc: Vec::new(),
+            machine: None,
         }
     }
 }

@@ -45,6 +45,9 @@ pub fn run(home: &Home, a: ExperimentArgs) -> anyhow::Result<()> {
     report(home, &a, &e, &out)
 }
 
+/// How far the machine's speed may be from the profile's before the table says so.
+const SPEED_TOLERANCE: f64 = 0.15;
+
 /// Writes an outcome's files and plots, and prints its table (or JSON).
 pub fn report(
     home: &Home,
@@ -101,6 +104,25 @@ pub fn report(
             r.plan_changes,
             100.0 * r.slo_violations,
             r.devices_below_min_fps
+        );
+    }
+    if let Some(m) = &out.machine {
+        println!(
+            "\nthis machine: a forward (one thread, no quota) took {:.1} ms before the runs \
+             and {:.1} ms after; the profile the simulator uses says {:.1} ms{}",
+            m.before_ms,
+            m.after_ms,
+            m.profile_ms,
+            if m.worst_off() > SPEED_TOLERANCE {
+                format!(
+                    " ({:.0} % off: compare with a simulation only after `dyno --threads 1 \
+                     profile latency --model {}` here)",
+                    100.0 * m.worst_off(),
+                    out.model
+                )
+            } else {
+                String::new()
+            }
         );
     }
     if let Some(e) = experiment::prediction_errors(&out.rows) {

@@ -48,6 +48,9 @@ pub fn live(e: &Experiment, home: &Home, progress: bool) -> anyhow::Result<Outco
     live_with(e, home, progress, &Runner::InProcess)
 }
 
+/// Whole forwards timed before and after the runs (about half a second each way).
+const SPEED_FRAMES: usize = 10;
+
 /// [`live`], with the runner given.
 pub fn live_with(
     e: &Experiment,
@@ -99,6 +102,20 @@ pub fn live_with(
         _ => None,
     };
     let mut out = Outcome::empty(e, mode);
+    // The machine's speed now, against the profile the simulator uses (real processes
+    // only: the runner's executable measures it in a child).
+    let exe = match runner {
+        Runner::InProcess => None,
+        Runner::Processes { exe } | Runner::Testbed { exe } => Some(exe.clone()),
+    };
+    let cloud_profile = devices.cloud_profile(home, &e.model);
+    let speed = |when: &str| -> Option<f64> {
+        let exe = exe.as_ref()?;
+        crate::testbed::calibrate::forward_ms(exe, home, &e.model, SPEED_FRAMES)
+            .map_err(|err| tracing::warn!("timing a forward {when} the runs: {err:#}"))
+            .ok()
+    };
+    let before_ms = speed("before");
     let bar = if progress {
         indicatif::ProgressBar::new((points.len() * e.policies.len()) as u64)
     } else {
@@ -269,6 +286,15 @@ pub fn live_with(
         }
     }
     bar.finish_and_clear();
+    let after_ms = speed("after");
+    let profile_ms = crate::testbed::calibrate::profile_forward_ms(&cloud_profile);
+    if let (Some(before_ms), Some(after_ms), Ok(profile_ms)) = (before_ms, after_ms, profile_ms) {
+        out.machine = Some(dyno::experiment::MachineSpeed {
+            profile_ms,
+            before_ms,
+            after_ms,
+        });
+    }
     Ok(out)
 }
 

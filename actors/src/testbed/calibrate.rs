@@ -111,6 +111,17 @@ fn measure_in(
     serde_json::from_slice(&out.stdout).context("`dyno testbed measure`'s answer")
 }
 
+/// A whole forward of `model` here, one thread and no quota, in a child (so that this
+/// process's libtorch settings do not count): its mean over `frames`, ms.
+pub fn forward_ms(exe: &Path, home: &Home, model: &str, frames: usize) -> anyhow::Result<f64> {
+    Ok(measure_in(exe, home, model, frames, None)?.full_ms)
+}
+
+/// The whole model's time in the latency profile at `profile`, ms.
+pub fn profile_forward_ms(profile: &Path) -> anyhow::Result<f64> {
+    Ok(profile_ms(profile, 0)?.0)
+}
+
 /// The profile's times the planner scales: (whole model, head to `split`), ms.
 fn profile_ms(profile: &Path, split: usize) -> anyhow::Result<(f64, f64)> {
     let p = dyno::profile::latency::LatencyProfile::load(profile)?;
