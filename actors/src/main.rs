@@ -18,6 +18,8 @@ fn main() -> std::process::ExitCode {
     match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            // A testbed stopped by a signal: its handler exits once it is removed.
+            dyno_actors::testbed::wait_for_a_stopping_handler();
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }

@@ -201,13 +201,29 @@ pub fn clean_up() -> Vec<String> {
     removed
 }
 
+/// Set when a signal's handler has begun removing the testbed.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// On Ctrl-C or SIGTERM: remove the testbed and exit (130). Set once per process.
 pub fn on_signal_clean_up() {
     let _ = ctrlc::set_handler(|| {
+        STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
         eprintln!("dyno testbed: stopped; removing the testbed");
         clean_up();
         std::process::exit(130);
     });
+}
+
+/// When a signal's handler is removing the testbed, waits for it to exit the process
+/// (130): the run it stopped fails meanwhile (its hosts vanish), and that failure must
+/// not end the process first, with 1 (a SIGTERM in `actors/tests/testbed.rs` did, one
+/// run in several).
+pub fn wait_for_a_stopping_handler() {
+    if STOPPING.load(std::sync::atomic::Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
 }
 
 /// A running testbed: the cloud and `devices.len()` device hosts.
