@@ -39,12 +39,7 @@ impl FramePath {
     pub async fn device_for_a_frame(&self) -> tokio::sync::OwnedSemaphorePermit {
         use std::sync::atomic::Ordering::SeqCst;
         loop {
-            let p = self
-                .device
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed");
+            let p = self.take_device().await;
             if self.tails_waiting.load(SeqCst) == 0 {
                 return p;
             }
@@ -57,14 +52,14 @@ impl FramePath {
     async fn device_for_a_tail(&self) -> tokio::sync::OwnedSemaphorePermit {
         use std::sync::atomic::Ordering::SeqCst;
         self.tails_waiting.fetch_add(1, SeqCst);
-        let p = self
-            .device
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let p = self.take_device().await;
         self.tails_waiting.fetch_sub(1, SeqCst);
         p
+    }
+
+    async fn take_device(&self) -> tokio::sync::OwnedSemaphorePermit {
+        let device = self.device.clone();
+        device.acquire_owned().await.expect("never closed")
     }
 }
 
