@@ -15,11 +15,24 @@ const SHIPPED: [&str; 8] = [
     "fleet",
 ];
 
-fn load(name: &str) -> (Home, Experiment) {
-    let home = Home::discover();
+/// The shipped experiment `name` in a copy of the project without `out/`: these tests
+/// assert figures of the shipped profiles, which a profile measured on this machine
+/// (`out/profiles/`, read first) would replace (with one there, the quickstart's
+/// cloud-only ranked otherwise). The copy is links to the project's own entries; it
+/// lives as long as the returned folder.
+fn load(name: &str) -> (Home, Experiment, tempfile::TempDir) {
+    let root = Home::discover().root().to_path_buf();
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let entry = entry.unwrap();
+        if !["out", "target"].contains(&entry.file_name().to_str().unwrap_or("")) {
+            std::os::unix::fs::symlink(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    let home = Home::at(dir.path());
     let e = Experiment::load(&home.root().join(format!("config/{name}.toml")))
         .unwrap_or_else(|err| panic!("{err}"));
-    (home, e)
+    (home, e, dir)
 }
 
 fn find<'a>(rows: &'a [Row], policy: &str, mbps: Option<f64>) -> &'a Row {
@@ -31,7 +44,7 @@ fn find<'a>(rows: &'a [Row], policy: &str, mbps: Option<f64>) -> &'a Row {
 #[test]
 fn every_shipped_experiment_loads_with_its_traces() {
     for name in SHIPPED {
-        let (home, e) = load(name);
+        let (home, e, _shipped) = load(name);
         assert_eq!(e.name, name);
         for d in &e.devices {
             if let Some(t) = &d.trace {
@@ -49,7 +62,7 @@ fn every_shipped_experiment_loads_with_its_traces() {
 
 #[test]
 fn the_plan_follows_a_real_lte_trace() {
-    let (home, mut e) = load("trace-adaptation");
+    let (home, mut e, _shipped) = load("trace-adaptation");
     e.policies = vec!["dyno".parse().unwrap()];
     let out = experiment::simulate(&e, &home, false).unwrap();
     assert!(out.rows[0].plan_changes > 5, "{:?}", out.rows[0]);
@@ -92,7 +105,7 @@ fn the_plan_follows_a_real_lte_trace() {
 
 #[test]
 fn dyno_onloads_a_jetson_class_device_within_the_budget() {
-    let (home, e) = load("paper-throughput");
+    let (home, e, _shipped) = load("paper-throughput");
     let out = experiment::simulate(&e, &home, false).unwrap();
     for &m in &e.sweep.mbps {
         let (d, alone) = (
@@ -113,7 +126,7 @@ fn dyno_onloads_a_jetson_class_device_within_the_budget() {
 
 #[test]
 fn the_quickstart_runs_simulated_and_writes_its_files() {
-    let (home, e) = load("quickstart");
+    let (home, e, _shipped) = load("quickstart");
     let out = experiment::simulate(&e, &home, false).unwrap();
     assert_eq!(out.rows.len(), e.policies.len() * e.sweep.mbps.len());
     let thr = |p: &str, m: f64| {
@@ -186,7 +199,7 @@ fn the_quickstart_runs_simulated_and_writes_its_files() {
 /// they end. Fleet-aware plans keep within the worker and are (almost) never refused.
 #[test]
 fn a_full_worker_answers_busy_and_the_device_finishes_the_frame() {
-    let (home, e) = load("testbed-fleet");
+    let (home, e, _shipped) = load("testbed-fleet");
     let out = experiment::simulate(&e, &home, false).unwrap();
     let finished_on_device = |policy: &str| {
         let (mut refused, mut all) = (0usize, 0usize);
