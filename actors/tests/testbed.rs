@@ -39,6 +39,22 @@ fn cgroups(h: &Hierarchy) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// No testbed namespace, no cgroup under it, and not its parent cgroup: what a run
+/// (`when`) must leave.
+fn assert_nothing_left(h: &Hierarchy, when: &str) {
+    let left = (namespaces(), cgroups(h));
+    eprintln!("{when}: left {left:?}");
+    assert!(
+        left.0.is_empty() && left.1.is_empty(),
+        "{when}: left {left:?}"
+    );
+    assert!(
+        !h.parent().exists(),
+        "{when}: {} is still there",
+        h.parent().display()
+    );
+}
+
 /// An experiment of two slow10x devices whose links step from 20 to 5 Mbit/s at 5 s;
 /// the agents find the coordinator by `discovery` (`static` or `mdns`).
 fn experiment(dir: &Path, duration_s: f64, discovery: &str) -> std::path::PathBuf {
@@ -149,16 +165,7 @@ fn a_killed_run_is_cleaned_by_the_next_which_runs_under_quotas_and_tc_and_leaves
     assert_eq!(got, want, "device 0's quota");
     let o = run.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
-    let after = (namespaces(), cgroups(&h));
-    assert!(
-        after.0.is_empty() && after.1.is_empty(),
-        "left behind: {after:?}"
-    );
-    assert!(
-        !h.parent().exists(),
-        "{} is still there",
-        h.parent().display()
-    );
+    assert_nothing_left(&h, "after the run");
 
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
@@ -220,17 +227,8 @@ fn a_run_stopped_by_sigint_or_sigterm_removes_its_testbed() {
             );
             std::thread::sleep(Duration::from_millis(100));
         };
-        let left = (namespaces(), cgroups(&h));
-        eprintln!("after {name}: exit {status:?}, left {left:?}");
+        eprintln!("after {name}: exit {status:?}");
         assert_eq!(status.code(), Some(130), "{name}");
-        assert!(
-            left.0.is_empty() && left.1.is_empty(),
-            "{name}: left {left:?}"
-        );
-        assert!(
-            !h.parent().exists(),
-            "{name}: {} is still there",
-            h.parent().display()
-        );
+        assert_nothing_left(&h, name);
     }
 }

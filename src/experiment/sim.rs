@@ -654,6 +654,9 @@ pub fn run(
                 let i = fl.device;
                 in_flight[i] -= 1;
                 let remote = fl.bytes > 0.0 && !fl.fallback;
+                // Its transfer, first bit out to the answer less the worker's time: one
+                // round trip in it, as the agent times it (its stage and its link sample).
+                let wire = (fl.arrives - fl.sent) + devices[i].rtt_s / 2.0;
                 out.frames.push(SimFrame {
                     device: i,
                     start_s: fl.start,
@@ -665,11 +668,7 @@ pub fn run(
                     drop_points: fl.drop,
                     device_wait_s: 0.0,
                     device_s: fl.device_s,
-                    wire_s: if remote {
-                        t - fl.sent - fl.queue_s - fl.cloud_s
-                    } else {
-                        0.0
-                    },
+                    wire_s: if remote { wire } else { 0.0 },
                     queue_s: if remote { fl.queue_s } else { 0.0 },
                     cloud_s: if remote { fl.cloud_s } else { 0.0 },
                     device_share: if fl.fallback { 1.0 } else { fl.share },
@@ -690,7 +689,6 @@ pub fn run(
                         service_s: fl.cloud_s,
                     }),
                 };
-                let wire = (fl.arrives - fl.sent) + devices[i].rtt_s / 2.0;
                 let bytes = fl.bytes as u64;
                 // A frame finished on the device after a busy answer: its tail folds into
                 // the device's correction (as the coordinator does with its report).

@@ -142,8 +142,13 @@ pub(super) async fn frame(
         stages: Stages::default(),
         bytes: 0,
     };
-    let sent = Instant::now();
-    let head = compute.send(Head { x, candidate, sent }).await;
+    let head = compute
+        .send(Head {
+            x,
+            candidate,
+            sent: Instant::now(),
+        })
+        .await;
     drop(device);
     let head = match head {
         Ok(Ok(h)) => h,
@@ -156,11 +161,6 @@ pub(super) async fn frame(
         ..Stages::default()
     };
     let device_wait_s = head.wait_s;
-    tracing::debug!(
-        request,
-        back_ms = (sent.elapsed().as_secs_f64() - head.wait_s - head.head_s - head.pack_s) * 1e3,
-        "head done"
-    );
     let done = |top1, fallback, stages: Stages, bytes| Done {
         result: FrameResult {
             request,
