@@ -163,6 +163,17 @@ fn a_killed_run_is_cleaned_by_the_next_which_runs_under_quotas_and_tc_and_leaves
     };
     let got: u64 = quota.split_whitespace().next().unwrap().parse().unwrap();
     assert_eq!(got, want, "device 0's quota");
+    // The cloud's group has the most weight the kernel takes, a device's the default.
+    let (weight_file, most, default) = match &h {
+        Hierarchy::V1(_) => ("cpu.shares", 262_144, 1024),
+        Hierarchy::V2(_) => ("cpu.weight", 10_000, 100),
+    };
+    let weight = |group: &str| -> u64 {
+        let w = std::fs::read_to_string(h.parent().join(group).join(weight_file)).unwrap();
+        w.trim().parse().unwrap()
+    };
+    assert_eq!(weight("cloud"), most, "the cloud's weight");
+    assert_eq!(weight("d0"), default, "device 0's weight");
     let o = run.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     assert_nothing_left(&h, "after the run");

@@ -463,6 +463,92 @@ fn equal_share(devices: &[FleetDevice], menus: &[Menu], capacity: f64) -> FleetP
     finish(devices, menus, choices, capacity, Strategy::EqualShare)
 }
 
+/// Two devices whose predictions agree within this share, for each of two plans, are
+/// alike: they may trade those plans.
+pub const ALIKE: f64 = 0.05;
+
+/// Gives each device back the plan it holds where a fresh plan handed it to another
+/// device alike. Devices of one class on one kind of link differ only by the noise in
+/// their measurements, and a fresh plan that gives three of them splits 3, 4 and 5 may
+/// give them out in another order the next time: each then moves for no gain, and the
+/// fleet's plans flap (on the testbed, 25 moves of six devices in 20 s). Two devices
+/// trade their new plans when one of them gets back the plan it holds, and both plans
+/// are alike on both devices (predicted throughput and cloud seconds within [`ALIKE`],
+/// admitted by both policies and SLOs). A device keeps the share of the pool that came
+/// with the plan. `current`: each device's plan in force, in the devices' order.
+pub fn keep_places(
+    tables: &Tables,
+    devices: &[FleetDevice],
+    current: &[Option<Candidate>],
+    plan: &mut FleetPlan,
+) {
+    let n = plan.devices.len().min(devices.len()).min(current.len());
+    let mut traded = false;
+    for i in 0..n {
+        let Some(held) = current[i] else { continue };
+        if plan.devices[i].candidate == held {
+            continue;
+        }
+        let other = (0..n).find(|&j| {
+            j != i
+                && plan.devices[j].candidate == held
+                && current[j] != Some(held)
+                && alike(tables, &devices[i], &devices[j], plan.devices[i].candidate)
+                && alike(tables, &devices[i], &devices[j], held)
+        });
+        if let Some(j) = other {
+            let (a, b) = (plan.devices[i].clone(), plan.devices[j].clone());
+            plan.devices[i] = handed(tables, &devices[i], b);
+            plan.devices[j] = handed(tables, &devices[j], a);
+            traded = true;
+        }
+    }
+    if traded {
+        plan.load = plan.devices.iter().map(|p| p.cloud_load).sum();
+        plan.throughput = plan.devices.iter().map(|p| p.rate_fps).sum();
+    }
+}
+
+/// Whether `candidate` makes the same figures on devices `a` and `b`, and both may run it.
+fn alike(tables: &Tables, a: &FleetDevice, b: &FleetDevice, candidate: Candidate) -> bool {
+    let Some(row) = tables.row(&candidate) else {
+        return false;
+    };
+    let (pa, pb) = (row.predict(&a.conditions), row.predict(&b.conditions));
+    let close = |x: f64, y: f64| (x - y).abs() <= ALIKE * x.abs().max(y.abs());
+    let device_only = candidate.split as usize >= tables.blocks;
+    [(a, &pa), (b, &pb)].iter().all(|(d, p)| {
+        device_only || (d.policy.admits(&candidate, tables) && d.slo.constraints.allows(p))
+    }) && close(pa.throughput, pb.throughput)
+        && close(pa.cloud_s, pb.cloud_s)
+}
+
+/// `plan`, made for another device, as `device`'s: its figures on `device`, with the
+/// share of the pool it came with.
+fn handed(tables: &Tables, device: &FleetDevice, plan: DevicePlan) -> DevicePlan {
+    let Some(p) = tables
+        .row(&plan.candidate)
+        .map(|r| r.predict(&device.conditions))
+    else {
+        return plan;
+    };
+    let full = device
+        .demand_fps
+        .map_or(p.throughput, |d| d.min(p.throughput));
+    let rate_fps = if p.cloud_s > 0.0 {
+        full.min(plan.cloud_load / p.cloud_s)
+    } else {
+        full
+    };
+    DevicePlan {
+        id: device.id.clone(),
+        prediction: p,
+        rate_fps,
+        cloud_load: rate_fps * p.cloud_s,
+        ..plan
+    }
+}
+
 fn finish(
     devices: &[FleetDevice],
     menus: &[Menu],
@@ -556,6 +642,42 @@ mod tests {
         let mut slightly = new.clone();
         slightly.throughput *= 1.0 + slo.objectives.hysteresis / 2.0;
         assert!(keep_current(&tables, &devices, &current, capacity, &slightly).is_some());
+    }
+
+    /// Devices alike given the same plans in another order keep the ones they hold, at
+    /// the same fleet throughput; a device unlike them does not trade.
+    #[test]
+    fn devices_alike_keep_the_plans_they_hold() {
+        let t = toy();
+        let slo = Slo::default();
+        let alike: Vec<FleetDevice> = (0..3).map(|i| device(i, 10.0, 10.0, &slo)).collect();
+        let full = plan(&t, &alike, 1e6).load;
+        // A pool where the three get plans that are not all the same.
+        let (fresh, cap) = (1..40)
+            .map(|k| full * k as f64 / 40.0)
+            .map(|cap| (plan(&t, &alike, cap), cap))
+            .find(|(p, _)| p.devices[0].candidate != p.devices[1].candidate)
+            .expect("some pool splits three devices alike over two plans");
+        let given: Vec<Candidate> = fresh.devices.iter().map(|d| d.candidate).collect();
+        // They hold the same plans, each another's.
+        let held: Vec<Option<Candidate>> = (0..3).map(|i| Some(given[(i + 1) % 3])).collect();
+        let mut traded = fresh.clone();
+        keep_places(&t, &alike, &held, &mut traded);
+        for (i, d) in traded.devices.iter().enumerate() {
+            assert_eq!(Some(d.candidate), held[i], "device {i} (pool {cap})");
+            assert_eq!(d.id, alike[i].id);
+        }
+        assert!((traded.throughput - fresh.throughput).abs() <= 1e-9 * fresh.throughput);
+        assert!(traded.load <= fresh.load * (1.0 + 1e-9));
+        // The first device twice as fast: it and the others are not alike.
+        let mut unlike = alike.clone();
+        unlike[0] = device(0, 5.0, 10.0, &slo);
+        let fresh = plan(&t, &unlike, cap);
+        let given: Vec<Candidate> = fresh.devices.iter().map(|d| d.candidate).collect();
+        let held: Vec<Option<Candidate>> = (0..3).map(|i| Some(given[(i + 1) % 3])).collect();
+        let mut kept = fresh.clone();
+        keep_places(&t, &unlike, &held, &mut kept);
+        assert_eq!(kept.devices[0].candidate, fresh.devices[0].candidate);
     }
 
     #[test]

@@ -255,6 +255,7 @@ impl Testbed {
         // so that its own work (plans, sessions, sockets) does not come out of theirs.
         let cloud_group = cloud_cores + HEADROOM_CORES;
         let cloud = CpuGroup::create(&h, "cloud", cloud_group, period_us(cloud_group))?;
+        cloud.take_cores_first()?;
         let groups = devices
             .iter()
             .enumerate()

@@ -187,7 +187,7 @@ pub fn step(
         Sharing::FleetAware => workers.iter().map(|w| f64::from(w.slots)).sum(),
         Sharing::PerDevice => f64::INFINITY,
     };
-    let plan = fleet::plan(tables, &fleet_devices, capacity);
+    let mut plan = fleet::plan(tables, &fleet_devices, capacity);
     // Keep the fleet's plans while they hold, as long as every device's worker is
     // still there.
     let current: Vec<Option<(Candidate, f64)>> = devices
@@ -235,6 +235,11 @@ pub fn step(
             devices: kept,
             kept: true,
         };
+    }
+    // A fresh plan for a shared pool: devices alike keep the plans they hold.
+    if plan.strategy != fleet::Strategy::Individual {
+        let held: Vec<Option<Candidate>> = devices.iter().map(|d| d.current.map(|c| c.0)).collect();
+        fleet::keep_places(tables, &fleet_devices, &held, &mut plan);
     }
     // Workers by spare slots, filled greedily by each device's cloud load.
     let mut load = vec![0.0f64; workers.len()];
