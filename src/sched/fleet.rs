@@ -532,14 +532,7 @@ fn handed(tables: &Tables, device: &FleetDevice, plan: DevicePlan) -> DevicePlan
     else {
         return plan;
     };
-    let full = device
-        .demand_fps
-        .map_or(p.throughput, |d| d.min(p.throughput));
-    let rate_fps = if p.cloud_s > 0.0 {
-        full.min(plan.cloud_load / p.cloud_s)
-    } else {
-        full
-    };
+    let rate_fps = Opt::new(plan.candidate, p, device).rate_with(plan.cloud_load);
     DevicePlan {
         id: device.id.clone(),
         prediction: p,
